@@ -1,0 +1,3 @@
+from quicktune.cli import main
+
+main()

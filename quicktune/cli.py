@@ -1,0 +1,105 @@
+"""The ``quicktune`` command line: parses arguments and calls library functions.
+
+Only click is imported at start-up; everything else is imported inside the command
+that needs it, so ``quicktune --help`` stays instant and never loads torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+SET_HELP = "Override a recipe key, e.g. --set training.max_steps=30 (repeatable)."
+
+
+class _Group(click.Group):
+    """Shows a ``QuicktuneError`` as a short message with exit status 2, no traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from quicktune.errors import EXIT_USER_ERROR, QuicktuneError
+
+        try:
+            return super().invoke(ctx)
+        except QuicktuneError as exc:
+            from quicktune.console import print_error
+
+            print_error(exc)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="quicktune")
+def main() -> None:
+    """Turn your own examples into a local chat model.
+
+    \b
+    Start with the CPU demo (SmolLM2-135M, a few minutes, no GPU):
+      quicktune recipes                      list the built-in recipes
+      quicktune data check --recipe smollm2-demo
+                                             see exactly what the model will learn
+    """
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def recipes(ctx: click.Context) -> None:
+    """List the built-in recipes (or `recipes show NAME`)."""
+    if ctx.invoked_subcommand is None:
+        from quicktune.console import print_recipe_table
+        from quicktune.recipe import builtin_recipes, load_recipe
+
+        print_recipe_table([load_recipe(str(path)) for path in builtin_recipes().values()])
+
+
+@recipes.command("show")
+@click.argument("name")
+def recipes_show(name: str) -> None:
+    """Print a recipe's YAML, as shipped (NAME is a built-in name or a path)."""
+    from quicktune.recipe import find_recipe_file
+
+    click.echo(find_recipe_file(name).read_text(encoding="utf-8"), nl=False)
+
+
+@main.group()
+def data() -> None:
+    """Check training data before you train on it."""
+
+
+@data.command("check")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("-r", "--recipe", help="Built-in recipe name or YAML path: its model's tokenizer and data settings.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False), help="Held-out file(s) to check for leakage.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def data_check(files: tuple[str, ...], recipe: str | None, overrides: tuple[str, ...], eval_files: tuple[str, ...], as_json: bool) -> None:
+    """Validate data FILES and show what training will see.
+
+    \b
+    Reads JSONL, JSON, CSV or Parquet in messages, sharegpt, alpaca or text format;
+    reports every broken line as FILE:LINE (exit status 2), duplicates, train/eval
+    leakage, token lengths against max_seq_length, and one rendered example with
+    the trained tokens marked. With --recipe, FILES replace the recipe's data.train
+    (leave them out to check the recipe's own data).
+
+    \b
+    Examples:
+      quicktune data check --recipe smollm2-demo
+      quicktune data check my.jsonl --recipe llama3.1-8b-qlora --set model.max_seq_length=4096
+      quicktune data check my.jsonl --eval held-out.jsonl --json
+    """
+    from quicktune.data.check import check_data
+
+    report = check_data(list(files), recipe_ref=recipe, overrides=list(overrides), eval_files=list(eval_files))
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        from quicktune.console import print_data_report
+
+        print_data_report(report)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Terminal output with rich. Presentation only: no decisions are made here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from quicktune.data.check import DataReport, TokenStats
+    from quicktune.errors import QuicktuneError
+    from quicktune.recipe import Recipe
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # file:line must stay on one line
+
+
+def print_error(error: QuicktuneError) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(error.message)}")
+    for problem in error.problems:
+        err_console.print(f"  {escape(problem)}")
+    if error.hint:
+        err_console.print(f"[yellow]hint:[/] {escape(error.hint)}")
+
+
+def print_recipe_table(recipes: list[Recipe]) -> None:
+    table = Table(title="Built-in recipes", title_justify="left")
+    table.add_column("name", style="bold cyan", no_wrap=True)
+    table.add_column("base model")
+    table.add_column("method")
+    table.add_column("hardware")
+    table.add_column("what it does")
+    for recipe in recipes:
+        table.add_row(recipe.name, recipe.model.base, recipe.method, recipe.hardware, recipe.description)
+    console.print(table)
+    console.print("Show one with [bold]quicktune recipes show NAME[/].")
+
+
+def _stats_rows(table: Table, label: str, stats: TokenStats | None) -> None:
+    if stats is None:
+        return
+    truncated = f"[red]{stats.truncated_rows}[/]" if stats.truncated_rows else "0"
+    table.add_row(
+        label,
+        str(stats.rows),
+        f"{stats.min} / {stats.p50} / {stats.mean} / {stats.p95} / {stats.max}",
+        f"{stats.trained_tokens:,} of {stats.total_tokens:,}",
+        f"{truncated} (> {stats.max_seq_length})",
+    )
+
+
+def print_data_report(report: DataReport) -> None:
+    files = Table(title="Data", title_justify="left")
+    files.add_column("file")
+    files.add_column("format")
+    files.add_column("rows", justify="right")
+    for item in report.files:
+        files.add_row(item.path, item.format, str(item.rows))
+    console.print(files)
+    console.print(
+        f"train rows: [bold]{report.train_rows}[/]   eval rows: [bold]{report.eval_rows}[/] ({report.eval_source})"
+    )
+    console.print(
+        f"duplicates: {report.exact_duplicates} exact, {report.near_duplicates} near "
+        f"(dedupe: {report.dedupe}, {report.removed_duplicates} removed)   "
+        f"train/eval leakage: {report.leakage}"
+    )
+    for pair in report.duplicate_pairs:
+        console.print(f"  [dim]duplicate[/] {escape(pair.first)} ≈ {escape(pair.second)} ({pair.similarity})")
+    for pair in report.leakage_pairs:
+        console.print(f"  [dim]leak[/] {escape(pair.first)} ≈ {escape(pair.second)} ({pair.similarity})")
+
+    if report.train_tokens is not None:
+        tokens = Table(title="Tokens per row", title_justify="left")
+        for column in ("split", "rows", "min / p50 / mean / p95 / max", "trained tokens", "truncated"):
+            tokens.add_column(column, justify="right" if column != "split" else "left")
+        _stats_rows(tokens, "train", report.train_tokens)
+        _stats_rows(tokens, "eval", report.eval_tokens)
+        console.print(tokens)
+    else:
+        console.print("[dim]Token lengths and the rendered example need a tokenizer: add --recipe.[/]")
+
+    if report.stop is not None:
+        stop = report.stop
+        note = " (pad token = eos: quicktune builds labels itself, so the stop token is still trained)" if stop.pad_equals_eos else ""
+        console.print(f"stop token after each answer: [bold]{escape(stop.text)}[/] id {stop.id}{note}")
+
+    if report.example is not None:
+        example = report.example
+        text = Text()
+        for token, trained in example.tokens:
+            text.append(token, style="bold green" if trained else "dim")
+        console.rule(f"Rendered example ({escape(example.origin)}): [bold green]green[/] is trained, dim is context")
+        console.print(text)
+        console.rule()
+
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    if not report.warnings:
+        console.print("[green]✓ data looks good[/]")

@@ -1,0 +1,310 @@
+"""From a recipe's data section to checked, de-duplicated, tokenized examples.
+
+``prepare`` is the one path from files to training rows: ``data check`` reports on
+it and training consumes it, so what the check shows is what the model learns.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quicktune.data import quality
+from quicktune.data.formats import normalise
+from quicktune.data.load import read_records
+from quicktune.data.masking import IGNORE, Tokenized, tokenize_examples
+from quicktune.data.records import Example, Problems
+from quicktune.data.tokenizer import ChatTokenizer
+from quicktune.errors import DataError
+
+MAX_PAIRS_SHOWN = 10
+
+
+@dataclass
+class FileSummary:
+    path: str
+    format: str
+    rows: int
+
+
+@dataclass
+class PairSummary:
+    first: str  # origin "file:line"
+    second: str
+    similarity: float
+
+
+@dataclass
+class TokenStats:
+    max_seq_length: int
+    rows: int
+    total_tokens: int
+    trained_tokens: int
+    min: int
+    mean: float
+    p50: int
+    p95: int
+    max: int
+    truncated_rows: int
+    rows_without_stop: int  # last trained token is not an end-of-turn/eos token
+
+
+@dataclass
+class StopToken:
+    text: str
+    id: int | None
+    pad_equals_eos: bool
+
+
+@dataclass
+class RenderedExample:
+    origin: str
+    text: str
+    trained_spans: list[tuple[int, int]]
+    tokens: list[tuple[str, bool]]  # (token text, trained?)
+
+
+@dataclass
+class DataReport:
+    files: list[FileSummary]
+    train_rows: int
+    eval_rows: int
+    eval_source: str  # "files", "fraction 0.1", or "none"
+    dedupe: str
+    exact_duplicates: int
+    near_duplicates: int
+    removed_duplicates: int
+    duplicate_pairs: list[PairSummary]
+    leakage: int
+    leakage_pairs: list[PairSummary]
+    train_tokens: TokenStats | None = None
+    eval_tokens: TokenStats | None = None
+    stop: StopToken | None = None
+    example: RenderedExample | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PreparedData:
+    train: list[Example]
+    eval: list[Example]
+    train_tokens: list[Tokenized] | None
+    eval_tokens: list[Tokenized] | None
+    report: DataReport
+
+
+def load_examples(
+    paths: list[str], *, fmt: str = "auto", system_prompt: str | None = None
+) -> tuple[list[Example], list[FileSummary]]:
+    """Read and validate every file; all problems in all files are raised together."""
+    problems = Problems()
+    examples: list[Example] = []
+    summaries = []
+    for path in paths:
+        detected, rows = normalise(read_records(path), fmt, problems, source=path, system_prompt=system_prompt)
+        examples += rows
+        summaries.append(FileSummary(path, detected, len(rows)))
+    problems.raise_if_any(", ".join(Path(p).name for p in paths))
+    return examples, summaries
+
+
+def prepare(
+    train_paths: list[str],
+    *,
+    eval_paths: list[str] = (),
+    eval_fraction: float = 0.0,
+    fmt: str = "auto",
+    system_prompt: str | None = None,
+    dedupe: str = "exact",
+    seed: int = 3407,
+    tokenizer: ChatTokenizer | None = None,
+    max_seq_length: int = 2048,
+    responses_only: bool = True,
+) -> PreparedData:
+    """Load, validate, de-duplicate, split and (with a tokenizer) tokenize the data."""
+    loaded, files = load_examples(list(train_paths), fmt=fmt, system_prompt=system_prompt)
+    evaluation: list[Example] = []
+    if eval_paths:
+        evaluation, eval_files = load_examples(list(eval_paths), fmt=fmt, system_prompt=system_prompt)
+        files += eval_files
+
+    dialogues = [quality.dialogue_text(e) for e in loaded]
+    exact = quality.exact_duplicates(dialogues)
+    unique = quality.drop_duplicates(len(loaded), exact)
+    near = [
+        quality.Pair(unique[p.first], unique[p.second], p.similarity)
+        for p in quality.near_duplicate_pairs([dialogues[i] for i in unique])
+    ]
+    dropping = {"none": [], "exact": exact, "near": exact + near}[dedupe]
+    train = [loaded[i] for i in quality.drop_duplicates(len(loaded), dropping)]
+    removed = len(loaded) - len(train)
+
+    if eval_fraction and not evaluation:
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        held = set(order[: max(1, round(len(train) * eval_fraction))])
+        evaluation = [e for i, e in enumerate(train) if i in held]
+        train = [e for i, e in enumerate(train) if i not in held]
+    eval_source = "files" if eval_paths else (f"fraction {eval_fraction}" if eval_fraction else "none")
+
+    leaks = quality.leakage_pairs([quality.prompt_text(e) for e in train], [quality.prompt_text(e) for e in evaluation])
+    warnings = []
+    if near and dedupe != "near":
+        warnings.append(
+            f"{len(near)} near-duplicate pair(s) kept; set data.dedupe: near to drop them"
+        )
+    if leaks:
+        warnings.append(
+            f"{len(leaks)} eval example(s) have the same or nearly the same prompt as a training example: "
+            "eval scores will overstate how well the model generalises"
+        )
+    report = DataReport(
+        files=files,
+        train_rows=len(train),
+        eval_rows=len(evaluation),
+        eval_source=eval_source,
+        dedupe=dedupe,
+        exact_duplicates=len(exact),
+        near_duplicates=len(near),
+        removed_duplicates=removed,
+        duplicate_pairs=[
+            PairSummary(loaded[p.first].origin, loaded[p.second].origin, round(p.similarity, 3))
+            for p in (exact + near)[:MAX_PAIRS_SHOWN]
+        ],
+        leakage=len(leaks),
+        leakage_pairs=[
+            PairSummary(train[p.first].origin, evaluation[p.second].origin, round(p.similarity, 3))
+            for p in leaks[:MAX_PAIRS_SHOWN]
+        ],
+        warnings=warnings,
+    )
+    train_tokens = eval_tokens = None
+    if tokenizer is not None:
+        train_tokens = tokenize_examples(tokenizer, train, max_length=max_seq_length, responses_only=responses_only)
+        eval_tokens = tokenize_examples(
+            tokenizer, evaluation, max_length=max_seq_length, responses_only=responses_only
+        )
+        _describe_tokens(report, tokenizer, train, train_tokens, eval_tokens, max_seq_length)
+    return PreparedData(train, evaluation, train_tokens, eval_tokens, report)
+
+
+def stop_token_ids(tokenizer: ChatTokenizer) -> set[int]:
+    """Ids that end an answer: the eos and the template's end-of-turn token."""
+    ids = {tokenizer.eos_id}
+    try:
+        ids.add(tokenizer.token_id(tokenizer.end_of_turn()))
+    except Exception:  # a template without assistant turns has no end-of-turn marker
+        pass
+    ids.discard(None)
+    return ids
+
+
+def token_stats(tokenized: list[Tokenized], max_seq_length: int, stops: set[int]) -> TokenStats | None:
+    if not tokenized:
+        return None
+    lengths = np.array([t.full_length for t in tokenized])
+    return TokenStats(
+        max_seq_length=max_seq_length,
+        rows=len(tokenized),
+        total_tokens=int(sum(len(t.input_ids) for t in tokenized)),
+        trained_tokens=int(sum(t.trained_tokens for t in tokenized)),
+        min=int(lengths.min()),
+        mean=round(float(lengths.mean()), 1),
+        p50=int(np.percentile(lengths, 50)),
+        p95=int(np.percentile(lengths, 95)),
+        max=int(lengths.max()),
+        truncated_rows=sum(t.truncated for t in tokenized),
+        rows_without_stop=sum(_last_trained(t) not in stops for t in tokenized),
+    )
+
+
+def _last_trained(tokenized: Tokenized) -> int | None:
+    for label in reversed(tokenized.labels):
+        if label != IGNORE:
+            return label
+    return None
+
+
+def _describe_tokens(
+    report: DataReport,
+    tokenizer: ChatTokenizer,
+    train: list[Example],
+    train_tokens: list[Tokenized],
+    eval_tokens: list[Tokenized],
+    max_seq_length: int,
+) -> None:
+    stops = stop_token_ids(tokenizer)
+    report.train_tokens = token_stats(train_tokens, max_seq_length, stops)
+    report.eval_tokens = token_stats(eval_tokens, max_seq_length, stops)
+    end = tokenizer.end_of_turn() if any(e.is_chat for e in train) else (tokenizer.eos_token or "")
+    report.stop = StopToken(
+        text=end,
+        id=tokenizer.token_id(end),
+        pad_equals_eos=tokenizer.pad_id is not None and tokenizer.pad_id == tokenizer.eos_id,
+    )
+    stats = report.train_tokens
+    if stats and stats.truncated_rows:
+        report.warnings.append(
+            f"{stats.truncated_rows} training row(s) are longer than max_seq_length {max_seq_length} and will be "
+            "cut; a cut answer loses its end-of-turn token and teaches the model not to stop"
+        )
+    if stats and stats.rows_without_stop:
+        report.warnings.append(
+            f"{stats.rows_without_stop} training row(s) do not end their trained tokens with a stop token"
+        )
+    if train_tokens:
+        first = train_tokens[0]
+        report.example = RenderedExample(
+            origin=train[0].origin,
+            text=first.rendered.text,
+            trained_spans=list(first.rendered.spans),
+            tokens=[
+                (first.rendered.text[start:end], label != IGNORE)
+                for (start, end), label in zip(first.offsets, first.labels)
+            ],
+        )
+
+
+def check_data(
+    files: list[str],
+    *,
+    recipe_ref: str | None = None,
+    overrides: list[str] = (),
+    eval_files: list[str] = (),
+) -> DataReport:
+    """What ``quicktune data check`` reports: a recipe's settings applied to ``files``."""
+    if recipe_ref is None:
+        if overrides:
+            raise DataError("--set needs --recipe: there is no recipe to override")
+        if not files:
+            raise DataError("name the data file(s) to check, or a recipe with --recipe")
+        return prepare(files, eval_paths=eval_files).report
+    from quicktune.data.tokenizer import load_chat_tokenizer
+    from quicktune.recipe import load_recipe
+
+    recipe = load_recipe(recipe_ref, overrides)
+    section = recipe.data
+    train_paths = files or section.train
+    eval_paths = eval_files or section.eval
+    tokenizer = load_chat_tokenizer(
+        recipe.model.base, chat_template=recipe.model.chat_template, revision=recipe.model.revision
+    )
+    return prepare(
+        list(train_paths),
+        eval_paths=list(eval_paths),
+        eval_fraction=0.0 if eval_paths else section.eval_fraction,
+        fmt=section.format,
+        system_prompt=section.system_prompt,
+        dedupe=section.dedupe,
+        seed=recipe.training.seed,
+        tokenizer=tokenizer,
+        max_seq_length=recipe.model.max_seq_length,
+        responses_only=section.train_on_responses_only,
+    ).report

@@ -1,0 +1,204 @@
+"""Detect a record format and normalise every record into an ``Example``.
+
+Formats:
+- ``messages`` (OpenAI): ``{"messages": [{"role": ..., "content": ...}, ...]}``
+- ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}], "system"?: ...}``
+- ``alpaca``: ``{"instruction": ..., "input"?: ..., "output": ..., "system"?: ...}``
+- ``text``: ``{"text": ...}``: raw text, every token trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from quicktune.data.load import RawRecord
+from quicktune.data.records import ROLES, Example, Message, Problems
+from quicktune.errors import DataError
+
+FORMATS = ("messages", "sharegpt", "alpaca", "text")
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "system": "system",
+}
+
+
+class _Invalid(Exception):
+    """One record's problem: the field path and what is wrong."""
+
+
+def detect_format(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return None
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    if "text" in record:
+        return "text"
+    return None
+
+
+def normalise(
+    records: Iterable[RawRecord],
+    fmt: str,
+    problems: Problems,
+    *,
+    source: str,
+    system_prompt: str | None = None,
+) -> tuple[str, list[Example]]:
+    """Turn one file's raw records into examples; every bad record goes into ``problems``.
+
+    ``fmt`` is ``auto`` or a name from ``FORMATS``; the detected format is returned.
+    """
+    examples: list[Example] = []
+    for raw in records:
+        if raw.error is not None:
+            problems.add(raw.origin, raw.error)
+            continue
+        if fmt == "auto":
+            detected = detect_format(raw.value)
+            if detected is None:
+                keys = sorted(raw.value) if isinstance(raw.value, dict) else type(raw.value).__name__
+                raise DataError(
+                    f"{raw.origin}: cannot tell the data format from {keys}",
+                    hint="Use one of: messages, conversations (sharegpt), instruction+output (alpaca), text; "
+                    "or set data.format in the recipe.",
+                )
+            fmt = detected
+        try:
+            examples.append(_PARSERS[fmt](raw.value, raw.origin, system_prompt))
+        except _Invalid as exc:
+            problems.add(raw.origin, str(exc))
+    if fmt == "auto" and not problems:
+        raise DataError(f"{source}: no records found (the file is empty)")
+    return fmt, examples
+
+
+def _require_dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _string(record: dict[str, Any], key: str, *, label: str | None = None, required: bool = True) -> str | None:
+    label = label or key
+    if key not in record or record[key] is None:
+        if required:
+            raise _Invalid(f"{label}: missing field")
+        return None
+    value = record[key]
+    if not isinstance(value, str):
+        raise _Invalid(f"{label}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _finish(messages: list[Message], origin: str, system_prompt: str | None, where: str) -> Example:
+    if system_prompt and (not messages or messages[0].role != "system"):
+        messages.insert(0, Message("system", system_prompt))
+    _check_turns(messages, where)
+    return Example(origin=origin, messages=tuple(messages))
+
+
+def _check_turns(messages: list[Message], where: str) -> None:
+    """System first (optional), then user/assistant alternating, ending on the assistant."""
+    if not messages:
+        raise _Invalid(f"{where}: no messages")
+    expected = "user"
+    for index, message in enumerate(messages):
+        label = f"{where}[{index}]"
+        if message.role == "system":
+            if index != 0:
+                raise _Invalid(f"{label}: a system message may only come first")
+            continue
+        if message.role != expected:
+            raise _Invalid(f"{label}: wrong role order: expected {expected}, got {message.role}")
+        if not message.content.strip():
+            raise _Invalid(f"{label}: empty {message.role} turn")
+        expected = "assistant" if expected == "user" else "user"
+    if messages[-1].role != "assistant":
+        raise _Invalid(f"{where}: the last turn must be the assistant's (nothing to learn after it)")
+
+
+def _parse_messages(value: Any, origin: str, system_prompt: str | None) -> Example:
+    record = _require_dict(value)
+    turns = record.get("messages")
+    if turns is None:
+        raise _Invalid("messages: missing field")
+    if not isinstance(turns, list):
+        raise _Invalid(f"messages: expected a list, got {type(turns).__name__}")
+    messages = []
+    for index, turn in enumerate(turns):
+        label = f"messages[{index}]"
+        if not isinstance(turn, dict):
+            raise _Invalid(f"{label}: expected an object with role and content")
+        role = _string(turn, "role", label=f"{label}.role")
+        if role not in ROLES:
+            raise _Invalid(f"{label}.role: unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        content = _string(turn, "content", label=f"{label}.content")
+        messages.append(Message(role, content))
+    return _finish(messages, origin, system_prompt, "messages")
+
+
+def _parse_sharegpt(value: Any, origin: str, system_prompt: str | None) -> Example:
+    record = _require_dict(value)
+    turns = record.get("conversations")
+    if turns is None:
+        raise _Invalid("conversations: missing field")
+    if not isinstance(turns, list):
+        raise _Invalid(f"conversations: expected a list, got {type(turns).__name__}")
+    messages = []
+    system = _string(record, "system", required=False)
+    if system:
+        messages.append(Message("system", system))
+    for index, turn in enumerate(turns):
+        label = f"conversations[{index}]"
+        if not isinstance(turn, dict):
+            raise _Invalid(f"{label}: expected an object with from and value")
+        speaker = _string(turn, "from", label=f"{label}.from")
+        role = _SHAREGPT_ROLES.get(speaker.lower())
+        if role is None:
+            raise _Invalid(f"{label}.from: unknown speaker {speaker!r}; expected human, gpt or system")
+        messages.append(Message(role, _string(turn, "value", label=f"{label}.value")))
+    return _finish(messages, origin, system_prompt, "conversations")
+
+
+def _parse_alpaca(value: Any, origin: str, system_prompt: str | None) -> Example:
+    record = _require_dict(value)
+    instruction = _string(record, "instruction")
+    extra = _string(record, "input", required=False)
+    output = _string(record, "output")
+    if not instruction.strip():
+        raise _Invalid("instruction: empty")
+    if not output.strip():
+        raise _Invalid("output: empty assistant turn")
+    prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+    messages = []
+    system = _string(record, "system", required=False)
+    if system:
+        messages.append(Message("system", system))
+    messages += [Message("user", prompt), Message("assistant", output)]
+    return _finish(messages, origin, system_prompt, "messages")
+
+
+def _parse_text(value: Any, origin: str, system_prompt: str | None) -> Example:
+    record = _require_dict(value)
+    text = _string(record, "text")
+    if not text.strip():
+        raise _Invalid("text: empty")
+    return Example(origin=origin, text=text)
+
+
+_PARSERS = {
+    "messages": _parse_messages,
+    "sharegpt": _parse_sharegpt,
+    "alpaca": _parse_alpaca,
+    "text": _parse_text,
+}

@@ -1,0 +1,134 @@
+"""Read data files into raw records, each tagged with the file and line it came from.
+
+JSONL, JSON and CSV are parsed here with the standard library rather than through
+``datasets.load_dataset``: that loader stops at the first bad line and reports a
+pyarrow error without its line number, while a user needs every bad line, by number.
+Parquet has no lines; its rows are numbered from 1 and read with pyarrow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quicktune.errors import DataError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_JSON_COLUMNS = ("messages", "conversations")  # CSV cells that hold JSON lists
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    origin: str
+    value: Any  # a dict for a good record
+    error: str | None = None  # why the line could not be read at all
+
+
+def read_records(path: str | Path) -> Iterator[RawRecord]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _read_jsonl(path)
+    elif suffix == ".json":
+        yield from _read_json(path)
+    elif suffix == ".csv":
+        yield from _read_csv(path)
+    elif suffix == ".parquet":
+        yield from _read_parquet(path)
+    else:
+        raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUFFIXES)}")
+
+
+def _read_jsonl(path: Path) -> Iterator[RawRecord]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            origin = f"{path}:{number}"
+            try:
+                value = json.loads(line)
+            except UnicodeDecodeError:
+                yield RawRecord(origin, None, "not valid UTF-8")
+            except json.JSONDecodeError as exc:
+                yield RawRecord(origin, None, f"invalid JSON: {exc.msg} at column {exc.colno}")
+            else:
+                yield RawRecord(origin, value)
+
+
+def _read_json(path: Path) -> Iterator[RawRecord]:
+    text = path.read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    index = _skip_space(text, 0)
+    if index >= len(text) or text[index] != "[":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield RawRecord(f"{path}:{exc.lineno}", None, f"invalid JSON: {exc.msg} at column {exc.colno}")
+            return
+        yield RawRecord(f"{path}:1", None, f"expected a JSON list of records, got {type(value).__name__}")
+        return
+    index, line = _skip_space(text, index + 1), 1
+    line_counted_to = 0
+    while index < len(text) and text[index] != "]":
+        line += text.count("\n", line_counted_to, index)
+        line_counted_to = index
+        try:
+            value, end = decoder.raw_decode(text, index)
+        except json.JSONDecodeError as exc:
+            yield RawRecord(f"{path}:{exc.lineno}", None, f"invalid JSON: {exc.msg} at column {exc.colno}")
+            return  # the rest of the list cannot be found reliably
+        yield RawRecord(f"{path}:{line}", value)
+        index = _skip_space(text, end)
+        if index < len(text) and text[index] == ",":
+            index = _skip_space(text, index + 1)
+        elif index < len(text) and text[index] != "]":
+            line += text.count("\n", line_counted_to, index)
+            yield RawRecord(f"{path}:{line}", None, "invalid JSON: expected ',' or ']' between records")
+            return
+
+
+def _skip_space(text: str, index: int) -> int:
+    while index < len(text) and text[index] in " \t\r\n":
+        index += 1
+    return index
+
+
+def _read_csv(path: Path) -> Iterator[RawRecord]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        start = 2  # line 1 is the header
+        for row in reader:
+            origin = f"{path}:{start}"
+            start = reader.line_num + 1
+            if None in row:
+                yield RawRecord(origin, None, "more cells than header columns")
+                continue
+            record: dict[str, Any] = {k: v for k, v in row.items() if v not in (None, "")}
+            for column in _JSON_COLUMNS:
+                cell = record.get(column)
+                if isinstance(cell, str):
+                    try:
+                        record[column] = json.loads(cell)
+                    except json.JSONDecodeError as exc:
+                        yield RawRecord(origin, None, f"{column}: cell is not valid JSON: {exc.msg}")
+                        break
+            else:
+                yield RawRecord(origin, record)
+
+
+def _read_parquet(path: Path) -> Iterator[RawRecord]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
+    for number, value in enumerate(table.to_pylist(), start=1):
+        yield RawRecord(f"{path}:row {number}", value)

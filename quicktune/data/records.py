@@ -1,0 +1,69 @@
+"""The one conversation form every data format is turned into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from quicktune.errors import DataError
+
+ROLES = ("system", "user", "assistant")
+MAX_PROBLEMS_SHOWN = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One training row. ``messages`` for chat data; ``text`` alone for raw text."""
+
+    origin: str  # "path:line", for error messages and reports
+    messages: tuple[Message, ...] = ()
+    text: str | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.text is None
+
+    def prompt_text(self) -> str:
+        """Everything the model is given: system and user turns (or the raw text)."""
+        if self.text is not None:
+            return self.text
+        return "\n".join(m.content for m in self.messages if m.role != "assistant")
+
+    def full_text(self) -> str:
+        if self.text is not None:
+            return self.text
+        return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+@dataclass
+class Problems:
+    """Collects every problem in the input so all of them are reported at once."""
+
+    items: list[str] = field(default_factory=list)
+
+    def add(self, origin: str, message: str) -> None:
+        self.items.append(f"{origin}: {message}")
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def raise_if_any(self, what: str) -> None:
+        if not self.items:
+            return
+        shown = self.items[:MAX_PROBLEMS_SHOWN]
+        more = len(self.items) - len(shown)
+        if more:
+            shown.append(f"... and {more} more")
+        raise DataError(
+            f"{len(self.items)} problem(s) in {what}; nothing was processed",
+            problems=shown,
+            hint="Fix these lines and run `quicktune data check` again.",
+        )

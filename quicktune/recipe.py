@@ -1,0 +1,344 @@
+"""Recipes: the YAML that says what to train, on what, and how to export it.
+
+A recipe is a built-in name (``quicktune recipes``) or a path to a YAML file.
+Values come, lowest precedence first, from the schema defaults, the recipe named by
+``extends:`` (recursively), the recipe itself, and ``--set key.path=value``
+overrides. Every problem is reported at once, each with the file and line that set
+the offending key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from quicktune.errors import RecipeError
+
+QUANTIZATIONS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16")
+TEMPLATE_FAMILIES = ("auto", "chatml", "llama3", "mistral", "gemma", "phi3")
+DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class ModelSection(_Section):
+    base: str = Field(description="Hub id, local folder, local .gguf file, or pkg://<package>/<file>.")
+    max_seq_length: int = Field(2048, gt=0, le=131072)
+    load_in_4bit: bool | None = Field(None, description="Defaults to true for qlora, false otherwise.")
+    chat_template: Literal["auto", "chatml", "llama3", "mistral", "gemma", "phi3"] = "auto"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+
+class LoraSection(_Section):
+    r: int = Field(16, gt=0, le=1024)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    use_dora: bool = False
+    use_rslora: bool = False
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
+class DataSection(_Section):
+    train: list[str] = Field(min_length=1)
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = "auto"
+    eval: list[str] = Field(default_factory=list)
+    eval_fraction: float = Field(0.0, ge=0.0, lt=0.5)
+    system_prompt: str | None = None
+    train_on_responses_only: bool = True
+    dedupe: Literal["none", "exact", "near"] = "exact"
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> DataSection:
+        if self.eval and self.eval_fraction:
+            raise ValueError("set either data.eval (files) or data.eval_fraction, not both")
+        return self
+
+
+class TrainingSection(_Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="When set, overrides epochs.")
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "auto"
+    batch_size: int = Field(2, gt=0)
+    grad_accumulation: int = Field(4, gt=0)
+    seed: int = 3407
+    packing: bool = False
+    gradient_checkpointing: bool = True
+    eval_every: int | None = Field(None, gt=0)
+    save_every: int | None = Field(None, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    logging_every: int = Field(1, gt=0)
+
+
+class ExportSection(_Section):
+    quantizations: list[Literal["q4_k_m", "q5_k_m", "q8_0", "f16", "bf16"]] = Field(
+        default_factory=lambda: ["q4_k_m"], min_length=1
+    )
+    system: str | None = Field(None, description="Modelfile SYSTEM; defaults to data.system_prompt.")
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.9, gt=0, le=1)
+    num_ctx: int | None = Field(None, gt=0, description="Defaults to model.max_seq_length.")
+
+    @field_validator("quantizations", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
+class Recipe(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    hardware: str = Field("", description="One line: the card it is for and the VRAM it needs.")
+    extends: str | None = None
+    method: Literal["qlora", "lora", "full"] = "qlora"
+    model: ModelSection
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+
+    @model_validator(mode="after")
+    def _method_matches_loading(self) -> Recipe:
+        if self.model.load_in_4bit is None:
+            self.model.load_in_4bit = self.method == "qlora"
+        elif self.method == "qlora" and not self.model.load_in_4bit:
+            raise ValueError("method qlora trains on a 4-bit base: set model.load_in_4bit: true or method: lora")
+        elif self.method != "qlora" and self.model.load_in_4bit:
+            raise ValueError(f"method {self.method} trains 16-bit weights: set method: qlora for a 4-bit base")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class _Layer:
+    """One YAML file's contents with the line each key path was set on."""
+
+    data: dict[str, Any]
+    lines: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+
+def builtin_recipe_dir() -> Path:
+    return Path(str(resources.files("quicktune") / "recipes"))
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Built-in recipe names mapped to their files, found recursively."""
+    root = builtin_recipe_dir()
+    return {p.stem: p for p in sorted(root.rglob("*.yaml"))}
+
+
+def find_recipe_file(ref: str, relative_to: Path | None = None) -> Path:
+    """A recipe reference is a path to a YAML file or a built-in recipe name."""
+    candidate = Path(ref).expanduser()
+    if relative_to is not None and not candidate.is_absolute():
+        candidate = relative_to / candidate
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise RecipeError(f"recipe file not found: {candidate}")
+        return candidate.resolve()
+    builtins = builtin_recipes()
+    if ref in builtins:
+        return builtins[ref]
+    close = difflib.get_close_matches(ref, builtins, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `quicktune recipes` to list the built-in ones"
+    raise RecipeError(f"no recipe named {ref!r} and no such file", hint=hint)
+
+
+def _yaml_layer(path: Path) -> _Layer:
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}:1: a recipe must be a mapping of sections (model:, data:, ...)")
+    layer = _Layer(data=data)
+    duplicates: list[str] = []
+    _collect_lines(node, (), path, layer.lines, duplicates)
+    if duplicates:
+        raise RecipeError(f"{path}: duplicate keys", problems=duplicates)
+    return layer
+
+
+def _collect_lines(node: Any, prefix: tuple[str, ...], path: Path, out: dict, duplicates: list[str]) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        key = str(key_node.value)
+        where = f"{path}:{key_node.start_mark.line + 1}"
+        dotted = ".".join((*prefix, key))
+        if key in seen:
+            duplicates.append(f"{where}: {dotted}: key appears twice")
+        seen.add(key)
+        out[(*prefix, key)] = where
+        _collect_lines(value_node, (*prefix, key), path, out, duplicates)
+
+
+def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
+    """Make file paths in a layer absolute, relative to the file that named them."""
+    section = data.get("data")
+    if isinstance(section, dict):
+        for key in ("train", "eval"):
+            value = section.get(key)
+            if isinstance(value, str):
+                section[key] = _absolute(value, base_dir)
+            elif isinstance(value, list):
+                section[key] = [_absolute(v, base_dir) if isinstance(v, str) else v for v in value]
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("base"), str):
+        base = model["base"]
+        if base.startswith((".", "/", "~")):
+            model["base"] = _absolute(base, base_dir)
+
+
+def _absolute(value: str, base_dir: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+
+def _deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(low)
+    for key, value in high.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> _Layer:
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise RecipeError(f"recipes extend each other in a loop: {chain}")
+    layer = _yaml_layer(path)
+    _resolve_paths(layer.data, path.parent)
+    layer.data.setdefault("name", path.stem)
+    parent_ref = layer.data.get("extends")
+    if parent_ref is None:
+        return layer
+    if not isinstance(parent_ref, str):
+        raise RecipeError(f"{layer.lines.get(('extends',), path)}: extends: expected a recipe name or path")
+    parent = _load_chain(find_recipe_file(parent_ref, relative_to=path.parent), (*seen, path))
+    parent.data.pop("name", None)  # a child is never named after its parent
+    return _Layer(data=_deep_merge(parent.data, layer.data), lines={**parent.lines, **layer.lines})
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``training.max_steps=30`` -> (("training", "max_steps"), 30). Values are YAML scalars or lists."""
+    key, sep, raw = text.partition("=")
+    keys = tuple(part.strip() for part in key.split("."))
+    if not sep or not all(keys):
+        raise RecipeError(f"--set {text!r}: expected KEY.PATH=VALUE, for example training.max_steps=30")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return keys, value
+
+
+def _apply_override(data: dict[str, Any], keys: tuple[str, ...], value: Any, text: str) -> None:
+    node = data
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {text}: {'.'.join(keys[: depth + 1])} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_recipe(ref: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a built-in or file recipe, apply its ``extends`` chain and ``--set`` overrides."""
+    path = find_recipe_file(ref)
+    layer = _load_chain(path)
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[:1] == ("data",) and keys[1:2] in (("train",), ("eval",)):
+            value = _absolute(value, Path.cwd()) if isinstance(value, str) else value
+        _apply_override(layer.data, keys, value, text)
+        layer.lines[keys] = f"--set {text}"
+    return validate_recipe(layer.data, lines=layer.lines, source=str(path))
+
+
+def validate_recipe(data: dict[str, Any], *, lines: dict | None = None, source: str = "<recipe>") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(error, lines or {}, source) for error in exc.errors()]
+        raise RecipeError(f"{source}: {len(problems)} problem(s) in the recipe", problems=problems) from None
+
+
+def _describe(error: dict[str, Any], lines: dict[tuple[str, ...], str], source: str) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    where = source
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            where = lines[loc[:end]]
+            break
+    dotted = ".".join(loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key"
+        choices = _field_names(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], choices, n=1)
+        if close:
+            message += f" (did you mean {'.'.join((*loc[:-1], close[0]))}?)"
+        elif choices:
+            message += f" (expected one of: {', '.join(choices)})"
+    elif kind == "missing":
+        message = "required key is missing"
+    else:
+        message = error["msg"]
+        if "input" in error and kind not in ("value_error",) and not isinstance(error["input"], dict):
+            message += f" (got {error['input']!r})"
+    return f"{where}: {dotted}: {message}"
+
+
+def _field_names(loc: tuple[str, ...]) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        annotation = model.model_fields.get(part)
+        sub = getattr(annotation, "annotation", None) if annotation else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return []
+        model = sub
+    return list(model.model_fields)

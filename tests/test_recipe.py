@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quicktune.errors import RecipeError
+from quicktune.recipe import Recipe, builtin_recipe_dir, builtin_recipes, load_recipe, parse_override
+
+MINIMAL = """\
+model:
+  base: some/model
+data:
+  train: train.jsonl
+"""
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def problems_of(excinfo) -> list[str]:
+    return excinfo.value.problems
+
+
+def test_minimal_recipe_gets_defaults_and_absolute_paths(tmp_path):
+    recipe = load_recipe(write(tmp_path / "mine.yaml", MINIMAL))
+    assert recipe.name == "mine"
+    assert recipe.method == "qlora" and recipe.model.load_in_4bit is True
+    assert recipe.training.learning_rate == 2e-4
+    assert recipe.export.quantizations == ["q4_k_m"]
+    assert recipe.data.train == [str(tmp_path / "train.jsonl")]
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    path = write(tmp_path / "r.yaml", MINIMAL + "training:\n  lr: 0.001\n")
+    with pytest.raises(RecipeError) as excinfo:
+        load_recipe(path)
+    (problem,) = problems_of(excinfo)
+    assert problem.startswith(f"{path}:6: training.lr: unknown key")
+    assert "learning_rate" in problem
+
+
+def test_every_error_reported_at_once_with_its_line(tmp_path):
+    text = MINIMAL + "method: sft\ntraining:\n  batch_size: two\n  epochs: -1\nexport:\n  quantizations: [q3]\n"
+    path = write(tmp_path / "r.yaml", text)
+    with pytest.raises(RecipeError) as excinfo:
+        load_recipe(path)
+    problems = problems_of(excinfo)
+    assert len(problems) == 4
+    joined = "\n".join(problems)
+    assert f"{path}:5: method:" in joined
+    assert f"{path}:7: training.batch_size:" in joined and "'two'" in joined
+    assert f"{path}:8: training.epochs:" in joined
+    assert f"{path}:10: export.quantizations.0:" in joined
+
+
+def test_missing_required_sections(tmp_path):
+    with pytest.raises(RecipeError) as excinfo:
+        load_recipe(write(tmp_path / "r.yaml", "description: nothing\n"))
+    joined = "\n".join(problems_of(excinfo))
+    assert "model: required key is missing" in joined and "data: required key is missing" in joined
+
+
+def test_duplicate_key_and_bad_yaml(tmp_path):
+    with pytest.raises(RecipeError, match="duplicate keys") as excinfo:
+        load_recipe(write(tmp_path / "d.yaml", MINIMAL + "method: lora\nmethod: qlora\n"))
+    assert ":6: method: key appears twice" in problems_of(excinfo)[0]
+    with pytest.raises(RecipeError, match=r"b\.yaml:\d+: not valid YAML"):
+        load_recipe(write(tmp_path / "b.yaml", "model:\n  base: [unclosed\n"))
+
+
+def test_qlora_needs_4bit(tmp_path):
+    with pytest.raises(RecipeError, match="load_in_4bit"):
+        load_recipe(write(tmp_path / "r.yaml", MINIMAL.replace("  base: some/model", "  base: x/y\n  load_in_4bit: false")))
+    recipe = load_recipe(write(tmp_path / "l.yaml", MINIMAL + "method: lora\n"))
+    assert recipe.model.load_in_4bit is False
+
+
+def test_eval_files_and_fraction_exclusive(tmp_path):
+    with pytest.raises(RecipeError, match="not both"):
+        load_recipe(write(tmp_path / "r.yaml", MINIMAL + "  eval: e.jsonl\n  eval_fraction: 0.1\n"))
+
+
+def test_precedence_defaults_base_recipe_override(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "parent.yaml", MINIMAL + "training:\n  learning_rate: 0.001\n  batch_size: 4\n  seed: 1\n")
+    child = write(
+        tmp_path / "sub" / "child.yaml",
+        "extends: ../parent.yaml\ntraining:\n  batch_size: 8\n  seed: 2\n",
+    )
+    recipe = load_recipe(child, ["training.seed=3", "lora.r=64"])
+    assert recipe.name == "child"
+    assert recipe.training.warmup_ratio == 0.03  # default
+    assert recipe.training.learning_rate == 0.001  # from the base recipe
+    assert recipe.training.batch_size == 8  # the recipe beats its base
+    assert recipe.training.seed == 3  # --set beats the recipe
+    assert recipe.lora.r == 64
+    # data paths stay relative to the file that named them
+    assert recipe.data.train == [str(tmp_path / "train.jsonl")]
+
+
+def test_extends_builtin_by_name(tmp_path):
+    child = write(tmp_path / "mine.yaml", "extends: smollm2-demo\ntraining:\n  max_steps: 5\n")
+    recipe = load_recipe(child)
+    assert recipe.name == "mine" and recipe.training.max_steps == 5
+    assert recipe.model.base == load_recipe("smollm2-demo").model.base
+    assert Path(recipe.data.train[0]).is_file()
+
+
+def test_extends_loop_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(RecipeError, match="loop"):
+        load_recipe(str(tmp_path / "a.yaml"))
+
+
+def test_override_errors_point_at_the_flag(tmp_path):
+    path = write(tmp_path / "r.yaml", MINIMAL)
+    with pytest.raises(RecipeError) as excinfo:
+        load_recipe(path, ["training.batchsize=4"])
+    assert problems_of(excinfo)[0].startswith("--set training.batchsize=4: training.batchsize: unknown key")
+    with pytest.raises(RecipeError, match="KEY.PATH=VALUE"):
+        load_recipe(path, ["training.batch_size"])
+    with pytest.raises(RecipeError, match="is a value, not a section"):
+        load_recipe(path, ["method.x=1"])
+
+
+def test_override_values_are_yaml():
+    assert parse_override("training.max_steps=30") == (("training", "max_steps"), 30)
+    assert parse_override("export.quantizations=[q8_0, f16]") == (("export", "quantizations"), ["q8_0", "f16"])
+    assert parse_override("data.system_prompt=Be brief: answer in JSON") == (
+        ("data", "system_prompt"),
+        "Be brief: answer in JSON",
+    )
+
+
+def test_unknown_recipe_name_suggests():
+    with pytest.raises(RecipeError, match="smollm2-demo"):
+        load_recipe("smollm2-dem")
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe("smollm2-demo")
+    again = load_recipe(write(tmp_path / "resolved.yaml", recipe.to_yaml()))
+    assert again == recipe
+
+
+# Every shipped recipe validates: found recursively, so a recipe in a subfolder is not missed.
+ALL_RECIPES = sorted(builtin_recipe_dir().rglob("*.yaml"))
+
+
+def test_recipe_library_is_complete():
+    names = set(builtin_recipes())
+    assert "smollm2-demo" in names
+    assert len(names) >= 6
+    assert len(ALL_RECIPES) == len(names)
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: p.stem)
+def test_every_builtin_recipe_validates(path):
+    recipe = load_recipe(str(path))
+    assert isinstance(recipe, Recipe)
+    assert recipe.description and recipe.hardware
+    for data_file in recipe.data.train + recipe.data.eval:
+        assert Path(data_file).is_file(), data_file
+    header = path.read_text(encoding="utf-8").splitlines()[0]
+    assert header.startswith("#"), "each recipe starts with a header comment"
