@@ -101,5 +101,69 @@ def data_check(files: tuple[str, ...], recipe: str | None, overrides: tuple[str,
         print_data_report(report)
 
 
+RUNS_OPTION = click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default="runs",
+    show_default=True,
+    envvar="QUICKTUNE_RUNS",
+    help="Where run folders go (runs/<recipe>/vN).",
+)
+
+
+def _training_command(func):
+    func = click.option("--dry-run", is_flag=True, help="Check recipe and data and show the plan; load no model.")(func)
+    func = click.option("--from", "parent", metavar="RUN", help="Continue from this run's adapter (runs/x/v3 or v3).")(func)
+    func = RUNS_OPTION(func)
+    func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(func)
+    return click.argument("recipe")(func)
+
+
+@main.command()
+@_training_command
+def train(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | None, dry_run: bool) -> None:
+    """Train RECIPE (a built-in name or a YAML path) into a new run folder.
+
+    \b
+    Every run gets runs/<recipe>/vN and never overwrites an earlier one. Ctrl-C saves
+    a checkpoint; running the same command again resumes from it.
+
+    \b
+    Examples:
+      quicktune train smollm2-demo
+      quicktune train smollm2-demo --set training.max_steps=20
+      quicktune train smollm2-demo --from v1      # continue from run v1's adapter
+    """
+    from quicktune.workflow import train_command
+
+    train_command(recipe, list(overrides), runs_dir, parent, dry_run)
+
+
+@main.command()
+@_training_command
+def run(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | None, dry_run: bool) -> None:
+    """Train RECIPE, then export it for Ollama and llama.cpp.
+
+    \b
+    The quick start (CPU, a few minutes, no download):
+      quicktune run smollm2-demo
+    """
+    from quicktune.workflow import run_command
+
+    run_command(recipe, list(overrides), runs_dir, parent, dry_run)
+
+
+@main.command("runs")
+@RUNS_OPTION
+def runs_list(runs_dir: str) -> None:
+    """List runs with their status and key metrics."""
+    from pathlib import Path
+
+    from quicktune.console import print_runs
+    from quicktune.train.runs import list_runs
+
+    print_runs(list_runs(Path(runs_dir)), Path(runs_dir))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -101,3 +101,28 @@ def print_data_report(report: DataReport) -> None:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     if not report.warnings:
         console.print("[green]✓ data looks good[/]")
+
+
+def print_runs(runs, root) -> None:
+    if not runs:
+        console.print(f"No runs in {root} yet. Start one with [bold]quicktune run smollm2-demo[/].")
+        return
+    table = Table(title=f"Runs in {root}", title_justify="left")
+    for column in ("run", "status", "started", "steps", "train loss", "best eval loss", "parent"):
+        table.add_column(column)
+
+    def number(value):
+        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    for run in runs:
+        style = {"finished": "green", "interrupted": "yellow", "failed": "red"}.get(run.status, "")
+        table.add_row(
+            f"{run.recipe}/{run.version}",
+            f"[{style}]{run.status}[/]" if style else run.status,
+            run.started,
+            number(run.steps),
+            number(run.train_loss),
+            number(run.eval_loss),
+            run.parent or "",
+        )
+    console.print(table)

@@ -32,3 +32,12 @@ def smollm2_tokenizer():
     from quicktune.data.tokenizer import load_chat_tokenizer
 
     return load_chat_tokenizer(SMOLLM2)
+
+
+def pytest_collection_finish(session):
+    # Unsloth patches transformers/trl/peft and must be imported before them: when any
+    # training test will run, import it through quicktune's one seam before any test does.
+    if any("tests/train/" in item.nodeid for item in session.items):
+        from quicktune.train.backend import load_backend
+
+        load_backend()

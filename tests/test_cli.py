@@ -105,3 +105,32 @@ def test_data_check_demo_recipe_pretty_output():
     result = run_cli("data", "check", "--recipe", "smollm2-demo")
     assert result.returncode == 0, result.stderr
     assert "Rendered example" in result.stdout and "stop token after each answer: <|im_end|> id 2" in result.stdout
+
+
+def test_qlora_on_cpu_is_refused_clearly(tmp_path):
+    from quicktune.errors import QuicktuneError
+    from quicktune.train.backend import Backend, require_device_for
+
+    with pytest.raises(QuicktuneError, match="needs a CUDA GPU"):
+        require_device_for("qlora", True, Backend(name="unsloth", device="cpu"))
+    require_device_for("lora", False, Backend(name="unsloth", device="cpu"))
+
+
+def test_runs_lists_nothing_yet(tmp_path):
+    result = CliRunner().invoke(main, ["runs", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0 and "No runs" in result.output
+
+
+@pytest.mark.slow
+def test_train_dry_run_loads_no_model(tmp_path):
+    code = (
+        "from quicktune.cli import main\n"
+        f"try:\n    main(['train', 'smollm2-demo', '--dry-run', '--runs-dir', {str(tmp_path)!r}])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+    )
+    assert imported_after(code) == set()
+    result = run_cli("train", "smollm2-demo", "--dry-run", "--runs-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "dry run: no model was loaded" in result.stdout
+    assert f"{tmp_path}/smollm2-demo/v1" in result.stdout
+    assert not (tmp_path / "smollm2-demo").exists()

@@ -40,6 +40,7 @@ class ChatTokenizer:
     special: dict[str, str | None] = field(default_factory=dict)
     source: str = ""
     template_family: str = "auto"
+    source_folder: str | None = None  # where tokenizer.json was read from
 
     def token_id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -126,7 +127,9 @@ def _from_folder(folder: Path, spec: str) -> ChatTokenizer:
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
     special = {key: _special_value(config.get(key)) for key in SPECIAL_KEYS}
-    return ChatTokenizer(Tokenizer.from_file(str(tokenizer_file)), template, special, spec)
+    return ChatTokenizer(
+        Tokenizer.from_file(str(tokenizer_file)), template, special, spec, source_folder=str(folder)
+    )
 
 
 def _from_hub(source: ModelSource, revision: str | None) -> ChatTokenizer:
@@ -175,39 +178,28 @@ def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     return values
 
 
+_GGUF_SPECIAL_IDS = {
+    "bos_token": "tokenizer.ggml.bos_token_id",
+    "eos_token": "tokenizer.ggml.eos_token_id",
+    "pad_token": "tokenizer.ggml.padding_token_id",
+    "unk_token": "tokenizer.ggml.unknown_token_id",
+}
+
+
 def _convert_gguf_tokenizer(gguf_path: Path, folder: Path) -> None:
     from transformers import AutoTokenizer
 
     converted = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    meta = gguf_metadata(
-        gguf_path,
-        (
-            "tokenizer.chat_template",
-            "tokenizer.ggml.bos_token_id",
-            "tokenizer.ggml.eos_token_id",
-            "tokenizer.ggml.padding_token_id",
-            "tokenizer.ggml.unknown_token_id",
-        ),
-    )
-    backend = converted.backend_tokenizer
-
-    def token(key: str) -> str | None:
-        token_id = meta.get(f"tokenizer.ggml.{key}")
-        return None if token_id is None else backend.id_to_token(int(token_id))
-
-    config = {
-        "bos_token": token("bos_token_id"),
-        "eos_token": token("eos_token_id"),
-        "pad_token": token("padding_token_id"),
-        "unk_token": token("unknown_token_id"),
-        "chat_template": meta.get("tokenizer.chat_template"),
-        "converted_from": str(gguf_path),
-    }
+    meta = gguf_metadata(gguf_path, ("tokenizer.chat_template", *_GGUF_SPECIAL_IDS.values()))
+    for key, gguf_key in _GGUF_SPECIAL_IDS.items():
+        if meta.get(gguf_key) is not None:
+            setattr(converted, key, converted.backend_tokenizer.id_to_token(int(meta[gguf_key])))
+    if meta.get("tokenizer.chat_template"):
+        converted.chat_template = meta["tokenizer.chat_template"]
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
-        backend.save(str(staging / "tokenizer.json"))
-        (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        converted.save_pretrained(str(staging))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)

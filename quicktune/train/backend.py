@@ -1,0 +1,134 @@
+"""The one seam to the training stack: Unsloth first, plain transformers + peft if it cannot load.
+
+Unsloth patches transformers, trl and peft when it is imported, so it must be imported
+before any of them, and only here. ``load_backend()`` is the first thing every
+training or merging entry point calls. On a machine without CUDA, Unsloth's CPU
+fallback trains with stock transformers/peft/trl (and its own fused loss); where
+Unsloth cannot be imported at all, the same code runs on plain transformers + peft.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from quicktune.errors import QuicktuneError
+
+_BACKEND: Backend | None = None
+
+
+@dataclass
+class Backend:
+    name: str  # "unsloth" or "transformers"
+    device: str  # "cuda" or "cpu"
+    notice: str | None = None  # why Unsloth is not used, when it is not
+
+    def load_model(self, model_dir: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str, full: bool):
+        import torch
+
+        torch_dtype = _torch_dtype(dtype, self.device)
+        if self.name == "unsloth":
+            from unsloth import FastLanguageModel
+
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                model_dir,
+                max_seq_length=max_seq_length,
+                load_in_4bit=load_in_4bit,
+                dtype=torch_dtype,
+                full_finetuning=full,
+            )
+            return model, tokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs: dict[str, Any] = {"dtype": torch_dtype}
+        if load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
+            )
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        if self.device == "cuda" and not load_in_4bit:
+            model = model.to("cuda")
+        return model, AutoTokenizer.from_pretrained(model_dir)
+
+    def add_lora(self, model, *, r: int, alpha: int, dropout: float, targets: list[str], dora: bool, rslora: bool,
+                 gradient_checkpointing: bool, seed: int):
+        if self.name == "unsloth":
+            from unsloth import FastLanguageModel
+
+            return FastLanguageModel.get_peft_model(
+                model,
+                r=r,
+                lora_alpha=alpha,
+                lora_dropout=dropout,
+                target_modules=targets,
+                use_dora=dora,
+                use_rslora=rslora,
+                use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+                random_state=seed,
+            )
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if getattr(model, "is_loaded_in_4bit", False):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        elif gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        config = LoraConfig(
+            r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, use_dora=dora, use_rslora=rslora,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+    def load_adapter(self, model, adapter_dir: str, *, gradient_checkpointing: bool):
+        """Continue training from a saved adapter (``--from``): its weights, trainable."""
+        from peft import PeftModel
+
+        if gradient_checkpointing and self.name != "unsloth":
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+
+
+def _torch_dtype(name: str, device: str):
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # exact, and what the GGUF export and fidelity check compare against
+
+
+def load_backend() -> Backend:
+    """Import the training stack once, Unsloth first. Call before importing transformers."""
+    global _BACKEND
+    if _BACKEND is not None:
+        return _BACKEND
+    late = [name for name in ("transformers", "trl", "peft") if name in sys.modules and "unsloth" not in sys.modules]
+    notice = None
+    try:
+        import unsloth  # noqa: F401  (patches transformers/trl/peft; must come first)
+
+        name = "unsloth"
+        if late:
+            notice = f"{', '.join(late)} was imported before Unsloth; some of its speed-ups may be missing"
+    except Exception as exc:  # ImportError, or a broken CUDA/torchvision stack raising at import
+        name = "transformers"
+        notice = f"Unsloth could not be imported ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); " \
+                 "training with plain transformers + peft"
+    import torch
+
+    _BACKEND = Backend(name=name, device="cuda" if torch.cuda.is_available() else "cpu", notice=notice)
+    return _BACKEND
+
+
+def require_device_for(method: str, load_in_4bit: bool, backend: Backend) -> None:
+    if load_in_4bit and backend.device != "cuda":
+        raise QuicktuneError(
+            f"method {method} loads the base model in 4 bits, which needs a CUDA GPU (bitsandbytes); none was found",
+            hint="On CPU use a small model with method: lora (e.g. `quicktune run smollm2-demo`), "
+            "or run `quicktune doctor` to see why the GPU is not visible.",
+        )

@@ -1,0 +1,64 @@
+"""Make a recipe's base model loadable by the trainer and record where it came from.
+
+A hub id or a local folder is used as it is. A GGUF file (the demo's SmolLM2) is
+converted once into an ordinary Hugging Face folder in quicktune's cache: transformers
+de-quantizes the weights (stored in float32, so nothing more is lost), and the
+tokenizer is the one ``data check`` uses, with the GGUF's own eos/pad and template.
+Import this only after ``load_backend()``: it imports transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from quicktune.data.tokenizer import cache_dir, load_chat_tokenizer
+from quicktune.models import ModelSource, resolve_model
+from quicktune.train.runs import sha256_file
+
+
+@dataclass
+class BaseModel:
+    spec: str  # as the recipe wrote it
+    load_from: str  # hub id or local folder handed to from_pretrained
+    kind: str
+    fingerprint: str | None  # sha256 of a GGUF file, or the hub revision when known
+
+
+def prepare_base(spec: str, revision: str | None = None) -> BaseModel:
+    source = resolve_model(spec)
+    if source.kind == "gguf":
+        return BaseModel(spec, str(_converted_gguf(source)), "gguf", f"sha256:{sha256_file(source.path)}")
+    if source.kind == "dir":
+        return BaseModel(spec, str(source.path), "dir", None)
+    return BaseModel(spec, spec, "hub", revision)
+
+
+def _converted_gguf(source: ModelSource) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_chat_tokenizer(source.spec)  # converts and caches the tokenizer first
+    key = Path(tokenizer.source_folder).name
+    folder = cache_dir() / "models" / key
+    if (folder / "config.json").is_file():
+        return folder
+    model = AutoModelForCausalLM.from_pretrained(
+        str(source.path.parent), gguf_file=source.path.name, dtype=torch.float32
+    )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # "quantized with gguf" models refuse save_pretrained otherwise
+        quantizer.remove_quantization_config(model)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(str(staging))
+        for item in Path(tokenizer.source_folder).iterdir():
+            shutil.copy2(item, staging / item.name)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

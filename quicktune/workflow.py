@@ -1,0 +1,67 @@
+"""What ``quicktune train`` and ``quicktune run`` do, step by step, with output for a person."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quicktune.console import console, print_data_report
+from quicktune.recipe import Recipe, load_recipe
+
+
+def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None) -> None:
+    from quicktune.train.runs import find_resumable, resolve_run, versions
+    from quicktune.train.trainer import planned_steps, prepare_data, recipe_sha256
+
+    report = prepare_data(recipe).report
+    print_data_report(report)
+    parent_dir = resolve_run(parent, runs_root, recipe.name) if parent else None
+    resumable = find_resumable(runs_root, recipe.name, recipe_sha256(recipe), str(parent_dir) if parent_dir else None)
+    target = resumable or runs_root / recipe.name / f"v{(versions(runs_root / recipe.name) or [0])[-1] + 1}"
+    t = recipe.training
+    console.print(f"[bold]plan[/]: {recipe.method} on {recipe.model.base}")
+    console.print(
+        f"  {planned_steps(recipe, report.train_rows)} steps of {t.batch_size} x {t.grad_accumulation} rows, "
+        f"lr {t.learning_rate}, max_seq_length {recipe.model.max_seq_length}, seed {t.seed}"
+    )
+    console.print(f"  run folder: {target}{' (resumes its last checkpoint)' if resumable else ''}")
+    if parent_dir:
+        console.print(f"  starts from the adapter of {parent_dir}")
+    console.print("[dim]dry run: no model was loaded[/]")
+
+
+def train_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool):
+    recipe = load_recipe(recipe_ref, overrides)
+    runs_root = Path(runs_dir)
+    if dry_run:
+        _dry_run(recipe, runs_root, parent)
+        return None
+    from quicktune.train.trainer import train
+
+    result = train(recipe, runs_root=runs_root, parent_ref=parent, console=console)
+    if result.status == "interrupted":
+        console.print(
+            f"[yellow]interrupted[/] at step {result.metrics.get('steps')}; checkpoint saved in {result.run_dir}. "
+            f"Run the same command again to resume."
+        )
+        return result
+    m = result.metrics
+    console.print(
+        f"[green]✓ trained[/] {result.run_dir}: {m['steps']} steps in {m['seconds']} s, "
+        f"loss {m['first_loss']:.3f} → {m['train_loss']:.3f}"
+        + (f", best eval loss {m['best_eval_loss']:.3f}" if m.get("best_eval_loss") is not None else "")
+    )
+    console.print(f"  adapter: {result.adapter_dir}   loss curve: {result.run_dir / 'loss.png'}")
+    return result
+
+
+def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool):
+    result = train_command(recipe_ref, overrides, runs_dir, parent, dry_run)
+    if result is None or result.status != "finished":
+        return result
+    try:
+        from quicktune.export import pipeline
+    except ImportError:
+        console.print("[yellow]export is not available in this version: the adapter is the result[/]")
+        return result
+    pipeline.export_run(result.run_dir, console=console)
+    return result

@@ -1,0 +1,121 @@
+"""Real training on CPU with the real SmolLM2 model, through Unsloth's CPU fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from safetensors.torch import load_file
+
+from quicktune.train import runs
+from quicktune.train.trainer import recipe_sha256, train
+
+pytestmark = pytest.mark.slow
+
+
+class Capture:
+    """A trainer callback keeping the model at the start and end of training."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                outer.start = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+            def on_train_end(self, args, state, control, model=None, **kwargs):
+                outer.end = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+        self.callback = _Callback()
+        self.start: dict = {}
+        self.end: dict = {}
+
+
+def _base_weights(run_dir):
+    manifest = runs.read_manifest(run_dir)
+    return load_file(os.path.join(manifest["base_model"]["loaded_from"], "model.safetensors"))
+
+
+def test_training_lowers_loss_changes_lora_not_base(make_recipe, tmp_path):
+    recipe = make_recipe(steps=6, eval_file=True)
+    capture = Capture()
+    result = train(recipe, runs_root=tmp_path / "runs", extra_callbacks=(capture.callback,))
+    assert result.status == "finished"
+    metrics = result.metrics
+    assert metrics["steps"] == 6
+    assert metrics["train_loss"] < metrics["first_loss"]
+    assert metrics["best_eval_loss"] is not None
+
+    lora = [k for k in capture.end if "lora_" in k]
+    base = [k for k in capture.end if "lora_" not in k]
+    assert lora and base
+    assert any(not capture.start[k].equal(capture.end[k]) for k in lora if "lora_B" in k)
+    assert all(capture.start[k].equal(capture.end[k]) for k in base)
+    # the frozen weights are still exactly the base model's
+    reference = _base_weights(result.run_dir)
+    name = next(k for k in base if k.endswith("layers.0.self_attn.q_proj.base_layer.weight"))
+    stored = next(v for k, v in reference.items() if k.endswith("layers.0.self_attn.q_proj.weight"))
+    assert capture.end[name].equal(stored)
+
+    folder = result.run_dir
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file()
+    assert (folder / "recipe.yaml").is_file() and (folder / "loss.png").stat().st_size > 1000
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in line for line in lines) and any("eval_loss" in line for line in lines)
+    manifest = runs.read_manifest(folder)
+    assert manifest["status"] == "finished" and manifest["recipe_sha256"] == recipe_sha256(recipe)
+    files = {f["path"]: f for f in manifest["data"]["files"]}
+    for path, entry in files.items():
+        assert entry["sha256"] == runs.sha256_file(path)
+    assert manifest["base_model"]["fingerprint"].startswith("sha256:")
+    assert manifest["packages"]["unsloth"] and manifest["backend"]["device"] == "cpu"
+
+
+class InterruptAt:
+    def __init__(self, step: int):
+        from transformers import TrainerCallback
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C
+
+        self.callback = _Callback()
+
+
+def test_interrupt_then_resume_equals_uninterrupted(make_recipe, tmp_path):
+    recipe = make_recipe("resume", steps=4)
+    straight = train(recipe, runs_root=tmp_path / "a")
+
+    stopped = train(recipe, runs_root=tmp_path / "b", extra_callbacks=(InterruptAt(2).callback,))
+    assert stopped.status == "interrupted"
+    assert runs.read_manifest(stopped.run_dir)["status"] == "interrupted"
+    assert runs.latest_checkpoint(stopped.run_dir).name == "checkpoint-2"
+    assert not (stopped.run_dir / "adapter").exists()
+
+    resumed = train(recipe, runs_root=tmp_path / "b")
+    assert resumed.run_dir == stopped.run_dir and resumed.resumed_from == "checkpoint-2"
+    assert resumed.status == "finished" and resumed.metrics["steps"] == 4
+    one = load_file(straight.adapter_dir / "adapter_model.safetensors")
+    two = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert one.keys() == two.keys()
+    for key in one:
+        assert (one[key] - two[key]).abs().max().item() < 1e-6, key
+
+
+def test_from_parent_starts_at_parent_adapter(make_recipe, tmp_path):
+    root = tmp_path / "runs"
+    parent = train(make_recipe("lineage", steps=2), runs_root=root)
+    capture = Capture()
+    child = train(make_recipe("lineage", steps=2), runs_root=root, parent_ref="v1", extra_callbacks=(capture.callback,))
+    assert child.run_dir.name == "v2"
+    assert runs.read_manifest(child.run_dir)["parent"] == str(parent.run_dir)
+    saved = load_file(parent.adapter_dir / "adapter_model.safetensors")
+    started = {k.replace(".default", ""): v for k, v in capture.start.items() if "lora_" in k}
+    for key, value in saved.items():
+        match = next(v for k, v in started.items() if k.endswith(key.removeprefix("base_model.model.")))
+        assert match.equal(value), key
