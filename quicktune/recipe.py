@@ -273,15 +273,20 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+        value = raw  # "Be brief: answer in JSON" is text, not a mapping
     return keys, value
 
 
 def _apply_override(data: dict[str, Any], keys: tuple[str, ...], value: Any, text: str) -> None:
     node = data
     for depth, key in enumerate(keys[:-1]):
+        path = keys[: depth + 1]
+        if key in _field_names(path[:-1]) and not _field_names(path):
+            raise RecipeError(f"--set {text}: {'.'.join(path)} is a value, not a section")
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise RecipeError(f"--set {text}: {'.'.join(keys[: depth + 1])} is a value, not a section")
+            raise RecipeError(f"--set {text}: {'.'.join(path)} is a value, not a section")
         node = child
     node[keys[-1]] = value
 
@@ -319,7 +324,7 @@ def _describe(error: dict[str, Any], lines: dict[tuple[str, ...], str], source: 
     if kind == "extra_forbidden":
         message = "unknown key"
         choices = _field_names(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], choices, n=1)
+        close = _suggest(loc[-1], choices)
         if close:
             message += f" (did you mean {'.'.join((*loc[:-1], close[0]))}?)"
         elif choices:
@@ -331,6 +336,12 @@ def _describe(error: dict[str, Any], lines: dict[tuple[str, ...], str], source: 
         if "input" in error and kind not in ("value_error",) and not isinstance(error["input"], dict):
             message += f" (got {error['input']!r})"
     return f"{where}: {dotted}: {message}"
+
+
+def _suggest(key: str, choices: list[str]) -> list[str]:
+    """A close spelling, or the field whose initials the key is (lr -> learning_rate)."""
+    initials = [c for c in choices if "_" in c and "".join(w[0] for w in c.split("_")) == key]
+    return initials or difflib.get_close_matches(key, choices, n=1)
 
 
 def _field_names(loc: tuple[str, ...]) -> list[str]:

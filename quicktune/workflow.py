@@ -56,12 +56,9 @@ def train_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: 
 
 def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool):
     result = train_command(recipe_ref, overrides, runs_dir, parent, dry_run)
-    if result is None or result.status != "finished":
-        return result
-    try:
-        from quicktune.export import pipeline
-    except ImportError:
-        console.print("[yellow]export is not available in this version: the adapter is the result[/]")
-        return result
-    pipeline.export_run(result.run_dir, console=console)
+    if result is not None and result.status == "finished":
+        console.print(
+            "[dim]GGUF export and the Ollama Modelfile are not part of this version yet (issue 4); "
+            f"the trained adapter is {result.adapter_dir}[/]"
+        )
     return result

@@ -122,7 +122,7 @@ def test_runs_lists_nothing_yet(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_dry_run_loads_no_model(tmp_path):
+def test_train_dry_run_loads_no_model(tmp_path, smollm2_tokenizer):  # tokenizer cached: no conversion
     code = (
         "from quicktune.cli import main\n"
         f"try:\n    main(['train', 'smollm2-demo', '--dry-run', '--runs-dir', {str(tmp_path)!r}])\n"

@@ -65,3 +65,17 @@ def test_template_errors_are_reported():
         templates.render(source, CONVERSATION)
     with pytest.raises(templates.TemplateError, match="chat template failed"):
         templates.render("{{ messages[0].nope.deeper }}", CONVERSATION)
+
+
+def test_system_is_folded_for_templates_without_a_system_role():
+    """Gemma 2's template raises on a system message; the system text then opens the first user turn."""
+    source = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + templates.FAMILY_TEMPLATES["gemma"]
+    )
+    tokenizer = ChatTokenizer(backend=None, chat_template=source, special=SPECIAL)
+    assert not tokenizer.accepts_system()
+    example = Example("t:1", tuple(Message(m["role"], m["content"]) for m in CONVERSATION))
+    rendered = render_example(tokenizer, example)
+    assert rendered.text == EXPECTED["gemma"][0]
+    assert [rendered.text[a:b] for a, b in rendered.spans] == EXPECTED["gemma"][1]

@@ -135,12 +135,12 @@ def prepare(
         evaluation, eval_files = load_examples(list(eval_paths), fmt=fmt, system_prompt=system_prompt)
         files += eval_files
 
-    dialogues = [quality.dialogue_text(e) for e in loaded]
-    exact = quality.exact_duplicates(dialogues)
+    dialogues = [quality.normalise(quality.dialogue_text(e)) for e in loaded]
+    exact = quality.exact_duplicates(dialogues, normalised=True)
     unique = quality.drop_duplicates(len(loaded), exact)
     near = [
         quality.Pair(unique[p.first], unique[p.second], p.similarity)
-        for p in quality.near_duplicate_pairs([dialogues[i] for i in unique])
+        for p in quality.near_duplicate_pairs([dialogues[i] for i in unique], normalised=True)
     ]
     dropping = {"none": [], "exact": exact, "near": exact + near}[dedupe]
     train = [loaded[i] for i in quality.drop_duplicates(len(loaded), dropping)]
@@ -261,13 +261,14 @@ def _describe_tokens(
         )
     if train_tokens:
         first = train_tokens[0]
+        (encoding,) = tokenizer.encode_batch([first.rendered.text])
         report.example = RenderedExample(
             origin=train[0].origin,
             text=first.rendered.text,
             trained_spans=list(first.rendered.spans),
             tokens=[
                 (first.rendered.text[start:end], label != IGNORE)
-                for (start, end), label in zip(first.offsets, first.labels)
+                for (start, end), label in zip(encoding.offsets, first.labels)
             ],
         )
 

@@ -35,7 +35,6 @@ class Rendered:
 class Tokenized:
     input_ids: list[int]
     labels: list[int]
-    offsets: list[tuple[int, int]]
     rendered: Rendered
     full_length: int  # tokens before truncation
 
@@ -76,17 +75,18 @@ def render_example(tokenizer: ChatTokenizer, example: Example, *, responses_only
     return Rendered(full, tuple(spans))
 
 
-def label_tokens(ids: list[int], offsets: list[tuple[int, int]], spans: tuple[tuple[int, int], ...]) -> list[int]:
-    """A token is trained when it starts inside a trained span."""
+def label_tokens(encoding, spans: tuple[tuple[int, int], ...]) -> list[int]:
+    """A token is trained when it starts inside a trained span (work per span, not per token)."""
+    ids = encoding.ids
     labels = [IGNORE] * len(ids)
-    span_index = 0
-    for position, (start, _end) in enumerate(offsets):
-        while span_index < len(spans) and start >= spans[span_index][1]:
-            span_index += 1
-        if span_index == len(spans):
-            break
-        if start >= spans[span_index][0]:
-            labels[position] = ids[position]
+    for start, end in spans:
+        first = encoding.char_to_token(start)
+        last = encoding.char_to_token(end - 1) if end > start else None
+        if first is None or last is None:
+            continue
+        if encoding.token_to_chars(first)[0] < start:  # the token straddles the span's start: context, not answer
+            first += 1
+        labels[first : last + 1] = ids[first : last + 1]
     return labels
 
 
@@ -104,13 +104,12 @@ def tokenize_examples(
         rendered = [render_example(tokenizer, ex, responses_only=responses_only) for ex in batch]
         encodings = tokenizer.encode_batch([r.text for r in rendered])
         for item, encoding in zip(rendered, encodings):
-            ids, offsets = encoding.ids, encoding.offsets
-            labels = label_tokens(ids, offsets, item.spans)
+            ids = encoding.ids
+            labels = label_tokens(encoding, item.spans)
             out.append(
                 Tokenized(
                     input_ids=ids[:max_length],
                     labels=labels[:max_length],
-                    offsets=offsets[:max_length],
                     rendered=item,
                     full_length=len(ids),
                 )

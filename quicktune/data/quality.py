@@ -21,6 +21,9 @@ NEAR_THRESHOLD = 0.8
 SHINGLE = 5
 _BANDS, _ROWS = 8, 4
 _SHIFT = np.uint64(32)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # an odd multiplier that mixes all bits into the top ones
+_NEIGHBOURS = 16  # train texts on each side of an eval text it is compared with, per band
+_SAMPLE_FROM = 256  # windows; shorter texts keep every shingle (64+ kept shingles estimate J within ~0.05)
 _NON_ALNUM = re.compile(r"[\W_]+")
 
 
@@ -49,12 +52,12 @@ class Pair:
     similarity: float
 
 
-def exact_duplicates(texts: list[str]) -> list[Pair]:
+def exact_duplicates(texts: list[str], *, normalised: bool = False) -> list[Pair]:
     """(first occurrence, later duplicate) for every repeated normalised text."""
     seen: dict[str, int] = {}
     pairs = []
     for index, text in enumerate(texts):
-        key = normalise(text)
+        key = text if normalised else normalise(text)
         if key in seen:
             pairs.append(Pair(seen[key], index, 1.0))
         else:
@@ -62,79 +65,127 @@ def exact_duplicates(texts: list[str]) -> list[Pair]:
     return pairs
 
 
-def _shingle_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Polynomial hashes of every 5-byte window, concatenated; plus each text's start offset."""
-    encoded = [normalise(t).encode("utf-8") or b" " for t in texts]
-    encoded = [e if len(e) >= SHINGLE else e.ljust(SHINGLE) for e in encoded]
-    lengths = np.fromiter((len(e) - SHINGLE + 1 for e in encoded), dtype=np.int64, count=len(encoded))
+def _shingle_hashes(normalised: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of each text's 5-byte windows, concatenated, and where each text's run starts.
+
+    Hashes are exact (base 257 over 5 bytes). Texts with at least ``_SAMPLE_FROM``
+    windows keep only the quarter of their shingles whose mixed hash ends in two zero
+    bits: the same shingle is kept in every text, so Jaccard similarity of the kept
+    sets estimates that of the full sets, at a quarter of the hashing cost.
+    """
+    encoded = [t.encode("utf-8").ljust(SHINGLE) for t in normalised]
+    byte_lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.uint64)
-    text_starts = np.concatenate(([0], np.cumsum([len(e) for e in encoded])[:-1]))
-    windows = np.concatenate([np.arange(s, s + n) for s, n in zip(text_starts, lengths)]) if len(texts) else data[:0]
-    hashes = np.zeros(len(windows), dtype=np.uint64)
-    for k in range(SHINGLE):
-        hashes = hashes * np.uint64(257) + data[windows + k]
-    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    count = len(data) - SHINGLE + 1
+    hashes = data[:count].copy()
+    for k in range(1, SHINGLE):
+        hashes = hashes * np.uint64(257) + data[k : k + count]
+    windows_per_text = byte_lengths - SHINGLE + 1
+    text_starts = np.concatenate(([0], np.cumsum(byte_lengths)[:-1]))
+    owner = np.repeat(np.arange(len(encoded)), byte_lengths)[:count]
+    position = np.arange(count) - text_starts[owner]
+    with np.errstate(over="ignore"):
+        sampled = ((hashes * _GOLDEN) >> np.uint64(62)) == 0
+    keep = (position < windows_per_text[owner]) & (sampled | (windows_per_text[owner] < _SAMPLE_FROM) | (position == 0))
+    hashes, owner = hashes[keep], owner[keep]
+    offsets = np.concatenate(([0], np.cumsum(np.bincount(owner, minlength=len(encoded)))[:-1])).astype(np.int64)
     return hashes, offsets
 
 
-def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_THRESHOLD) -> list[Pair]:
+def near_duplicate_pairs(
+    texts: list[str],
+    threshold: float = NEAR_THRESHOLD,
+    *,
+    normalised: bool = False,
+    split: int | None = None,
+) -> list[Pair]:
     """Pairs of texts whose 5-gram Jaccard similarity is at least ``threshold``.
 
-    Within an LSH bucket only neighbours are paired (a chain rather than all pairs,
-    ordered by the whole signature), which keeps templated data with huge buckets
-    linear in time.
+    With ``split``, only pairs (i < split <= j) are wanted: train/eval leakage.
+    Within an LSH bucket only neighbours are paired (a chain rather than all pairs),
+    which keeps templated data with huge buckets linear in time; each band orders its
+    buckets by a different rotation of the signature, so two near-identical texts are
+    neighbours in some band even when rows that share a column fall between them.
     Candidates whose MinHash estimate is far below the threshold are dropped before
     the exact check.
     """
     if len(texts) < 2:
         return []
-    hashes, offsets = _shingle_hashes(texts)
+    cleaned = texts if normalised else [normalise(t) for t in texts]
+    hashes, offsets = _shingle_hashes(cleaned)
     rng = np.random.default_rng(1234)
+    width = _BANDS * _ROWS
     # Multiply-shift hashing: (a * x + b) mod 2**64 with a random odd a, keeping the
     # high 32 bits. numpy's uint64 arithmetic wraps, which is the mod 2**64.
-    a = rng.integers(0, np.iinfo(np.uint64).max, size=_BANDS * _ROWS, dtype=np.uint64) | np.uint64(1)
-    b = rng.integers(0, np.iinfo(np.uint64).max, size=_BANDS * _ROWS, dtype=np.uint64)
+    a = rng.integers(0, np.iinfo(np.uint64).max, size=width, dtype=np.uint64) | np.uint64(1)
+    b = rng.integers(0, np.iinfo(np.uint64).max, size=width, dtype=np.uint64)
     mix = rng.integers(0, np.iinfo(np.uint64).max, size=_ROWS, dtype=np.uint64) | np.uint64(1)
-    signatures = np.empty((len(texts), _BANDS * _ROWS), dtype=np.uint64)
+    signatures = np.empty((len(texts), width), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for column in range(_BANDS * _ROWS):
+        for column in range(width):
             signatures[:, column] = np.minimum.reduceat((hashes * a[column] + b[column]) >> _SHIFT, offsets)
     firsts, seconds = [], []
     for band in range(_BANDS):
         with np.errstate(over="ignore"):
             keys = (signatures[:, band * _ROWS : (band + 1) * _ROWS] * mix).sum(axis=1)
-        # Inside a bucket, order by the whole signature so the most alike end up adjacent.
-        order = np.lexsort((*signatures.T[::-1], keys))
-        same = keys[order][1:] == keys[order][:-1]
-        firsts.append(order[:-1][same])
-        seconds.append(order[1:][same])
+        rotated = np.roll(np.arange(width), -((band + 1) * _ROWS) % width)
+        order = np.lexsort((*signatures[:, rotated[::-1]].T, keys))
+        if split is None:
+            same = keys[order][1:] == keys[order][:-1]
+            firsts.append(order[:-1][same])
+            seconds.append(order[1:][same])
+            continue
+        # Leakage: each eval text meets the _NEIGHBOURS train texts on either side of it
+        # in its bucket's signature order.
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        evals = np.arange(split, len(texts))
+        for step in (*range(1, _NEIGHBOURS + 1), *range(-_NEIGHBOURS, 0)):
+            at = rank[evals] + step
+            inside = (at >= 0) & (at < len(order))
+            other = order[at[inside]]
+            mine = evals[inside]
+            good = (keys[other] == keys[mine]) & (other < split)
+            firsts.append(other[good])
+            seconds.append(mine[good])
+    if not firsts:
+        return []
     first, second = np.concatenate(firsts), np.concatenate(seconds)
-    codes = np.unique(np.minimum(first, second) * len(texts) + np.maximum(first, second))
+    low, high = np.minimum(first, second), np.maximum(first, second)
+    codes = np.unique(low * len(texts) + high)
     first, second = codes // len(texts), codes % len(texts)
     estimate = (signatures[first] == signatures[second]).mean(axis=1)
     plausible = estimate >= threshold - 0.2
-    ends = np.append(offsets[1:], len(hashes))
     pairs = []
     for i, j in zip(first[plausible].tolist(), second[plausible].tolist()):
-        one = set(hashes[offsets[i] : ends[i]].tolist())
-        two = set(hashes[offsets[j] : ends[j]].tolist())
-        similarity = len(one & two) / len(one | two)
+        similarity = jaccard(cleaned[i], cleaned[j])
         if similarity >= threshold:
             pairs.append(Pair(i, j, similarity))
     return pairs
 
 
+def _shingles(text: str) -> set[str]:
+    return {text[i : i + SHINGLE] for i in range(max(1, len(text) - SHINGLE + 1))}
+
+
+def jaccard(first: str, second: str) -> float:
+    """Exact character-5-gram Jaccard similarity of two normalised texts."""
+    one, two = _shingles(first), _shingles(second)
+    return len(one & two) / len(one | two)
+
+
 def leakage_pairs(train: list[str], evaluation: list[str], threshold: float = NEAR_THRESHOLD) -> list[Pair]:
     """(train index, eval index) pairs whose prompts are the same or nearly the same."""
-    combined = train + evaluation
-    found = []
-    for pair in near_duplicate_pairs(combined, threshold):
-        if pair.first < len(train) <= pair.second:
-            found.append(Pair(pair.first, pair.second - len(train), pair.similarity))
-    exact = {normalise(t): i for i, t in enumerate(train)}
+    train_keys = [normalise(t) for t in train]
+    eval_keys = [normalise(t) for t in evaluation]
+    found = [
+        Pair(p.first, p.second - len(train), p.similarity)
+        for p in near_duplicate_pairs(train_keys + eval_keys, threshold, normalised=True, split=len(train))
+    ]
+    exact = {key: i for i, key in enumerate(train_keys)}
     known = {(p.first, p.second) for p in found}
-    for j, text in enumerate(evaluation):
-        i = exact.get(normalise(text))
+    for j, key in enumerate(eval_keys):
+        i = exact.get(key)
         if i is not None and (i, j) not in known:
             found.append(Pair(i, j, 1.0))
     return sorted(found, key=lambda p: (p.second, p.first))

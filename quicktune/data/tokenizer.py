@@ -41,6 +41,7 @@ class ChatTokenizer:
     source: str = ""
     template_family: str = "auto"
     source_folder: str | None = None  # where tokenizer.json was read from
+    _accepts_system: bool | None = field(default=None, repr=False)
 
     def token_id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -64,6 +65,8 @@ class ChatTokenizer:
                 hint="Set model.chat_template to the family the model was trained with "
                 f"({', '.join(templates.FAMILY_TEMPLATES)}).",
             )
+        if messages and messages[0]["role"] == "system" and not self.accepts_system():
+            messages = fold_system(messages)
         return templates.render(
             self.chat_template, messages, add_generation_prompt=add_generation_prompt, special_tokens=self.special
         )
@@ -75,15 +78,25 @@ class ChatTokenizer:
         return rendered[rendered.index(_PROBE) + len(_PROBE) :].strip()
 
     def accepts_system(self) -> bool:
-        try:
-            self.render([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
-        except templates.TemplateError:
-            return False
-        return True
+        """False for templates that raise on a system message (Gemma 2's does)."""
+        if self._accepts_system is None:
+            probe = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+            try:
+                templates.render(self.chat_template, probe, special_tokens=self.special)
+                self._accepts_system = True
+            except templates.TemplateError:
+                self._accepts_system = False
+        return self._accepts_system
 
     def encode_batch(self, texts: list[str]) -> list[Any]:
         """Encodings with ids and character offsets; special tokens come from the template only."""
         return self.backend.encode_batch(texts, add_special_tokens=False)
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """For templates without a system role: the system text opens the first user turn."""
+    system, first, *rest = messages
+    return [{"role": "user", "content": f"{system['content']}\n\n{first['content']}"}, *rest]
 
 
 def load_chat_tokenizer(
