@@ -104,12 +104,14 @@ def step_timer():
             self.steps: list[dict] = []
             self.losses: list[float] = []
             self.optim = None
+            self.precision = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             # Trainer then adds each batch's attention_mask.sum() to state.num_input_tokens_seen
             # before on_step_end; it is set here so quicktune's own SFTConfig stays untouched.
             args.include_num_input_tokens_seen = "non_padding"
             self.optim = str(getattr(args.optim, "value", args.optim))
+            self.precision = "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "fp32"
 
         def on_step_begin(self, args, state, control, **kwargs):
             self._start = (time.perf_counter(), time.process_time(), state.num_input_tokens_seen)
@@ -140,6 +142,7 @@ def step_timer():
                 "tokens_per_step": tokens,
                 "tokens_per_s": tokens / median_s,
                 "optimizer": self.optim,
+                "precision": self.precision,
                 "torch_threads": torch.get_num_threads(),
                 "losses": self.losses,
                 "steps": self.steps,
@@ -169,6 +172,8 @@ def sft_config(output_dir: Path, steps: int):
         save_strategy="no",
         max_length=SEQ_LEN,
         packing=False,
+        bf16=False,  # SFTConfig's default is bf16=True, i.e. bf16 autocast wherever the CPU has bf16
+        fp16=False,
         report_to=[],
         disable_tqdm=True,
         use_cpu=True,
@@ -326,15 +331,18 @@ def child_main(name: str, workdir: Path, steps: int, warmup: int) -> None:
 # ---------------------------------------------------------------- run in the (small) parent
 
 
-def run_child(name: str, workdir: Path, steps: int, warmup: int) -> dict:
+def run_child(name: str, workdir: Path, steps: int, warmup: int, threads: int | None) -> dict:
     """One child process: its result, wall seconds and its own peak RSS (``wait4``)."""
     argv = [sys.executable, __file__, "--child", name, "--workdir", str(workdir),
             "--steps", str(steps), "--warmup", str(warmup)]
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op thread count
     log = workdir / f"{name}.log"
     print(f"running {name} ...", flush=True)
     with log.open("wb") as out:
         start = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - start
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -372,12 +380,12 @@ def print_report(report: dict) -> None:
           f"load average before/after {report['load_average_before_after'][0]:.2f} / "
           f"{report['load_average_before_after'][1]:.2f}\n")
     print(f"{'contender':<18} {'s/step':>7} {'min-max':>11} {'cpu s':>6} {'tok/step':>9} {'tok/s':>6} "
-          f"{'RSS MB':>7} {'child s':>8}  optimizer")
+          f"{'RSS MB':>7} {'child s':>8}  optimizer, precision")
     for name, row in results.items():
         spread = f"{row['min_s_per_step']:.2f}-{row['max_s_per_step']:.2f}"
         print(f"{LABELS[name]:<18} {row['median_s_per_step']:>7.3f} {spread:>11} {row['median_cpu_s_per_step']:>6.2f} "
               f"{row['tokens_per_step']:>9.1f} {row['tokens_per_s']:>6.0f} {row['peak_rss_mb']:>7.0f} "
-              f"{row['child_wall_s']:>8.1f}  {row['optimizer']}")
+              f"{row['child_wall_s']:>8.1f}  {row['optimizer']}, {row['precision']}")
     print()
     step_tokens = {name: [s["tokens"] for s in row["steps"]] for name, row in results.items()}
     same = len({tuple(tokens) for tokens in step_tokens.values()}) == 1
@@ -413,6 +421,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the median (default 2)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help=f"comma-separated subset of {','.join(CONTENDERS)} (default: all, in that order)")
+    parser.add_argument("--threads", type=int, help="torch threads per child (OMP_NUM_THREADS; default: torch's, "
+                        "one per core). 1 keeps timings usable on a machine other work is using")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, run folder), print where")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -420,6 +430,8 @@ def main() -> None:
     if args.child:
         child_main(args.child, args.workdir, args.steps, args.warmup)
         return
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     if args.warmup < 0 or args.steps <= args.warmup:
         parser.error("--steps must be larger than --warmup, and --warmup at least 0")
     chosen = [name.strip() for name in args.contenders.split(",") if name.strip()]
@@ -430,8 +442,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="quicktune-train-speed-"))
     try:
         load_before = os.getloadavg()
-        prepared = run_child("prepare", workdir, args.steps, args.warmup)
-        results = {name: run_child(name, workdir, args.steps, args.warmup) for name in chosen}
+        prepared = run_child("prepare", workdir, args.steps, args.warmup, args.threads)
+        results = {name: run_child(name, workdir, args.steps, args.warmup, args.threads) for name in chosen}
         load_after = os.getloadavg()
     finally:
         if args.keep:
@@ -446,6 +458,7 @@ def main() -> None:
         "versions": versions(),
         "steps": args.steps,
         "warmup": args.warmup,
+        "threads_requested": args.threads,
         "settings": {"recipe": RECIPE, **RECIPE_SETTINGS},
         "load_average_before_after": [load_before[0], load_after[0]],
         "data": prepared,

@@ -91,7 +91,8 @@ def test_interrupt_then_resume_equals_uninterrupted(make_recipe, tmp_path):
     recipe = make_recipe("resume", steps=4)
     straight = train(recipe, runs_root=tmp_path / "a")
 
-    stopped = train(recipe, runs_root=tmp_path / "b", extra_callbacks=(InterruptAt(2).callback,))
+    # Ctrl-C during step 1's bookkeeping: the checkpoint is written at the end of the next step.
+    stopped = train(recipe, runs_root=tmp_path / "b", extra_callbacks=(InterruptAt(1).callback,))
     assert stopped.status == "interrupted"
     assert runs.read_manifest(stopped.run_dir)["status"] == "interrupted"
     assert runs.latest_checkpoint(stopped.run_dir).name == "checkpoint-2"
