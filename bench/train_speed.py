@@ -253,7 +253,7 @@ def run_quicktune(workdir: Path, steps: int, warmup: int) -> dict:
     # train() prepares its rows itself, with the code loaded here: they must be the rows the other two get
     expected = json.loads((workdir / "prepare.json").read_text())["rows_sha256"]
     if rows_sha256(_rows(prepare_data(recipe).train_tokens)) != expected:
-        raise RuntimeError("quicktune's data preparation gave other rows than the prepare step (code changed meanwhile?)")
+        raise RuntimeError("quicktune prepared other rows than the prepare step did (code changed meanwhile?)")
     timer = step_timer()
     result = train(recipe, runs_root=workdir / "runs", extra_callbacks=(timer,))
     return {"backend": f"{backend.name} ({backend.device})", "status": result.status, **timer.summary(warmup)}
@@ -437,7 +437,8 @@ def main() -> None:
     chosen = [name.strip() for name in args.contenders.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(CONTENDERS))
     if unknown or not chosen:
-        parser.error(f"--contenders: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONTENDERS)}")
+        parser.error(f"--contenders: unknown {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join(CONTENDERS)}")
 
     workdir = Path(tempfile.mkdtemp(prefix="quicktune-train-speed-"))
     try:
