@@ -91,7 +91,9 @@ class TrainingSection(_Section):
     batch_size: int = Field(2, gt=0)
     grad_accumulation: int = Field(4, gt=0)
     seed: int = 3407
-    packing: bool = False
+    packing: bool | Literal["auto"] = Field(
+        "auto", description="auto: on with Unsloth on CUDA (padding-free), off elsewhere."
+    )
     gradient_checkpointing: bool = True
     eval_every: int | None = Field(None, gt=0)
     save_every: int | None = Field(None, gt=0)

@@ -105,6 +105,14 @@ def planned_steps(recipe: Recipe, train_rows: int) -> int:
     return max(1, math.ceil(math.ceil(train_rows / (t.batch_size * t.grad_accumulation)) * t.epochs))
 
 
+def _packing(setting: bool | str, backend: Backend) -> bool:
+    """Packing is safe where sequences stay separate inside a packed row: Unsloth's padding-free
+    CUDA path. Unsloth's CPU fallback turns packing off by itself, so auto leaves it off there."""
+    if setting == "auto":
+        return backend.name == "unsloth" and backend.device == "cuda"
+    return bool(setting)
+
+
 def _sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool, total_steps: int):
     from trl import SFTConfig
 
@@ -144,7 +152,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool,
         metric_for_best_model="eval_loss" if has_eval else None,
         greater_is_better=False if has_eval else None,
         max_length=recipe.model.max_seq_length,
-        packing=t.packing,
+        packing=_packing(t.packing, backend),
         report_to=[],
         disable_tqdm=True,
         use_cpu=not on_cuda,
@@ -295,7 +303,10 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
         callbacks.append(LiveProgress(console))
     if eval_rows and recipe.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.training.early_stopping_patience))
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer
+    if backend.name != "unsloth" and backend.device == "cpu":
+        trainer_class = _cpu_trainer_class(SFTTrainer)
+    trainer = trainer_class(
         model=model,
         processing_class=hf_tokenizer,
         train_dataset=Dataset.from_list(train_rows),
@@ -317,6 +328,18 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
     metrics = _final_metrics(trainer, output, seconds)
     runs.update_manifest(run_dir, status="finished", ended=runs.now(), metrics=metrics)
     return TrainResult(run_dir, "finished", metrics)
+
+
+def _cpu_trainer_class(sft_trainer):
+    """TRL 1.15 always computes the loss through its Triton fused LM-head kernel, which fails
+    without a GPU driver ("0 active drivers"). On the plain-transformers CPU fallback, use the
+    model's own loss over the labels instead (Unsloth's CPU path has its own chunked loss)."""
+    from transformers import Trainer
+
+    class CpuSFTTrainer(sft_trainer):
+        compute_loss = Trainer.compute_loss
+
+    return CpuSFTTrainer
 
 
 def _save_final(trainer, hf_tokenizer, run_dir: Path, method: str) -> None:

@@ -120,3 +120,32 @@ def test_from_parent_starts_at_parent_adapter(make_recipe, tmp_path):
     for key, value in saved.items():
         match = next(v for k, v in started.items() if k.endswith(key.removeprefix("base_model.model.")))
         assert match.equal(value), key
+
+
+def test_plain_transformers_fallback_when_unsloth_cannot_be_imported(make_recipe, tmp_path):
+    """One seam: without Unsloth the same trainer runs on transformers + peft, with a notice."""
+    import subprocess
+    import sys
+    import textwrap
+
+    recipe = make_recipe("fallback", steps=2)
+    recipe_file = tmp_path / "fallback.yaml"
+    recipe_file.write_text(recipe.to_yaml())
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["unsloth"] = None  # makes `import unsloth` fail as if it were not installed
+        from quicktune.recipe import load_recipe
+        from quicktune.train.backend import load_backend
+        from quicktune.train.trainer import train
+        backend = load_backend()
+        assert backend.name == "transformers", backend
+        assert "Unsloth could not be imported" in backend.notice
+        result = train(load_recipe({str(recipe_file)!r}), runs_root=__import__("pathlib").Path({str(tmp_path / "runs")!r}))
+        assert result.status == "finished" and result.metrics["steps"] == 2, result
+        print("FALLBACK-OK", result.metrics["first_loss"])
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FALLBACK-OK" in done.stdout
