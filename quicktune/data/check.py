@@ -287,19 +287,25 @@ def check_data(
         if not files:
             raise DataError("name the data file(s) to check, or a recipe with --recipe")
         return prepare(files, eval_paths=eval_files).report
-    from quicktune.data.tokenizer import load_chat_tokenizer
     from quicktune.recipe import load_recipe
 
     recipe = load_recipe(recipe_ref, overrides)
+    return prepare_for_recipe(recipe, train_paths=files, eval_paths=eval_files).report
+
+
+def prepare_for_recipe(recipe, *, train_paths: list[str] = (), eval_paths: list[str] = ()) -> PreparedData:
+    """``prepare`` with a recipe's tokenizer and data settings; given files replace the recipe's."""
+    from quicktune.data.tokenizer import load_chat_tokenizer
+
     section = recipe.data
-    train_paths = files or section.train
-    eval_paths = eval_files or section.eval
+    train_paths = list(train_paths or section.train)
+    eval_paths = list(eval_paths or section.eval)
     tokenizer = load_chat_tokenizer(
         recipe.model.base, chat_template=recipe.model.chat_template, revision=recipe.model.revision
     )
     return prepare(
-        list(train_paths),
-        eval_paths=list(eval_paths),
+        train_paths,
+        eval_paths=eval_paths,
         eval_fraction=0.0 if eval_paths else section.eval_fraction,
         fmt=section.format,
         system_prompt=section.system_prompt,
@@ -308,4 +314,4 @@ def check_data(
         tokenizer=tokenizer,
         max_seq_length=recipe.model.max_seq_length,
         responses_only=section.train_on_responses_only,
-    ).report
+    )

@@ -21,8 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from quicktune.data.check import PreparedData, prepare
-from quicktune.data.tokenizer import load_chat_tokenizer
+from quicktune.data.check import PreparedData, prepare_for_recipe
 from quicktune.errors import QuicktuneError
 from quicktune.recipe import Recipe
 from quicktune.train import runs
@@ -58,22 +57,7 @@ def package_versions() -> dict[str, str]:
 
 
 def prepare_data(recipe: Recipe) -> PreparedData:
-    tokenizer = load_chat_tokenizer(
-        recipe.model.base, chat_template=recipe.model.chat_template, revision=recipe.model.revision
-    )
-    section = recipe.data
-    prepared = prepare(
-        section.train,
-        eval_paths=section.eval,
-        eval_fraction=section.eval_fraction,
-        fmt=section.format,
-        system_prompt=section.system_prompt,
-        dedupe=section.dedupe,
-        seed=recipe.training.seed,
-        tokenizer=tokenizer,
-        max_seq_length=recipe.model.max_seq_length,
-        responses_only=section.train_on_responses_only,
-    )
+    prepared = prepare_for_recipe(recipe)
     if not any(t.trained_tokens for t in prepared.train_tokens):
         raise QuicktuneError("no training row has a token left to train on (all were cut by max_seq_length?)")
     return prepared
@@ -118,9 +102,8 @@ def _sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool,
 
     t = recipe.training
     eval_every = t.eval_every or max(1, total_steps // 5)
-    save_every = eval_every if (has_eval or not t.save_every) else t.save_every
-    if not has_eval:
-        save_every = t.save_every or max(1, total_steps // 5)
+    # Keeping the best checkpoint needs a save at every evaluation.
+    save_every = eval_every if has_eval else (t.save_every or max(1, total_steps // 5))
     optimizer = t.optimizer
     if optimizer == "auto":
         optimizer = "adamw_8bit" if backend.device == "cuda" else "adamw_torch"
