@@ -44,7 +44,7 @@ class Tokenized:
 
     @property
     def trained_tokens(self) -> int:
-        return sum(label != IGNORE for label in self.labels)
+        return len(self.labels) - self.labels.count(IGNORE)
 
 
 def render_example(tokenizer: ChatTokenizer, example: Example, *, responses_only: bool = True) -> Rendered:
