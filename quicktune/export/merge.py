@@ -1,0 +1,92 @@
+"""Merge a LoRA adapter into its base model's weights, one safetensors shard at a time.
+
+For every linear layer the adapter wraps, ``W' = W + s * B @ A`` with ``s = alpha / r``
+(``alpha / sqrt(r)`` for rsLoRA), computed in float32 and stored in the base weight's
+dtype. Only one shard of the base model is in memory at once, so peak RAM stays near
+the largest shard plus the adapter, whatever the model's size. The tokenizer files are
+the adapter's: the ones the model was trained with. The merged folder appears whole or
+not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from quicktune.errors import QuicktuneError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+MODEL_FILES = ("config.json", "generation_config.json")
+
+
+def _base_shards(base_dir: Path) -> list[str]:
+    index = base_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return sorted(set(weight_map.values()))
+    if (base_dir / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    raise QuicktuneError(f"{base_dir}: no safetensors weights to merge into")
+
+
+def _lora_pairs(adapter_dir: Path) -> tuple[dict[str, tuple], float]:
+    """Base weight name -> (A, B) tensors, and the scale."""
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("use_dora"):
+        raise QuicktuneError("merging a DoRA adapter is not supported yet; train with lora.use_dora: false")
+    rank, alpha = config["r"], config["lora_alpha"]
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    pairs: dict[str, list] = {}
+    for key, value in tensors.items():
+        for part, slot in ((".lora_A.weight", 0), (".lora_B.weight", 1)):
+            if key.endswith(part):
+                module = key[: -len(part)].removeprefix("base_model.model.")
+                pairs.setdefault(f"{module}.weight", [None, None])[slot] = value
+    incomplete = [name for name, (a, b) in pairs.items() if a is None or b is None]
+    if incomplete:
+        raise QuicktuneError(f"{adapter_dir}: adapter has lora_A without lora_B (or the reverse): {incomplete[:3]}")
+    return {name: (a, b) for name, (a, b) in pairs.items()}, scale
+
+
+def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    pairs, scale = _lora_pairs(adapter_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        merged = set()
+        for shard in _base_shards(base_dir):
+            tensors = load_file(str(base_dir / shard))
+            for name, weight in tensors.items():
+                if name in pairs:
+                    lora_a, lora_b = pairs[name]
+                    delta = (lora_b.float() @ lora_a.float()) * scale
+                    tensors[name] = (weight.float() + delta).to(weight.dtype).contiguous()
+                    merged.add(name)
+            save_file(tensors, str(staging / shard), metadata={"format": "pt"})
+            del tensors
+        missing = sorted(set(pairs) - merged)
+        if missing:
+            raise QuicktuneError(f"the adapter targets weights the base model does not have: {missing[:3]}")
+        for name in ("model.safetensors.index.json", *MODEL_FILES):
+            if (base_dir / name).is_file():
+                shutil.copy2(base_dir / name, staging / name)
+        for name in TOKENIZER_FILES:
+            source = adapter_dir / name if (adapter_dir / name).is_file() else base_dir / name
+            if source.is_file():
+                shutil.copy2(source, staging / name)
+        if out_dir.exists():
+            raise QuicktuneError(f"{out_dir} already exists; quicktune does not overwrite a merged model")
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
