@@ -109,7 +109,7 @@ def print_runs(runs, root) -> None:
         return
     table = Table(title=f"Runs in {root}", title_justify="left")
     for column in ("run", "status", "started", "steps", "train loss", "best eval loss", "parent"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("run", "status"))
 
     def number(value):
         return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)

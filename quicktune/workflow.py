@@ -29,7 +29,20 @@ def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None) -> None:
     console.print("[dim]dry run: no model was loaded[/]")
 
 
-def train_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool):
+def _same_command(command: str, recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None) -> str:
+    import shlex
+
+    words = ["quicktune", command, recipe_ref, *(f"--set={o}" for o in overrides)]
+    if runs_dir != "runs":
+        words.append(f"--runs-dir={runs_dir}")
+    if parent:
+        words.append(f"--from={parent}")
+    return shlex.join(words)
+
+
+def train_command(
+    recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool, command: str = "train"
+):
     recipe = load_recipe(recipe_ref, overrides)
     runs_root = Path(runs_dir)
     if dry_run:
@@ -41,7 +54,7 @@ def train_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: 
     if result.status == "interrupted":
         console.print(
             f"[yellow]interrupted[/] at step {result.metrics.get('steps')}; checkpoint saved in {result.run_dir}. "
-            f"Run the same command again to resume."
+            f"Resume with: {_same_command(command, recipe_ref, overrides, runs_dir, parent)}"
         )
         return result
     m = result.metrics
@@ -55,7 +68,7 @@ def train_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: 
 
 
 def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool):
-    result = train_command(recipe_ref, overrides, runs_dir, parent, dry_run)
+    result = train_command(recipe_ref, overrides, runs_dir, parent, dry_run, command="run")
     if result is not None and result.status == "finished":
         console.print(
             "[dim]GGUF export and the Ollama Modelfile are not part of this version yet (issue 4); "

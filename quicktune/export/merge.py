@@ -86,6 +86,9 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
                 shutil.copy2(source, staging / name)
         if out_dir.exists():
             raise QuicktuneError(f"{out_dir} already exists; quicktune does not overwrite a merged model")
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the merged model is an ordinary folder
+        for item in staging.iterdir():
+            os.chmod(item, 0o644)
         os.replace(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -155,7 +155,7 @@ def list_runs(root: Path) -> list[RunSummary]:
                     version=run_dir.name,
                     status=manifest.get("status", "?"),
                     started=manifest.get("started", ""),
-                    steps=metrics.get("steps"),
+                    steps=metrics.get("steps", manifest.get("interrupted_at_step")),
                     train_loss=metrics.get("train_loss"),
                     eval_loss=metrics.get("best_eval_loss", metrics.get("eval_loss")),
                     parent=manifest.get("parent"),
