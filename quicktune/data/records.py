@@ -28,17 +28,6 @@ class Example:
     def is_chat(self) -> bool:
         return self.text is None
 
-    def prompt_text(self) -> str:
-        """Everything the model is given: system and user turns (or the raw text)."""
-        if self.text is not None:
-            return self.text
-        return "\n".join(m.content for m in self.messages if m.role != "assistant")
-
-    def full_text(self) -> str:
-        if self.text is not None:
-            return self.text
-        return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
-
     def as_dicts(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 

@@ -25,7 +25,6 @@ class Backend:
     notice: str | None = None  # why Unsloth is not used, when it is not
 
     def load_model(self, model_dir: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str, full: bool):
-        import torch
 
         torch_dtype = _torch_dtype(dtype, self.device)
         if self.name == "unsloth":

@@ -64,7 +64,7 @@ def test_json_list_file_has_line_numbers(tmp_path):
 def test_csv_file(tmp_path):
     path = tmp_path / "d.csv"
     cell = json.dumps(chat("Hi", "Hello!")["messages"]).replace('"', '""')
-    path.write_text(f'instruction,output\nHi,Hello!\n"multi\nline",ok\n,missing\n')
+    path.write_text('instruction,output\nHi,Hello!\n"multi\nline",ok\n,missing\n')
     with pytest.raises(DataError) as excinfo:
         load_examples([str(path)])
     assert excinfo.value.problems == [f"{path}:5: instruction: missing field"]
