@@ -23,10 +23,6 @@ class ModelSource:
     kind: Literal["hub", "dir", "gguf"]
     path: Path | None = None  # the folder, or the .gguf file
 
-    @property
-    def is_local(self) -> bool:
-        return self.kind != "hub"
-
 
 def resolve_model(spec: str) -> ModelSource:
     if spec.startswith(PACKAGE_SCHEME):

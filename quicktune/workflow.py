@@ -9,14 +9,14 @@ from quicktune.recipe import Recipe, load_recipe
 
 
 def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None) -> None:
-    from quicktune.train.runs import find_resumable, resolve_run, versions
-    from quicktune.train.trainer import planned_steps, prepare_data, recipe_sha256
+    from quicktune.train.runs import find_resumable, next_run_dir
+    from quicktune.train.trainer import load_parent, planned_steps, prepare_data, recipe_sha256
 
     report = prepare_data(recipe).report
     print_data_report(report)
-    parent_dir = resolve_run(parent, runs_root, recipe.name) if parent else None
+    parent_dir = load_parent(parent, runs_root, recipe)
     resumable = find_resumable(runs_root, recipe.name, recipe_sha256(recipe), str(parent_dir) if parent_dir else None)
-    target = resumable or runs_root / recipe.name / f"v{(versions(runs_root / recipe.name) or [0])[-1] + 1}"
+    target = resumable or next_run_dir(runs_root, recipe.name)
     t = recipe.training
     console.print(f"[bold]plan[/]: {recipe.method} on {recipe.model.base}")
     console.print(

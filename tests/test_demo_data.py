@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from quicktune.data import quality
 from quicktune.demo import generate
 
 DEMO_DIR = Path(generate.__file__).resolve().parent
@@ -136,8 +137,8 @@ def test_the_near_duplicate_filter_rejects_what_it_should() -> None:
     a = generate.char_ngrams("Lunch with Priya at Café Rouge on Friday at 1pm")
     b = generate.char_ngrams("lunch with Priya, at Café Rouge on Friday at 1 pm!")
     c = generate.char_ngrams("Please schedule a haircut with Dr. Okafor tomorrow at 09:30.")
-    assert generate.jaccard(a, b) >= generate.MAX_SIMILARITY
-    assert generate.jaccard(a, c) < 0.2
+    assert quality.jaccard(a, b) >= generate.MAX_SIMILARITY
+    assert quality.jaccard(a, c) < 0.2
 
 
 def test_the_demo_recipe_exports_the_same_system_prompt_it_trains_with() -> None:

@@ -160,22 +160,21 @@ def near_duplicate_pairs(
     sets: dict[int, set[str]] = {}
     pairs = []
     for i, j in zip(first[plausible].tolist(), second[plausible].tolist()):
-        one = sets[i] if i in sets else sets.setdefault(i, _shingles(cleaned[i]))
-        two = sets[j] if j in sets else sets.setdefault(j, _shingles(cleaned[j]))
-        similarity = len(one & two) / len(one | two)
+        one = sets[i] if i in sets else sets.setdefault(i, shingles(cleaned[i]))
+        two = sets[j] if j in sets else sets.setdefault(j, shingles(cleaned[j]))
+        similarity = jaccard(one, two)
         if similarity >= threshold:
             pairs.append(Pair(i, j, similarity))
     return pairs
 
 
-def _shingles(text: str) -> set[str]:
-    return {text[i : i + SHINGLE] for i in range(max(1, len(text) - SHINGLE + 1))}
+def shingles(normalised: str) -> set[str]:
+    """The character 5-grams of a normalised text (a shorter text is its own one shingle)."""
+    return {normalised[i : i + SHINGLE] for i in range(max(1, len(normalised) - SHINGLE + 1))}
 
 
-def jaccard(first: str, second: str) -> float:
-    """Exact character-5-gram Jaccard similarity of two normalised texts."""
-    one, two = _shingles(first), _shingles(second)
-    return len(one & two) / len(one | two)
+def jaccard(one: set[str], two: set[str]) -> float:
+    return len(one & two) / len(one | two) if one or two else 1.0
 
 
 def leakage_pairs(train: list[str], evaluation: list[str], threshold: float = NEAR_THRESHOLD) -> list[Pair]:

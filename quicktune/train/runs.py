@@ -54,11 +54,16 @@ def versions(recipe_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in recipe_dir.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir())
 
 
+def next_run_dir(root: Path, recipe_name: str) -> Path:
+    """Where the next run of this recipe would go (not claimed)."""
+    return root / recipe_name / f"v{(versions(root / recipe_name) or [0])[-1] + 1}"
+
+
 def create_run_dir(root: Path, recipe_name: str) -> Path:
     """The next free ``vN``, claimed with an exclusive mkdir so two runs never share one."""
     recipe_dir = root / recipe_name
     recipe_dir.mkdir(parents=True, exist_ok=True)
-    number = (versions(recipe_dir) or [0])[-1] + 1
+    number = int(next_run_dir(root, recipe_name).name[1:])
     while True:
         candidate = recipe_dir / f"v{number}"
         try:

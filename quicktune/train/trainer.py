@@ -11,7 +11,6 @@ Run folders, resume and lineage:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import platform
 import shutil
@@ -63,7 +62,7 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     return prepared
 
 
-def _data_manifest(recipe: Recipe, prepared: PreparedData) -> dict[str, Any]:
+def _data_manifest(prepared: PreparedData) -> dict[str, Any]:
     return {
         "files": [
             {"path": item.path, "format": item.format, "rows": item.rows, "sha256": runs.sha256_file(item.path)}
@@ -147,7 +146,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool,
     )
 
 
-def _load_parent(parent_ref: str | None, runs_root: Path, recipe: Recipe) -> Path | None:
+def load_parent(parent_ref: str | None, runs_root: Path, recipe: Recipe) -> Path | None:
     if parent_ref is None:
         return None
     parent_dir = runs.resolve_run(parent_ref, runs_root, recipe.name)
@@ -179,7 +178,7 @@ def train(
     require_device_for(recipe.method, bool(recipe.model.load_in_4bit), backend)
 
     prepared = prepare_data(recipe)
-    parent_dir = _load_parent(parent_ref, runs_root, recipe)
+    parent_dir = load_parent(parent_ref, runs_root, recipe)
     parent = str(parent_dir) if parent_dir else None
     sha = recipe_sha256(recipe)
     run_dir = runs.find_resumable(runs_root, recipe.name, sha, parent)
@@ -205,7 +204,7 @@ def train(
                 "method": recipe.method,
                 "base_model": {"spec": base.spec, "kind": base.kind, "loaded_from": base.load_from,
                                "fingerprint": base.fingerprint},
-                "data": _data_manifest(recipe, prepared),
+                "data": _data_manifest(prepared),
                 "backend": {"name": backend.name, "device": backend.device},
                 "packages": package_versions(),
                 "resumes": [],
@@ -240,7 +239,7 @@ def _raise_friendly(exc: Exception, recipe: Recipe) -> None:
             hint=(
                 f"Lower training.batch_size (now {t.batch_size}; raise grad_accumulation to keep the effective batch), "
                 f"model.max_seq_length (now {recipe.model.max_seq_length}) or lora.r (now {recipe.lora.r}); "
-                "keep training.gradient_checkpointing: true. `quicktune plan` estimates what fits."
+                "keep training.gradient_checkpointing: true."
             ),
         ) from None
 
@@ -358,4 +357,4 @@ def _final_metrics(trainer, output, seconds: float) -> dict[str, Any]:
 
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    return json.loads(json.dumps(metrics))
+    return metrics
