@@ -153,6 +153,60 @@ def run(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | No
     run_command(recipe, list(overrides), runs_dir, parent, dry_run)
 
 
+QUANT_CHOICE = click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "bf16"])
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("-q", "--quant", "quants", multiple=True, type=QUANT_CHOICE, help="Quantization(s) to write; default: the recipe's export.quantizations.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check the GGUF files against the merged model.")
+@click.option("--prompts", default=8, show_default=True, type=click.IntRange(1, 200), help="Held-out prompts for the fidelity check.")
+@RUNS_OPTION
+def export(run_ref: str, quants: tuple[str, ...], verify: bool, prompts: int, runs_dir: str) -> None:
+    """Export a trained RUN: merged model, GGUF files, Ollama Modelfiles, fidelity check.
+
+    \b
+    Writes into RUN/export/ and never rewrites a file already there, so asking for
+    another quantization later keeps the rest. The fidelity check compares the F16
+    GGUF (llama.cpp) with the merged model (transformers) on held-out prompts, and
+    each quantization's top tokens; results go into the run's manifest.json.
+
+    \b
+    Examples:
+      quicktune export runs/smollm2-demo/v1
+      quicktune export runs/smollm2-demo/v1 --quant q8_0     # add a quantization
+      quicktune export runs/smollm2-demo/v1 --verify         # check again
+    """
+    from quicktune.workflow import export_command
+
+    export_command(run_ref, list(quants), runs_dir, verify=verify, prompts=prompts)
+
+
+@main.command()
+@click.argument("target", metavar="RUN|GGUF")
+@click.option("-q", "--quant", type=QUANT_CHOICE, help="Which exported GGUF of RUN; default: the recipe's first.")
+@click.option("-p", "--prompt", help="Ask one question, print the answer and exit (for scripts).")
+@click.option("--system", help="System prompt; default: the recipe's (export.system or data.system_prompt).")
+@click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1), help="Longest answer.")
+@RUNS_OPTION
+def chat(target: str, quant: str | None, prompt: str | None, system: str | None, max_tokens: int, runs_dir: str) -> None:
+    """Chat with an exported model in the terminal (llama.cpp, streaming).
+
+    \b
+    Uses the chat template and stop tokens the model was trained with, and the
+    recipe's system prompt and temperature. In the chat: /reset, /system TEXT, /exit.
+
+    \b
+    Examples:
+      quicktune chat runs/smollm2-demo/v1
+      quicktune chat runs/smollm2-demo/v1 --quant q8_0
+      quicktune chat model.gguf --prompt "Lunch with Ana at Nopa tomorrow at 1pm"
+    """
+    from quicktune.workflow import chat_command
+
+    chat_command(target, quant, prompt, system, max_tokens, runs_dir)
+
+
 @main.command("runs")
 @RUNS_OPTION
 def runs_list(runs_dir: str) -> None:

@@ -126,3 +126,30 @@ def print_runs(runs, root) -> None:
             run.parent or "",
         )
     console.print(table)
+
+
+def print_fidelity(fidelity) -> None:
+    """The export's fidelity check as a small table (see quicktune.export.verify)."""
+    n = fidelity.prompts
+
+    def share(value):
+        return "-" if value is None else f"{value:.1%}"
+
+    table = Table(
+        title=f"Fidelity on {n} held-out prompts (greedy, up to {fidelity.max_new_tokens} tokens)",
+        title_justify="left",
+    )
+    for column in ("GGUF", "same top token", "greedy agreement", "identical answers", "ends with EOS"):
+        table.add_column(column, justify="left" if column == "GGUF" else "right")
+    table.add_row("merged model (reference)", "", "", "", f"{fidelity.reference_stops}/{n}")
+    for row in fidelity.ggufs:
+        table.add_row(
+            row.name,
+            share(row.same_top_token),
+            share(row.greedy_agreement),
+            "-" if row.identical_answers is None else f"{row.identical_answers}/{n}",
+            "-" if row.stops is None else f"{row.stops}/{n}",
+        )
+    console.print(table)
+    console.print(f"prompt as Ollama builds it == training tokens: {fidelity.prompt_tokens_equal}/{n}")
+    console.print(f"TEMPLATE rendered by Go's text/template == chat template: {fidelity.template_parity}")

@@ -109,6 +109,10 @@ class ExportSection(_Section):
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)
     num_ctx: int | None = Field(None, gt=0, description="Defaults to model.max_seq_length.")
+    merge_base: str | None = Field(
+        None,
+        description="16-bit weights to merge a QLoRA adapter into; defaults to model.base without -bnb-4bit.",
+    )
 
     @field_validator("quantizations", mode="before")
     @classmethod

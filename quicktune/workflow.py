@@ -70,8 +70,61 @@ def train_command(
 def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool):
     result = train_command(recipe_ref, overrides, runs_dir, parent, dry_run, command="run")
     if result is not None and result.status == "finished":
-        console.print(
-            "[dim]GGUF export and the Ollama Modelfile are not part of this version yet (issue 4); "
-            f"the trained adapter is {result.adapter_dir}[/]"
-        )
+        _export(result.run_dir, [], verify=True, prompts=8)
     return result
+
+
+def export_command(run_ref: str, quants: list[str], runs_dir: str, *, verify: bool, prompts: int):
+    from quicktune.train.runs import resolve_run
+
+    return _export(resolve_run(run_ref, Path(runs_dir)), quants, verify=verify, prompts=prompts)
+
+
+def _export(run_dir: Path, quants: list[str], *, verify: bool, prompts: int):
+    from quicktune.console import print_fidelity
+    from quicktune.export.exporter import export_run, ollama_tag
+
+    result = export_run(run_dir, quants, verify=verify, prompts=prompts, console=console)
+    for quant in result.reused:
+        console.print(f"[dim]kept {quant}: already exported[/]")
+    if result.fidelity is not None:
+        print_fidelity(result.fidelity)
+    meta = result.metadata
+    console.print(
+        f"[bold]GGUF[/]: {meta['architecture']}, pre-tokenizer {meta['pre_tokenizer']}, eos {meta['eos_token']!r}, "
+        f"chat template as trained ({meta['template_family']})"
+    )
+    console.print("[bold]Ollama[/]:")
+    for quant, modelfile in result.modelfiles.items():
+        tag = ollama_tag(result.name, quant)
+        console.print(f"  ollama create {tag} -f {_shown(modelfile)}", soft_wrap=True, highlight=False)
+        console.print(f"  ollama run {tag}", soft_wrap=True, highlight=False)
+    console.print(f"[bold]here[/]: quicktune chat {_shown(run_dir)}", soft_wrap=True, highlight=False)
+    return result
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    import shlex
+
+    try:
+        text = str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        text = str(path)
+    return shlex.quote(text)
+
+
+def chat_command(target: str, quant: str | None, prompt: str | None, system: str | None, max_tokens: int, runs_dir: str):
+    from quicktune.chat import interactive, open_session, resolve_target
+
+    chat_target = resolve_target(target, Path(runs_dir), quant)
+    session = open_session(chat_target, system=system, max_tokens=max_tokens)
+    if prompt is not None:
+        import sys
+
+        for piece in session.reply(prompt):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    interactive(session, console, chat_target.label)

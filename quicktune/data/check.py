@@ -293,16 +293,20 @@ def check_data(
     return prepare_for_recipe(recipe, train_paths=files, eval_paths=eval_files).report
 
 
-def prepare_for_recipe(recipe, *, train_paths: list[str] = (), eval_paths: list[str] = ()) -> PreparedData:
+def prepare_for_recipe(
+    recipe, *, train_paths: list[str] = (), eval_paths: list[str] = (), tokenize: bool = True
+) -> PreparedData:
     """``prepare`` with a recipe's tokenizer and data settings; given files replace the recipe's."""
     from quicktune.data.tokenizer import load_chat_tokenizer
 
     section = recipe.data
     train_paths = list(train_paths or section.train)
     eval_paths = list(eval_paths or section.eval)
-    tokenizer = load_chat_tokenizer(
-        recipe.model.base, chat_template=recipe.model.chat_template, revision=recipe.model.revision
-    )
+    tokenizer = None
+    if tokenize:
+        tokenizer = load_chat_tokenizer(
+            recipe.model.base, chat_template=recipe.model.chat_template, revision=recipe.model.revision
+        )
     return prepare(
         train_paths,
         eval_paths=eval_paths,

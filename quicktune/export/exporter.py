@@ -1,0 +1,375 @@
+"""``quicktune export``: a finished run -> merged model -> GGUF files -> Modelfiles -> fidelity.
+
+Everything lands in ``<run>/export/``::
+
+    merged/                          the adapter merged into 16-bit base weights (Hugging Face)
+    <recipe>-<vN>-f16.gguf           the converted model: the reference and the quantizer's input
+    <recipe>-<vN>-q4_k_m.gguf        each quantization asked for
+    Modelfile.q4_k_m                 one Modelfile per GGUF, FROM the file beside it
+    convert.log, quantize.log        the tools' own output
+
+Files already there are reused, never rewritten, so ``quicktune export RUN --quant q8_0``
+adds a quantization without touching the rest; each file appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quicktune.errors import QuicktuneError
+from quicktune.export import llamacpp, ollama
+
+CONVERTED = ("f16", "bf16")  # written by the converter; the rest by the quantizer
+
+
+@dataclass
+class ExportResult:
+    run_dir: Path
+    export_dir: Path
+    name: str
+    merged: Path
+    ggufs: dict[str, Path]
+    modelfiles: dict[str, Path]
+    metadata: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+    fidelity: Any = None
+
+
+def export_name(run_dir: Path, recipe_name: str) -> str:
+    """The Ollama model name: lower case, ``[a-z0-9._-]``."""
+    return re.sub(r"[^a-z0-9._-]+", "-", f"{recipe_name}-{run_dir.name}".lower()).strip("-.")
+
+
+def gguf_path(export_dir: Path, name: str, quant: str) -> Path:
+    return export_dir / f"{name}-{quant}.gguf"
+
+
+def export_run(
+    run_dir: Path,
+    quants: list[str] | None = None,
+    *,
+    verify: bool = True,
+    prompts: int = 8,
+    max_new_tokens: int = 96,
+    console=None,
+) -> ExportResult:
+    from quicktune.recipe import load_recipe
+    from quicktune.train.runs import read_manifest
+
+    say = console.print if console is not None else (lambda *a, **k: None)
+    manifest = read_manifest(run_dir)
+    if manifest.get("status") != "finished":
+        raise QuicktuneError(
+            f"{run_dir} is not finished (status: {manifest.get('status')}); there is no final adapter to export",
+            hint="Resume it with `quicktune train` (the same command), then export.",
+        )
+    recipe = load_recipe(str(run_dir / "recipe.yaml"))
+    quants = list(dict.fromkeys(quants or recipe.export.quantizations))
+    export_dir = run_dir / "export"
+    export_dir.mkdir(exist_ok=True)
+    for stale in llamacpp.remove_stale_partials(export_dir):
+        say(f"[dim]removed {stale.name}, left by an export that was stopped[/]")
+    name = export_name(run_dir, recipe.name)
+    trained = run_dir / ("model" if manifest.get("method") == "full" else "adapter")
+    tokenizer = _trained_tokenizer(trained)
+    merged = trained if manifest.get("method") == "full" else export_dir / "merged"
+    result = ExportResult(run_dir, export_dir, name, merged, {}, {}, {})
+    if (merged / "config.json").is_file():
+        result.reused.append("merged")
+    else:
+        from quicktune.export.merge import merge_adapter
+
+        with _step(result, "merge", console, "merging the adapter into the 16-bit base weights"):
+            merge_adapter(_merge_base(recipe, manifest, console), trained, merged)
+        say(f"[green]✓[/] merged into {merged} ({result.timings['merge']:.1f} s)")
+
+    base_gguf = _base_gguf(manifest)
+    for quant in ["f16", *quants]:
+        target = gguf_path(export_dir, name, quant)
+        result.ggufs[quant] = target
+        if target.is_file():
+            result.reused.append(quant)
+            continue
+        with _step(result, quant, console, f"writing {target.name}"):
+            if quant in CONVERTED:
+                _convert(merged, target, quant, tokenizer, base_gguf)
+            else:
+                with _stderr_to(export_dir / "quantize.log"):
+                    llamacpp.quantize(result.ggufs["f16"], target, quant)
+        say(f"[green]✓[/] {target.name}: {_size(target)} ({result.timings[quant]:.1f} s)")
+    result.metadata = check_metadata(result.ggufs["f16"], tokenizer)
+
+    fmt = ollama.read_format(
+        tokenizer.render, bos=tokenizer.special.get("bos_token"), add_bos=bool(result.metadata.get("add_bos"))
+    )
+    result.metadata["template_family"] = fmt.family
+    for quant in quants:
+        result.modelfiles[quant] = _write_modelfile(result, recipe, quant, fmt, tokenizer)
+
+    if verify:
+        result.fidelity = _verify(result, recipe, tokenizer, fmt, quants, prompts, max_new_tokens, console)
+    _record(result, manifest, quants)
+    return result
+
+
+# --- steps ---------------------------------------------------------------------------------------
+
+
+class _step:
+    """Times a step and shows a spinner while it runs."""
+
+    def __init__(self, result: ExportResult, key: str, console, message: str):
+        self.result, self.key, self.console, self.message = result, key, console, message
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        self.status = self.console.status(self.message) if self.console is not None else None
+        if self.status is not None:
+            self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.status is not None:
+            self.status.__exit__(*exc)
+        self.result.timings[self.key] = round(time.perf_counter() - self.start, 2)
+        return False
+
+
+class _stderr_to:
+    """llama.cpp's quantizer prints every tensor on the C stderr: send it to a log file."""
+
+    def __init__(self, log: Path):
+        self.log = log
+
+    def __enter__(self):
+        self.saved = os.dup(2)
+        self.file = open(self.log, "ab")
+        os.dup2(self.file.fileno(), 2)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.close()
+        return False
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 2**20:,.0f} MiB"
+
+
+def _trained_tokenizer(trained: Path):
+    from quicktune.data.tokenizer import load_chat_tokenizer
+
+    if not (trained / "tokenizer.json").is_file():
+        raise QuicktuneError(f"{trained} has no tokenizer.json: the run folder is incomplete")
+    return load_chat_tokenizer(str(trained))
+
+
+def _base_gguf(manifest: dict[str, Any]) -> Path | None:
+    base = manifest.get("base_model") or {}
+    if base.get("kind") != "gguf":
+        return None
+    from quicktune.models import resolve_model
+
+    return resolve_model(base["spec"]).path
+
+
+def _merge_base(recipe, manifest: dict[str, Any], console) -> Path:
+    """The 16-bit weights the adapter is merged into (never 4-bit weights de-quantized)."""
+    base = manifest.get("base_model") or {}
+    if recipe.export.merge_base:
+        spec = recipe.export.merge_base
+    elif base.get("kind") == "gguf":
+        folder = Path(base.get("loaded_from", ""))
+        if (folder / "config.json").is_file():
+            return folder
+        from quicktune.train.backend import load_backend
+        from quicktune.train.base_model import prepare_base
+
+        load_backend()
+        return Path(prepare_base(base["spec"]).load_from)
+    elif base.get("kind") == "dir":
+        spec = base["loaded_from"]
+    else:
+        spec = re.sub(r"-(unsloth-)?bnb-4bit$", "", base.get("spec") or recipe.model.base)
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        folder = _download(spec, recipe.model.revision if spec == recipe.model.base else None, console)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if config.get("quantization_config"):
+        raise QuicktuneError(
+            f"{spec} holds quantized weights; the adapter is merged into 16-bit weights",
+            hint="Set export.merge_base to the 16-bit model, e.g. --set export.merge_base=unsloth/Qwen2.5-7B-Instruct",
+        )
+    return folder
+
+
+def _download(repo: str, revision: str | None, console) -> Path:
+    from huggingface_hub import snapshot_download
+
+    if console is not None:
+        console.print(f"downloading the 16-bit weights of {repo} to merge into")
+    try:
+        return Path(
+            snapshot_download(
+                repo, revision=revision, allow_patterns=["*.safetensors", "*.json", "*.model", "*.jinja", "*.txt"]
+            )
+        )
+    except Exception as exc:
+        raise QuicktuneError(
+            f"could not get {repo} to merge into ({type(exc).__name__}: {exc})".splitlines()[0],
+            hint="Set export.merge_base to a local folder with the base model's 16-bit safetensors.",
+        ) from None
+
+
+def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Path | None) -> None:
+    """Convert, then make the metadata say what training used (tokenizer, template, eos)."""
+    raw = target.parent / f".{target.stem}.raw.gguf"
+    raw.unlink(missing_ok=True)
+    llamacpp.convert(merged, raw, outtype, log=target.parent / "convert.log")
+    try:
+        fields = llamacpp.read_fields(raw, "tokenizer.")
+        values: dict[str, Any] = {}
+        if tokenizer.chat_template and fields.get("tokenizer.chat_template") != tokenizer.chat_template:
+            values["tokenizer.chat_template"] = tokenizer.chat_template
+        if tokenizer.eos_id is not None and fields.get("tokenizer.ggml.eos_token_id") != tokenizer.eos_id:
+            values["tokenizer.ggml.eos_token_id"] = tokenizer.eos_id
+        if base_gguf is not None or values:
+            # A GGUF base: its own vocabulary, merges and pre-tokenizer are what llama.cpp
+            # tokenized with, and what training matched; the converter can only guess them
+            # from a tokenizer.json that transformers rebuilt.
+            llamacpp.rewrite_metadata(raw, target, tokenizer_from=base_gguf, values=values)
+        else:
+            with llamacpp.atomic_path(target) as temp:
+                os.replace(raw, temp)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
+    """The GGUF keys that decide how llama.cpp and Ollama talk to the model, checked."""
+    fields = llamacpp.read_fields(path, "")
+    tokens = fields.get("tokenizer.ggml.tokens") or []
+    eos_id = fields.get("tokenizer.ggml.eos_token_id")
+    meta = {
+        "architecture": fields.get("general.architecture"),
+        "tokenizer_model": fields.get("tokenizer.ggml.model"),
+        "pre_tokenizer": fields.get("tokenizer.ggml.pre"),
+        "eos_token": tokens[eos_id] if eos_id is not None and eos_id < len(tokens) else None,
+        "eos_token_id": eos_id,
+        "add_bos": fields.get("tokenizer.ggml.add_bos_token"),
+        "chat_template_as_trained": fields.get("tokenizer.chat_template") == tokenizer.chat_template,
+        "vocab_size": len(tokens),
+    }
+    problems = []
+    if meta["tokenizer_model"] == "gpt2" and meta["pre_tokenizer"] in (None, "default"):
+        problems.append("no pre-tokenizer: llama.cpp would split text differently than in training")
+    if tokenizer.eos_token and meta["eos_token"] != tokenizer.eos_token:
+        problems.append(f"eos is {meta['eos_token']!r}, training used {tokenizer.eos_token!r}")
+    if tokenizer.chat_template and not meta["chat_template_as_trained"]:
+        problems.append("the chat template differs from the trained one")
+    if problems:
+        raise QuicktuneError(f"{path.name}: the GGUF metadata is wrong", problems=problems)
+    return meta
+
+
+def _write_modelfile(result: ExportResult, recipe, quant: str, fmt, tokenizer) -> Path:
+    from quicktune.train.runs import write_atomic
+
+    path = result.export_dir / f"Modelfile.{quant}"
+    if path.is_file():
+        return path  # written by an earlier export (and perhaps edited since): kept
+    settings = ollama.ModelfileSettings(
+        gguf_name=result.ggufs[quant].name,
+        name=ollama_tag(result.name, quant),
+        modelfile_name=str(path),
+        stops=ollama.stop_tokens(tokenizer.end_of_turn(), tokenizer.eos_token),
+        temperature=recipe.export.temperature,
+        top_p=recipe.export.top_p,
+        num_ctx=recipe.export.num_ctx or recipe.model.max_seq_length,
+        system=recipe.export.system or recipe.data.system_prompt,
+    )
+    write_atomic(path, ollama.render_modelfile(fmt, settings))
+    return path
+
+
+def ollama_tag(name: str, quant: str) -> str:
+    return f"{name}:{quant}"
+
+
+def _verify(result, recipe, tokenizer, fmt, quants, prompts, max_new_tokens, console):
+    from quicktune.data.check import prepare_for_recipe
+    from quicktune.export.verify import check_fidelity
+
+    data = prepare_for_recipe(recipe, tokenize=False)
+    examples = [e for e in (data.eval or data.train[::-1]) if e.is_chat]
+    conversations = []
+    for example in examples:
+        messages = example.as_dicts()
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last:
+            conversations.append(messages[:last])
+        if len(conversations) == prompts:
+            break
+    if not conversations:
+        return None
+    ggufs = {"f16": result.ggufs["f16"], **{q: result.ggufs[q] for q in quants if q != "f16"}}
+    status = console.status("checking fidelity") if console is not None else None
+    start = time.perf_counter()
+    if status is not None:
+        status.__enter__()
+    try:
+        fidelity = check_fidelity(
+            merged_dir=result.merged,
+            ggufs=ggufs,
+            tokenizer=tokenizer,
+            turn_format=fmt,
+            conversations=conversations,
+            add_bos=bool(result.metadata.get("add_bos")),
+            max_new_tokens=max_new_tokens,
+            progress=(lambda m: status.update(f"checking fidelity: {m}")) if status is not None else (lambda m: None),
+        )
+    finally:
+        if status is not None:
+            status.__exit__(None, None, None)
+    result.timings["verify"] = round(time.perf_counter() - start, 2)
+    return fidelity
+
+
+def _record(result: ExportResult, manifest: dict[str, Any], quants: list[str]) -> None:
+    from quicktune.train.runs import now, sha256_file, update_manifest
+
+    previous = manifest.get("export") or {}
+    files = dict(previous.get("ggufs") or {})
+    for quant, path in result.ggufs.items():
+        if quant not in files or files[quant].get("bytes") != path.stat().st_size:
+            files[quant] = {
+                "file": str(path.relative_to(result.run_dir)),
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+            }
+    modelfiles = dict(previous.get("modelfiles") or {})
+    modelfiles.update({q: str(p.relative_to(result.run_dir)) for q, p in result.modelfiles.items()})
+    fidelity = dict(previous.get("fidelity") or {})
+    if result.fidelity is not None:
+        fidelity = result.fidelity.to_json()
+    update_manifest(
+        result.run_dir,
+        export={
+            "name": result.name,
+            "exported": now(),
+            "tools": llamacpp.version(),
+            "ggufs": files,
+            "modelfiles": modelfiles,
+            "metadata": result.metadata,
+            "timings_s": {**(previous.get("timings_s") or {}), **result.timings},
+            "fidelity": fidelity,
+        },
+    )

