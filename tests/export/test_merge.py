@@ -12,22 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_data):
-    from quicktune.recipe import load_recipe
-    from quicktune.train.trainer import train
-    from tests.conftest import SMOLLM2
-
-    train_file, _ = tiny_data
-    folder = tmp_path_factory.mktemp("merge")
-    recipe_file = folder / "merge.yaml"
-    recipe_file.write_text(
-        f"method: lora\nmodel:\n  base: {SMOLLM2}\n  max_seq_length: 96\nlora:\n  r: 8\n  alpha: 16\n"
-        f"data:\n  train: {train_file}\ntraining:\n  max_steps: 3\n  batch_size: 2\n  grad_accumulation: 1\n"
-        "  learning_rate: 0.005\n  warmup_ratio: 0.0\n"
-    )
-    result = train(load_recipe(str(recipe_file)), runs_root=folder / "runs")
-    base_dir = runs.read_manifest(result.run_dir)["base_model"]["loaded_from"]
-    return result, base_dir
+def trained(trained_run):
+    return trained_run, runs.read_manifest(trained_run.run_dir)["base_model"]["loaded_from"]
 
 
 def test_merged_logits_equal_adapter_logits(trained, tmp_path):
