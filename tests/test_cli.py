@@ -39,11 +39,25 @@ def test_recipes_imports_nothing_heavy():
     assert imported_after(code) == set()
 
 
-@pytest.mark.parametrize("command", [[], ["recipes"], ["recipes", "show"], ["data"], ["data", "check"]])
+def _all_commands(group, path=()):
+    yield list(path)
+    for name, command in getattr(group, "commands", {}).items():
+        yield from _all_commands(command, (*path, name))
+
+
+@pytest.mark.parametrize("command", list(_all_commands(main)), ids=lambda c: " ".join(c) or "quicktune")
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage:" in result.output
+    if command and command != ["data"]:
+        assert "Example" in result.output or "quick start" in result.output or command[-1] in ("runs", "show", "recipes")
+
+
+def test_export_and_chat_help_import_nothing_heavy():
+    for command in ("export", "chat"):
+        code = f"from quicktune.cli import main\ntry:\n    main(['{command}', '--help'])\nexcept SystemExit:\n    pass"
+        assert imported_after(code) == set()
 
 
 def test_recipes_table_and_show():
