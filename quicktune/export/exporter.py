@@ -241,6 +241,9 @@ def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Pat
             values["tokenizer.chat_template"] = tokenizer.chat_template
         if tokenizer.eos_id is not None and fields.get("tokenizer.ggml.eos_token_id") != tokenizer.eos_id:
             values["tokenizer.ggml.eos_token_id"] = tokenizer.eos_id
+        eot_id = tokenizer.token_id(tokenizer.end_of_turn())
+        if eot_id is not None and eot_id != tokenizer.eos_id and fields.get("tokenizer.ggml.eot_token_id") != eot_id:
+            values["tokenizer.ggml.eot_token_id"] = eot_id  # e.g. Phi-3's <|end|> beside eos <|endoftext|>
         if base_gguf is not None or values:
             # A GGUF base: its own vocabulary, merges and pre-tokenizer are what llama.cpp
             # tokenized with, and what training matched; the converter can only guess them
@@ -258,12 +261,14 @@ def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
     fields = llamacpp.read_fields(path, "")
     tokens = fields.get("tokenizer.ggml.tokens") or []
     eos_id = fields.get("tokenizer.ggml.eos_token_id")
+    eot_id = fields.get("tokenizer.ggml.eot_token_id", eos_id)
     meta = {
         "architecture": fields.get("general.architecture"),
         "tokenizer_model": fields.get("tokenizer.ggml.model"),
         "pre_tokenizer": fields.get("tokenizer.ggml.pre"),
         "eos_token": tokens[eos_id] if eos_id is not None and eos_id < len(tokens) else None,
         "eos_token_id": eos_id,
+        "eot_token": tokens[eot_id] if eot_id is not None and eot_id < len(tokens) else None,
         "add_bos": fields.get("tokenizer.ggml.add_bos_token"),
         "chat_template_as_trained": fields.get("tokenizer.chat_template") == tokenizer.chat_template,
         "vocab_size": len(tokens),
