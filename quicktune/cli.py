@@ -207,16 +207,71 @@ def chat(target: str, quant: str | None, prompt: str | None, system: str | None,
     chat_command(target, quant, prompt, system, max_tokens, runs_dir)
 
 
-@main.command("runs")
+@main.group("runs", invoke_without_command=True)
 @RUNS_OPTION
-def runs_list(runs_dir: str) -> None:
-    """List runs with their status and key metrics."""
-    from pathlib import Path
+@click.pass_context
+def runs_group(ctx: click.Context, runs_dir: str) -> None:
+    """List runs with their status and key metrics (or `runs compare A B`)."""
+    ctx.obj = runs_dir
+    if ctx.invoked_subcommand is None:
+        from pathlib import Path
 
-    from quicktune.console import print_runs
-    from quicktune.train.runs import list_runs
+        from quicktune.console import print_runs
+        from quicktune.train.runs import list_runs
 
-    print_runs(list_runs(Path(runs_dir)), Path(runs_dir))
+        print_runs(list_runs(Path(runs_dir)), Path(runs_dir))
+
+
+@runs_group.command("compare")
+@click.argument("first", metavar="A")
+@click.argument("second", metavar="B")
+@click.pass_obj
+def runs_compare(runs_dir: str, first: str, second: str) -> None:
+    """Compare two runs: recipe differences, data hashes, training and eval metrics.
+
+    \b
+    A and B are run folders, recipe/vN, or (for B) just vN of A's recipe. Eval metrics
+    are shown when both runs were scored on the same held-out rows; score B against A
+    on A's rows with `quicktune eval B --against A`.
+
+    \b
+    Examples:
+      quicktune runs compare smollm2-demo/v1 v2
+      quicktune runs compare runs/smollm2-demo/v3 runs/smollm2-demo/v7
+    """
+    from quicktune.workflow import compare_command
+
+    compare_command(first, second, runs_dir)
+
+
+@main.command("eval")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--against", default="base", show_default=True, help="base, another run (vN or a folder), or none.")
+@click.option("--data", "data_files", multiple=True, type=click.Path(dir_okay=False), help="Held-out file(s) instead of the recipe's eval data.")
+@click.option("--limit", type=click.IntRange(1), help="Score only the first N rows.")
+@click.option("--gguf", is_flag=False, flag_value="", default=None, metavar="[QUANT]", help="Also score the exported GGUF (default quantization, or QUANT) through llama.cpp.")
+@click.option("--max-new-tokens", type=click.IntRange(1), help="Answer budget; default: the longest reference + 32.")
+@RUNS_OPTION
+def evaluate(run_ref: str, against: str, data_files: tuple[str, ...], limit: int | None, gguf: str | None, max_new_tokens: int | None, runs_dir: str) -> None:
+    """Score RUN against the base model (or another run) on held-out data.
+
+    \b
+    Both answer the same prompts greedily with the run's chat template. Reported:
+    exact and normalised match, valid-JSON rate and JSON field accuracy (for JSON
+    answers), how often answers end with EOS, and loss/perplexity on the reference
+    answers; the recipe's eval.metric is the headline. Writes RUN/eval.json and
+    RUN/eval.png and shows rows where the two differ.
+
+    \b
+    Examples:
+      quicktune eval runs/smollm2-demo/v1
+      quicktune eval runs/smollm2-demo/v2 --against v1 --limit 20
+      quicktune eval runs/smollm2-demo/v1 --gguf q4_k_m     # what quantization cost
+      quicktune eval runs/smollm2-demo/v1 --data my-held-out.jsonl
+    """
+    from quicktune.workflow import eval_command
+
+    eval_command(run_ref, against, list(data_files), limit, gguf, max_new_tokens, runs_dir)
 
 
 if __name__ == "__main__":  # pragma: no cover

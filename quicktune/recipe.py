@@ -120,6 +120,12 @@ class ExportSection(_Section):
         return _as_list(value)
 
 
+class EvalSection(_Section):
+    metric: Literal["exact_match", "normalized_match", "json_valid", "json_fields", "ends_with_eos"] = Field(
+        "normalized_match", description="The headline metric of `quicktune eval` (all are reported)."
+    )
+
+
 class Recipe(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
@@ -131,6 +137,7 @@ class Recipe(_Section):
     data: DataSection
     training: TrainingSection = Field(default_factory=TrainingSection)
     export: ExportSection = Field(default_factory=ExportSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
 
     @model_validator(mode="after")
     def _method_matches_loading(self) -> Recipe:

@@ -70,8 +70,67 @@ def train_command(
 def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool):
     result = train_command(recipe_ref, overrides, runs_dir, parent, dry_run, command="run")
     if result is not None and result.status == "finished":
-        _export(result.run_dir, [], verify=True, prompts=8)
+        exported = _export(result.run_dir, [], verify=True, prompts=8, next_steps=False)
+        if _has_eval_data(result.run_dir):
+            _evaluate(result.run_dir, "base", [], None, None, None, Path(runs_dir), examples=0)
+        _print_next_steps(exported)
     return result
+
+
+def _has_eval_data(run_dir: Path) -> bool:
+    from quicktune.train.runs import read_manifest
+
+    return bool((read_manifest(run_dir).get("data") or {}).get("eval_rows"))
+
+
+def eval_command(run_ref, against, data_files, limit, gguf, max_new_tokens, runs_dir):
+    from quicktune.train.runs import resolve_run
+
+    run_dir = resolve_run(run_ref, Path(runs_dir))
+    return _evaluate(run_dir, None if against == "none" else against, data_files, limit, gguf, max_new_tokens, Path(runs_dir))
+
+
+def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_root, examples: int = 3):
+    from quicktune.evaluate.report import print_report, write_report
+    from quicktune.evaluate.runner import evaluate_run
+
+    with console.status("evaluating") as status:
+        report = evaluate_run(
+            run_dir,
+            against=against,
+            data_files=data_files,
+            limit=limit,
+            gguf=gguf,
+            max_new_tokens=max_new_tokens,
+            runs_root=runs_root,
+            progress=lambda m: status.update(f"evaluating: {m} answers {limit or 'all'} held-out prompts"),
+        )
+    print_report(report, console, examples=examples)
+    json_path, png_path = write_report(report)
+    console.print(f"report: {_shown(json_path)}" + (f"  chart: {_shown(png_path)}" if png_path else ""))
+    return report
+
+
+def compare_command(first: str, second: str, runs_dir: str):
+    from rich.table import Table
+
+    from quicktune.evaluate.compare import compare_runs
+    from quicktune.train.runs import resolve_run
+
+    root = Path(runs_dir)
+    a = resolve_run(first, root)
+    b = resolve_run(second, root, a.parent.name)
+    comparison = compare_runs(a, b)
+    table = Table(title=f"{comparison.names[0]} vs {comparison.names[1]}", title_justify="left")
+    for column in ("", "key", *comparison.names):
+        table.add_column(column)
+    for section, key, left, right in comparison.rows:
+        style = "bold" if left != right else "dim"
+        table.add_row(section, key, f"[{style}]{left}[/]", f"[{style}]{right}[/]")
+    console.print(table)
+    for note in comparison.notes:
+        console.print(f"[dim]{note}[/]")
+    return comparison
 
 
 def export_command(run_ref: str, quants: list[str], runs_dir: str, *, verify: bool, prompts: int):
@@ -80,9 +139,9 @@ def export_command(run_ref: str, quants: list[str], runs_dir: str, *, verify: bo
     return _export(resolve_run(run_ref, Path(runs_dir)), quants, verify=verify, prompts=prompts)
 
 
-def _export(run_dir: Path, quants: list[str], *, verify: bool, prompts: int):
+def _export(run_dir: Path, quants: list[str], *, verify: bool, prompts: int, next_steps: bool = True):
     from quicktune.console import print_fidelity
-    from quicktune.export.exporter import export_run, ollama_tag
+    from quicktune.export.exporter import export_run
 
     result = export_run(run_dir, quants, verify=verify, prompts=prompts, console=console)
     for quant in result.reused:
@@ -94,13 +153,20 @@ def _export(run_dir: Path, quants: list[str], *, verify: bool, prompts: int):
         f"[bold]GGUF[/]: {meta['architecture']}, pre-tokenizer {meta['pre_tokenizer']}, eos {meta['eos_token']!r}, "
         f"chat template as trained ({meta['template_family']})"
     )
+    if next_steps:
+        _print_next_steps(result)
+    return result
+
+
+def _print_next_steps(result) -> None:
+    from quicktune.export.exporter import ollama_tag
+
     console.print("[bold]Ollama[/]:")
     for quant, modelfile in result.modelfiles.items():
         tag = ollama_tag(result.name, quant)
         console.print(f"  ollama create {tag} -f {_shown(modelfile)}", soft_wrap=True, highlight=False)
         console.print(f"  ollama run {tag}", soft_wrap=True, highlight=False)
-    console.print(f"[bold]here[/]: quicktune chat {_shown(run_dir)}", soft_wrap=True, highlight=False)
-    return result
+    console.print(f"[bold]here[/]: quicktune chat {_shown(result.run_dir)}", soft_wrap=True, highlight=False)
 
 
 def _shown(path: Path) -> str:

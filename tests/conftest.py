@@ -81,10 +81,29 @@ def smollm2_tokenizer():
     return load_chat_tokenizer(SMOLLM2)
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_data):
+    """A real (short) training run of SmolLM2, with held-out data: what `quicktune export` gets."""
+    from quicktune.recipe import load_recipe
+    from quicktune.train.trainer import train
+
+    train_file, eval_file = tiny_data
+    folder = tmp_path_factory.mktemp("trained")
+    recipe_file = folder / "tiny-export.yaml"
+    recipe_file.write_text(
+        f"method: lora\nmodel:\n  base: {SMOLLM2}\n  max_seq_length: 96\nlora:\n  r: 8\n  alpha: 16\n"
+        f"data:\n  train: {train_file}\n  eval: {eval_file}\n  system_prompt: Answer with one JSON object.\n"
+        "training:\n  max_steps: 3\n  batch_size: 2\n  grad_accumulation: 1\n"
+        "  learning_rate: 0.005\n  warmup_ratio: 0.0\nexport:\n  quantizations: [q4_k_m]\n  temperature: 0\n"
+    )
+    return train(load_recipe(str(recipe_file)), runs_root=folder / "runs")
+
+
+
 def pytest_collection_finish(session):
     # Unsloth patches transformers/trl/peft and must be imported before them: when any
     # training test will run, import it through quicktune's one seam before any test does.
-    if any(item.nodeid.startswith(("tests/train/", "tests/export/")) for item in session.items):
+    if any(item.nodeid.startswith(("tests/train/", "tests/export/", "tests/evaluate/")) for item in session.items):
         from quicktune.train.backend import load_backend
 
         load_backend()

@@ -124,7 +124,7 @@ def rewrite_metadata(
     ``tokenizer_from``: a GGUF whose ``tokenizer.*`` keys replace the source's.
     ``values``: key -> value, typed like the key already in the file (or a string).
     """
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGUFReader, GGUFWriter
 
     reader = GGUFReader(str(source))
     kv: dict[str, tuple[Any, Any, Any]] = {}
@@ -215,6 +215,16 @@ def load(path: Path, n_ctx: int = 2048, logits_all: bool = False, threads: int |
         n_threads=threads,
         verbose=False,
     )
+
+
+def greedy(llm: Any, prompt: list[int], stop_ids: set[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation of ``prompt``; the stop token is included when it is reached."""
+    answer: list[int] = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        answer.append(token)
+        if token in stop_ids or len(answer) >= max_new_tokens:
+            break
+    return answer
 
 
 def version() -> str:

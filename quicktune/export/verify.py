@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quicktune.data.check import stop_token_ids
 from quicktune.data.tokenizer import ChatTokenizer
 from quicktune.export import llamacpp
 from quicktune.export.ollama import TurnFormat, go_parity
@@ -79,15 +80,6 @@ def reference_answers(
     return answers
 
 
-def _greedy(llm: Any, prompt: list[int], stop_ids: set[int], max_new_tokens: int) -> list[int]:
-    answer: list[int] = []
-    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-        answer.append(token)
-        if token in stop_ids or len(answer) >= max_new_tokens:
-            break
-    return answer
-
-
 def _same_top_token(llm: Any, prompt: list[int], answer: list[int]) -> tuple[int, int]:
     import numpy as np
 
@@ -117,7 +109,7 @@ def check_fidelity(
     max_new_tokens: int = 96,
     progress=lambda message: None,
 ) -> Fidelity:
-    stop_ids = {i for i in (tokenizer.token_id(tokenizer.end_of_turn()), tokenizer.eos_id) if i is not None}
+    stop_ids = stop_token_ids(tokenizer)
     texts = [tokenizer.render(c, add_generation_prompt=True) for c in conversations]
     prompts = [tokenizer.encode_batch([t])[0].ids for t in texts]
 
@@ -136,7 +128,7 @@ def check_fidelity(
             same, total = same + s, total + t
         result = GgufFidelity(name, round(same / max(total, 1), 4))
         if index == 0:  # the F16 file: generate, and check the prompt Ollama will build
-            answers = [_greedy(llm, p, stop_ids, max_new_tokens) for p in prompts]
+            answers = [llamacpp.greedy(llm, p, stop_ids, max_new_tokens) for p in prompts]
             result.greedy_agreement = round(sum(map(_agreement, reference, answers)) / len(prompts), 4)
             result.identical_answers = sum(a == b for a, b in zip(reference, answers))
             result.stops = sum(bool(a) and a[-1] in stop_ids for a in answers)

@@ -81,6 +81,18 @@ class Backend:
         )
         return get_peft_model(model, config)
 
+    def for_inference(self, model, adapter_dir: str | None = None):
+        """The model (with a saved adapter on top, when given) ready to generate and score."""
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+        if self.name == "unsloth":
+            from unsloth import FastLanguageModel
+
+            FastLanguageModel.for_inference(model)
+        return model.eval()
+
     def load_adapter(self, model, adapter_dir: str, *, gradient_checkpointing: bool):
         """Continue training from a saved adapter (``--from``): its weights, trainable."""
         from peft import PeftModel

@@ -1,0 +1,88 @@
+"""`quicktune eval` and `runs compare` on two real (short) SmolLM2 runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from quicktune.cli import main
+from quicktune.evaluate.metrics import METRICS
+from tests.conftest import write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def second_run(trained_run):
+    """v2 of the same recipe, trained with another learning rate."""
+    from quicktune.recipe import load_recipe
+    from quicktune.train.trainer import train
+
+    recipe = load_recipe(str(trained_run.run_dir / "recipe.yaml"), ["training.learning_rate=0.001"])
+    return train(recipe, runs_root=trained_run.run_dir.parent.parent)
+
+
+def test_eval_against_base_writes_the_report(trained_run):
+    runs_root = trained_run.run_dir.parent.parent
+    result = CliRunner().invoke(
+        main, ["eval", str(trained_run.run_dir), "--limit", "2", "--max-new-tokens", "12", "--runs-dir", str(runs_root)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "json_fields" in result.output and "perplexity" in result.output
+    report = json.loads((trained_run.run_dir / "eval.json").read_text())
+    assert (trained_run.run_dir / "eval.png").stat().st_size > 0
+    assert [s["label"] for s in report["subjects"]] == ["base", "tiny-export/v1"]
+    assert report["data"]["rows"] == 2 and len(report["data"]["sha256"]) == 64
+    for subject in report["subjects"]:
+        assert set(subject["metrics"]) == set(METRICS)
+        assert len(subject["answers"]) == 2 and subject["loss"] > 0
+
+
+@pytest.fixture
+def wide_console():
+    from quicktune.console import console
+
+    width = console.width
+    console.width = 250  # the table's cells on one line each, as in a wide terminal
+    yield
+    console.width = width
+
+
+def test_runs_compare_two_real_runs_on_the_same_rows(trained_run, second_run, wide_console):
+    runs_root = trained_run.run_dir.parent.parent
+    # v1 was scored against base above (or is now); score v2 against v1 on the same rows
+    for args in (["eval", str(trained_run.run_dir)], ["eval", "v2", "--against", "v1"]):
+        ref = args[1] if args[1] != "v2" else str(second_run.run_dir)
+        done = CliRunner().invoke(
+            main, ["eval", ref, *args[2:], "--limit", "2", "--max-new-tokens", "8", "--runs-dir", str(runs_root)]
+        )
+        assert done.exit_code == 0, done.output
+    report = json.loads((second_run.run_dir / "eval.json").read_text())
+    assert [s["label"] for s in report["subjects"]] == ["tiny-export/v1", "tiny-export/v2"]
+
+    result = CliRunner().invoke(main, ["runs", "--runs-dir", str(runs_root), "compare", "tiny-export/v1", "v2"])
+    assert result.exit_code == 0, result.output
+    assert "training.learning_rate" in result.output and "0.005" in result.output and "0.001" in result.output
+    assert "held-out rows" in result.output and "json_fields" in result.output
+    assert "train.jsonl" in result.output  # the data files with their hashes
+
+
+def test_eval_with_a_broken_data_file_is_a_clean_error(trained_run, tmp_path):
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    rows = [good, '{"messages": [{"role": "user", "content": "hi"}', {"messages": [{"role": "user"}]}]
+    broken = write_jsonl(tmp_path / "held.jsonl", rows)
+    result = CliRunner().invoke(main, ["eval", str(trained_run.run_dir), "--data", str(broken)])
+    assert result.exit_code == 2
+    assert "held.jsonl:2" in result.output and "held.jsonl:3" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_unknown_metric_is_a_recipe_error_with_its_line(tmp_path, tiny_data):
+    train, _ = tiny_data
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"method: lora\nmodel:\n  base: x\ndata:\n  train: {train}\neval:\n  metric: bleu\n")
+    result = CliRunner().invoke(main, ["train", str(recipe), "--dry-run"])
+    assert result.exit_code == 2
+    assert "r.yaml:7: eval.metric" in result.output and "json_fields" in result.output
