@@ -274,5 +274,36 @@ def evaluate(run_ref: str, against: str, data_files: tuple[str, ...], limit: int
     eval_command(run_ref, against, list(data_files), limit, gguf, max_new_tokens, runs_dir)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@RUNS_OPTION
+def doctor(as_json: bool, runs_dir: str) -> None:
+    """Check this machine: Python, torch/CUDA/GPU, 4-bit, Unsloth, llama.cpp, Ollama, disk.
+
+    \b
+    Every problem comes with its fix. Exit status 0 even when something is missing:
+    what matters depends on the recipe (the CPU demo needs no GPU).
+
+    \b
+    Examples:
+      quicktune doctor
+      quicktune doctor --json
+    """
+    from pathlib import Path
+
+    from quicktune.doctor import as_json as checks_json
+    from quicktune.doctor import run_checks
+
+    checks = run_checks(Path(runs_dir))
+    if as_json:
+        import json
+
+        click.echo(json.dumps(checks_json(checks), indent=2))
+        return
+    from quicktune.console import print_checks
+
+    print_checks(checks)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

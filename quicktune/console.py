@@ -153,3 +153,11 @@ def print_fidelity(fidelity) -> None:
     console.print(table)
     console.print(f"prompt as Ollama builds it == training tokens: {fidelity.prompt_tokens_equal}/{n}")
     console.print(f"TEMPLATE rendered by Go's text/template == chat template: {fidelity.template_parity}")
+
+
+def print_checks(checks) -> None:
+    marks = {"ok": "[green]✓[/]", "fail": "[red]✗[/]", "info": "[dim]·[/]"}
+    for check in checks:
+        console.print(f"{marks[check.status]} [bold]{check.name}[/]: {escape(check.detail)}")
+        if check.fix and check.status != "ok":
+            console.print(f"    [dim]fix:[/] {escape(check.fix)}")
