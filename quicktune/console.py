@@ -151,8 +151,16 @@ def print_fidelity(fidelity) -> None:
             "-" if row.stops is None else f"{row.stops}/{n}",
         )
     console.print(table)
-    console.print(f"prompt as Ollama builds it == training tokens: {fidelity.prompt_tokens_equal}/{n}")
-    console.print(f"TEMPLATE rendered by Go's text/template == chat template: {fidelity.template_parity}")
+    same = fidelity.prompt_tokens_equal == n
+    console.print(
+        f"{'[green]✓[/]' if same else '[red]✗[/]'} prompt as Ollama builds it == training tokens: "
+        f"{fidelity.prompt_tokens_equal}/{n}"
+        + ("" if same else " [red](llama.cpp tokenizes the prompt differently than training did)[/]")
+    )
+    parity = fidelity.template_parity
+    done, _, total = parity.partition(" ")[0].partition("/")
+    mark = "[dim]·[/]" if parity.startswith("skipped") else "[green]✓[/]" if done == total else "[red]✗[/]"
+    console.print(f"{mark} TEMPLATE rendered by Go's text/template == chat template: {parity}")
 
 
 def print_checks(checks) -> None:

@@ -19,7 +19,16 @@ from pathlib import Path
 
 from quicktune.errors import QuicktuneError
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+# tokenizer.model (SentencePiece) is what llama.cpp's converter reads for Gemma, Phi-3 and
+# Mistral v0.3; adapters saved by transformers 5 do not carry it, so it comes from the base.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+)
 MODEL_FILES = ("config.json", "generation_config.json")
 
 

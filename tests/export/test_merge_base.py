@@ -47,3 +47,31 @@ def test_a_quantized_merge_base_is_refused_with_what_to_set(tmp_path):
     plain.mkdir()
     (plain / "config.json").write_text("{}")
     assert _merge_base(_recipe(str(folder), merge_base=str(plain)), manifest, None) == plain
+
+
+def test_the_merged_folder_keeps_the_sentencepiece_model(tmp_path):
+    """llama.cpp's converter needs tokenizer.model for Gemma/Phi-3; adapters do not carry it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from quicktune.export.merge import merge_adapter
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 4)}, str(base / "model.safetensors"))
+    (base / "config.json").write_text("{}")
+    (base / "tokenizer.model").write_bytes(b"spm")
+    (base / "tokenizer.json").write_text('{"from": "base"}')
+    save_file(
+        {
+            "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.ones(2, 4),
+            "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": torch.ones(4, 2),
+        },
+        str(adapter / "adapter_model.safetensors"),
+    )
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 2}))
+    (adapter / "tokenizer.json").write_text('{"from": "adapter"}')
+    out = merge_adapter(base, adapter, tmp_path / "merged")
+    assert (out / "tokenizer.model").read_bytes() == b"spm"
+    assert json.loads((out / "tokenizer.json").read_text()) == {"from": "adapter"}  # as trained
