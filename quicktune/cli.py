@@ -141,8 +141,15 @@ def train(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | 
 
 @main.command()
 @_training_command
-def run(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | None, dry_run: bool) -> None:
-    """Train RECIPE, then export it for Ollama and llama.cpp.
+@click.option("--force", is_flag=True, help="Train even when `quicktune plan` says it will not fit the GPU.")
+def run(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | None, dry_run: bool, force: bool) -> None:
+    """Train RECIPE, then export it for Ollama and llama.cpp, and score it.
+
+    \b
+    On a GPU machine the recipe is planned first (see `quicktune plan`) and refused
+    when it cannot fit. After training: merge, GGUF, quantization, Modelfile and the
+    fidelity check (`quicktune export`), then, with eval data, the run against its
+    base model (`quicktune eval`). Ends with the ollama commands.
 
     \b
     The quick start (CPU, a few minutes, no download):
@@ -150,7 +157,7 @@ def run(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | No
     """
     from quicktune.workflow import run_command
 
-    run_command(recipe, list(overrides), runs_dir, parent, dry_run)
+    run_command(recipe, list(overrides), runs_dir, parent, dry_run, force)
 
 
 QUANT_CHOICE = click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "bf16"])
@@ -272,6 +279,36 @@ def evaluate(run_ref: str, against: str, data_files: tuple[str, ...], limit: int
     from quicktune.workflow import eval_command
 
     eval_command(run_ref, against, list(data_files), limit, gguf, max_new_tokens, runs_dir)
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--gpu", help='GPU to plan for, e.g. "RTX 4090", "RTX 3090", T4, A100 (default RTX 4090).')
+@click.option("--vram", type=click.FloatRange(1), help="Or the GPU memory in GiB.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def plan(recipe: str, gpu: str | None, vram: float | None, overrides: tuple[str, ...]) -> None:
+    """Estimate peak VRAM, disk and time for RECIPE, without loading anything.
+
+    \b
+    Splits peak VRAM into weights, LoRA + optimizer state, activations, logits and
+    CUDA runtime, says whether it fits, and if not the nearest settings that do.
+    Exit status 1 when it does not fit. Constants and their sources: quicktune/plan.py.
+
+    \b
+    Examples:
+      quicktune plan llama3.1-8b-qlora
+      quicktune plan llama3.1-8b-qlora --gpu "RTX 3060"
+      quicktune plan llama3.1-8b-qlora --set method=lora --set model.load_in_4bit=false --set model.max_seq_length=8192
+    """
+    from quicktune.console import print_plan
+    from quicktune.plan import make_plan
+    from quicktune.recipe import load_recipe
+
+    loaded = load_recipe(recipe, list(overrides))
+    result = make_plan(loaded, gpu=gpu, vram=vram)
+    print_plan(result, loaded.name)
+    if not result.fits:
+        sys.exit(1)
 
 
 @main.command()

@@ -169,3 +169,46 @@ def print_checks(checks) -> None:
         console.print(f"{marks[check.status]} [bold]{check.name}[/]: {escape(check.detail)}")
         if check.fix and check.status != "ok":
             console.print(f"    [dim]fix:[/] {escape(check.fix)}")
+
+
+def print_plan(plan, recipe_name: str) -> None:
+    from quicktune.plan import GIB
+
+    s = plan.settings
+    card = plan.gpu.name if plan.gpu else f"{plan.vram_gib:g} GiB GPU"
+    console.print(
+        f"[bold]{recipe_name}[/]: {s.method} on {plan.arch.name} ({plan.arch.params / 1e9:.2f}B parameters, "
+        f"shape from {plan.arch.source}); batch {s.batch} x {s.seq} tokens, LoRA r={s.rank}, "
+        f"gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}, {s.optimizer}"
+    )
+    table = Table(title=f"Peak VRAM estimate on {card}", title_justify="left")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    for part, size in plan.estimate.parts.items():
+        table.add_row(part, f"{size / GIB:.2f}")
+    table.add_row("[bold]total[/]", f"[bold]{plan.estimate.total / GIB:.2f}[/]")
+    console.print(table)
+    usable = plan.vram_gib * 0.95
+    if plan.fits:
+        console.print(f"[green]✓ fits[/]: {plan.estimate.total / GIB:.1f} of {usable:.1f} usable GiB")
+    else:
+        console.print(f"[red]✗ does not fit[/]: {plan.estimate.total / GIB:.1f} GiB needed, {usable:.1f} usable")
+        if plan.fixes:
+            console.print("nearest settings that fit:")
+            for fix in plan.fixes:
+                sets = " ".join(f"--set {item}" for item in fix.sets)
+                console.print(f"  {sets}   → {fix.estimate.total / GIB:.1f} GiB ({fix.note})", soft_wrap=True)
+        else:
+            console.print("no single change fits; try a smaller model or a bigger GPU")
+    disk = sum(plan.disk.values())
+    console.print(
+        "disk: " + ", ".join(f"{k} {v / GIB:.1f}" for k, v in plan.disk.items()) + f" GiB; total {disk / GIB:.1f} GiB"
+    )
+    if plan.epoch_seconds is not None:
+        seconds = plan.epoch_seconds
+        duration = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+        console.print(
+            f"time: ~{plan.data_tokens:,} tokens per epoch (4 characters per token) → about "
+            f"{duration} per epoch on {plan.gpu.name if plan.gpu else 'an RTX 4090'} "
+            "(an estimate from the GPU's 16-bit throughput at 20% utilisation)"
+        )

@@ -67,7 +67,33 @@ def train_command(
     return result
 
 
-def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool):
+def check_plan(recipe_ref: str, overrides: list[str], force: bool) -> None:
+    """Before anything loads: refuse a recipe that cannot fit this machine's GPU (``--force`` to try)."""
+    from quicktune.errors import QuicktuneError
+    from quicktune.plan import GIB, detect_vram_gib, make_plan
+
+    vram = detect_vram_gib()
+    if vram is None:
+        return  # no NVIDIA GPU: a CPU run (the demo), nothing to plan against
+    recipe = load_recipe(recipe_ref, overrides)
+    plan = make_plan(recipe, vram=vram)
+    if plan.fits:
+        console.print(f"[dim]plan: about {plan.estimate.total / GIB:.1f} of {vram:.0f} GiB of GPU memory[/]")
+        return
+    fixes = [" ".join(f"--set {s}" for s in fix.sets) + f"  ({fix.note})" for fix in plan.fixes]
+    if force:
+        console.print(f"[yellow]plan: needs about {plan.estimate.total / GIB:.1f} GiB of {vram:.0f}; --force: trying anyway[/]")
+        return
+    raise QuicktuneError(
+        f"the plan needs about {plan.estimate.total / GIB:.1f} GiB of GPU memory; this GPU has {vram:.0f} GiB",
+        problems=fixes or ["no single change fits: try a smaller model"],
+        hint=f"See `quicktune plan {recipe_ref}`; add --force to try anyway.",
+    )
+
+
+def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool, force: bool = False):
+    if not dry_run:
+        check_plan(recipe_ref, overrides, force)
     result = train_command(recipe_ref, overrides, runs_dir, parent, dry_run, command="run")
     if result is not None and result.status == "finished":
         exported = _export(result.run_dir, [], verify=True, prompts=8, next_steps=False)

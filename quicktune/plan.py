@@ -1,0 +1,403 @@
+"""``quicktune plan``: will a recipe fit the GPU, how much disk, how long, before anything loads.
+
+Pure arithmetic on the model's shape (its config.json when local or cached, the GGUF's
+metadata, or the table below) and the recipe. No torch. The constants name their source;
+where a number is our own modelling, it says so and is checked against published
+measurements in tests/test_plan.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+GB = 1e9
+GIB = 2**30
+
+# NF4 with double quantization: 4 bits + 0.127 bits of constants per parameter
+# (QLoRA, Dettmers et al. 2023, arXiv:2305.14314, section 2 "Double Quantization").
+NF4_BYTES_PER_PARAM = 4.127 / 8
+# 8-bit Adam keeps two 8-bit states per parameter (Dettmers et al. 2021, arXiv:2110.02861);
+# torch AdamW keeps two float32 states.
+OPTIMIZER_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8}
+# PEFT keeps LoRA weights (and so their gradients) in float32 under a 16-bit base
+# (peft's autocast_adapter_dtype, on by default since peft 0.12).
+LORA_WEIGHT_BYTES = 4
+# CUDA context, cuBLAS workspace and allocator slack. Our modelling, calibrated on
+# Unsloth's published 7.92 GB peak for Llama 3.1 8B QLoRA (tests/test_plan.py).
+RUNTIME_OVERHEAD_BYTES = 0.5 * GB
+# During the backward pass of a checkpointed layer its activations are recomputed and their
+# gradients exist alongside. Fitted (our modelling) to two published Unsloth figures for
+# Llama 3.1 8B QLoRA: 7.92 GB peak at 2 x 2048 tokens on a T4, and 78,475 tokens of context
+# at batch 1, r=32 in 24 GB (tests/test_plan.py checks both within 15%).
+RECOMPUTE_FACTOR = 0.9
+# A 16-bit LoRA needs more than its 2 bytes per weight: Unsloth's requirements table gives
+# minimums of 8 GB (3B), 19 GB (7B), 22 GB (8B), 24 GB (9B), about 2.65 bytes per parameter
+# (https://unsloth.ai/docs/get-started/fine-tuning-for-beginners/unsloth-requirements).
+# The 0.65 bytes our tensor count does not explain are added as measured there.
+SIXTEEN_BIT_EXTRA_BYTES_PER_PARAM = 0.65
+# Unsloth's fused cross-entropy computes the logits in chunks (we model 4): it never holds
+# batch x seq x vocab logits at once. Our modelling of unsloth_zoo's chunked loss.
+UNSLOTH_LOGIT_CHUNKS = 4
+USABLE_VRAM = 0.95  # leave 5% for fragmentation
+
+# Bits per weight of llama.cpp's file types on a 7-8B Llama (llama.cpp tools/quantize/README.md,
+# "Q4_K_M 4.89", "Q5_K_M 5.70", "Q8_0 8.50"; F16/BF16 16).
+GGUF_BITS = {"q4_k_m": 4.89, "q5_k_m": 5.70, "q8_0": 8.50, "f16": 16.0, "bf16": 16.0}
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    source: str
+
+    @property
+    def linear_params(self) -> int:
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        attention = self.hidden * q + 2 * self.hidden * kv + q * self.hidden
+        mlp = 3 * self.hidden * self.intermediate
+        return self.layers * (attention + mlp)
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def params(self) -> int:
+        norms = self.layers * 2 * self.hidden + self.hidden
+        return self.linear_params + self.embedding_params + norms
+
+    def lora_params(self, rank: int, targets: list[str]) -> int:
+        h, i = self.hidden, self.intermediate
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        shapes = {
+            "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+        }  # fmt: skip
+        return self.layers * sum(rank * sum(shapes[t]) for t in targets if t in shapes)
+
+    def activation_bytes_per_token(self) -> int:
+        """Tensors autograd keeps for one decoder layer per token, in 16-bit (our count for a
+        Llama-style layer with flash/xformers attention: norms and residuals 5h, q and attention
+        output 2q, k and v 2kv, the gated MLP's gate, up, act(gate) and product 4i)."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return 2 * (5 * self.hidden + 2 * q + 2 * kv + 4 * self.intermediate)
+
+
+def _arch(name, layers, hidden, intermediate, heads, kv_heads, vocab, tied, source, head_dim=None):
+    return Arch(name, layers, hidden, intermediate, heads, kv_heads, head_dim or hidden // heads, vocab, tied, source)
+
+
+# The built-in recipes' models, from each repository's config.json on the Hugging Face hub.
+KNOWN = {
+    "meta-llama-3.1-8b": _arch("Llama 3.1 8B", 32, 4096, 14336, 32, 8, 128256, False, "meta-llama/Llama-3.1-8B-Instruct config.json"),
+    "qwen2.5-7b": _arch("Qwen2.5 7B", 28, 3584, 18944, 28, 4, 152064, False, "Qwen/Qwen2.5-7B-Instruct config.json"),
+    "mistral-7b": _arch("Mistral 7B v0.3", 32, 4096, 14336, 32, 8, 32768, False, "mistralai/Mistral-7B-Instruct-v0.3 config.json"),
+    "gemma-2-9b": _arch("Gemma 2 9B", 42, 3584, 14336, 16, 8, 256000, True, "google/gemma-2-9b-it config.json", head_dim=256),
+    "phi-3.5-mini": _arch("Phi-3.5 mini", 32, 3072, 8192, 32, 32, 32064, False, "microsoft/Phi-3.5-mini-instruct config.json"),
+    "smollm2-135m": _arch("SmolLM2 135M", 30, 576, 1536, 9, 3, 49152, True, "HuggingFaceTB/SmolLM2-135M-Instruct config.json"),
+}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    vram_gib: float
+    bf16_tflops: float  # dense 16-bit tensor throughput with float32 accumulation (vendor spec sheets)
+
+
+GPUS = {
+    "t4": Gpu("Tesla T4", 15.0, 65.0),  # NVIDIA T4 datasheet: 16 GB, 65 FP16 TFLOPS (no bf16)
+    "rtx 3060": Gpu("RTX 3060 12GB", 12.0, 25.6),  # NVIDIA Ampere GA102 whitepaper, appendix
+    "rtx 3090": Gpu("RTX 3090", 24.0, 71.0),  # NVIDIA Ampere GA102 whitepaper: 71 TFLOPS FP16/FP32-acc
+    "rtx 4090": Gpu("RTX 4090", 24.0, 165.2),  # NVIDIA Ada Lovelace whitepaper: 165.2 TFLOPS FP16/FP32-acc
+    "l4": Gpu("L4", 24.0, 121.0),  # NVIDIA L4 datasheet
+    "a100": Gpu("A100 80GB", 80.0, 312.0),  # NVIDIA A100 datasheet
+    "h100": Gpu("H100 SXM", 80.0, 989.0),  # NVIDIA H100 datasheet
+}
+# Share of peak throughput a QLoRA/LoRA step reaches, our calibration on Unsloth's published
+# Llama 3.1 8B run on a T4 (462.7 s for 60 steps of 8 Alpaca rows, see the recipe header),
+# assuming ~250 tokens per Alpaca row with the template.
+MODEL_FLOPS_UTILIZATION = 0.2
+
+
+def find_gpu(text: str) -> Gpu:
+    key = text.lower().replace("nvidia", "").replace("geforce", "").strip()
+    for name, gpu in GPUS.items():
+        if name in key or key in name:
+            return gpu
+    from quicktune.errors import QuicktuneError
+
+    raise QuicktuneError(f"unknown GPU {text!r}", hint=f"Known: {', '.join(g.name for g in GPUS.values())}; or give --vram GB.")
+
+
+# --- the model's shape -----------------------------------------------------------------------------
+
+
+def arch_from_config(config: dict, source: str) -> Arch:
+    text = config.get("text_config", config)
+    hidden = text["hidden_size"]
+    heads = text["num_attention_heads"]
+    return Arch(
+        text.get("model_type", "model"),
+        text["num_hidden_layers"],
+        hidden,
+        text["intermediate_size"],
+        heads,
+        text.get("num_key_value_heads") or heads,
+        text.get("head_dim") or hidden // heads,
+        text["vocab_size"],
+        bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
+        source,
+    )
+
+
+def arch_from_gguf(path: Path) -> Arch:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+
+    def value(key):
+        return fields[key].contents() if key in fields else None
+
+    arch = value("general.architecture")
+    heads = value(f"{arch}.attention.head_count")
+    hidden = value(f"{arch}.embedding_length")
+    return Arch(
+        arch,
+        value(f"{arch}.block_count"),
+        hidden,
+        value(f"{arch}.feed_forward_length"),
+        heads,
+        value(f"{arch}.attention.head_count_kv") or heads,
+        value(f"{arch}.attention.key_length") or hidden // heads,
+        len(fields["tokenizer.ggml.tokens"].data),
+        "output.weight" not in {t.name for t in GGUFReader(str(path)).tensors},
+        f"{path.name} metadata",
+    )
+
+
+def _known(name: str) -> Arch | None:
+    key = name.lower().split("/")[-1]
+    return next((arch for prefix, arch in KNOWN.items() if prefix in key), None)
+
+
+def find_arch(base: str) -> Arch:
+    """config.json of a local folder or the hub cache (never downloads), a GGUF, or the table."""
+    from quicktune.models import resolve_model
+
+    source = resolve_model(base)
+    if source.kind == "gguf":
+        known = _known(source.path.name)
+        return known if known is not None else arch_from_gguf(source.path)
+    if source.kind == "dir" and (source.path / "config.json").is_file():
+        return arch_from_config(json.loads((source.path / "config.json").read_text()), f"{source.path}/config.json")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base, "config.json")
+        if isinstance(cached, str):
+            return arch_from_config(json.loads(Path(cached).read_text()), f"{base} config.json (hub cache)")
+    except Exception:  # noqa: BLE001 - no cache is fine: fall back to the table
+        pass
+    known = _known(base)
+    if known is not None:
+        return known
+    from quicktune.errors import QuicktuneError
+
+    raise QuicktuneError(
+        f"quicktune does not know the shape of {base}",
+        hint="Point model.base at a local folder with config.json (or download it once) and plan again.",
+    )
+
+
+# --- the estimate ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    method: str  # qlora, lora, full
+    batch: int
+    seq: int
+    rank: int
+    targets: tuple[str, ...]
+    gradient_checkpointing: bool
+    optimizer: str  # adamw_8bit, adamw_torch, ...
+    unsloth: bool = True
+
+
+@dataclass
+class Estimate:
+    parts: dict[str, float]  # bytes
+    total: float
+    trainable: int
+
+    def fits(self, vram_gib: float) -> bool:
+        return self.total <= vram_gib * GIB * USABLE_VRAM
+
+
+def estimate(arch: Arch, s: Settings) -> Estimate:
+    tokens = s.batch * s.seq
+    if s.method == "qlora":
+        weights = arch.linear_params * NF4_BYTES_PER_PARAM + (arch.params - arch.linear_params) * 2
+    else:
+        weights = arch.params * (2 + SIXTEEN_BIT_EXTRA_BYTES_PER_PARAM)
+    optimizer = OPTIMIZER_BYTES.get(s.optimizer, 2)
+    if s.method == "full":
+        trainable = arch.params
+        state = trainable * (2 + optimizer)  # 16-bit gradients + optimizer state
+    else:
+        trainable = arch.lora_params(s.rank, list(s.targets))
+        state = trainable * (2 * LORA_WEIGHT_BYTES + optimizer)
+    layer = arch.activation_bytes_per_token() * tokens
+    if s.gradient_checkpointing:
+        # Unsloth offloads the checkpoints to CPU RAM; plain transformers keeps each layer's input.
+        kept = 0 if s.unsloth else arch.layers * arch.hidden * 2 * tokens
+        activations = kept + RECOMPUTE_FACTOR * layer
+    else:
+        activations = arch.layers * layer
+    logits = tokens * arch.vocab * (2 / UNSLOTH_LOGIT_CHUNKS if s.unsloth else 2 + 4)
+    parts = {
+        "weights": weights,
+        "LoRA + optimizer" if s.method != "full" else "gradients + optimizer": state,
+        "activations": activations,
+        "logits/loss": logits,
+        "CUDA runtime": RUNTIME_OVERHEAD_BYTES,
+    }
+    return Estimate(parts, sum(parts.values()), trainable)
+
+
+@dataclass(frozen=True)
+class Fix:
+    sets: tuple[str, ...]  # --set arguments
+    note: str
+    estimate: Estimate
+
+
+def suggestions(arch: Arch, s: Settings, vram_gib: float, grad_accumulation: int = 1) -> list[Fix]:
+    """The nearest settings that fit: one change at a time, the mildest first."""
+    options: list[tuple[tuple[str, ...], str, Settings]] = []
+    if not s.gradient_checkpointing:
+        options.append((("training.gradient_checkpointing=true",), "recompute activations", replace(s, gradient_checkpointing=True)))
+    batch = s.batch
+    while batch > 1:
+        batch //= 2
+        accumulation = grad_accumulation * s.batch // batch
+        options.append(
+            ((f"training.batch_size={batch}", f"training.grad_accumulation={accumulation}"), "same rows per step", replace(s, batch=batch))
+        )
+    seq = s.seq
+    while seq > 512:
+        seq //= 2
+        options.append(((f"model.max_seq_length={seq}",), "longer rows are cut", replace(s, seq=seq)))
+    if s.method != "qlora":
+        options.append(
+            (("method=qlora", "model.load_in_4bit=true"), "4-bit base weights", replace(s, method="qlora", optimizer="adamw_8bit"))
+        )
+    if s.rank > 8:
+        options.append(((f"lora.r={s.rank // 2}",), "a smaller adapter", replace(s, rank=s.rank // 2)))
+    fitting = []
+    for sets, note, candidate in options:
+        result = estimate(arch, candidate)
+        if result.fits(vram_gib):
+            fitting.append(Fix(sets, note, result))
+    return fitting[:3]
+
+
+def disk_bytes(arch: Arch, s: Settings, quantizations: list[str], kept_checkpoints: int = 3) -> dict[str, float]:
+    trainable = arch.params if s.method == "full" else arch.lora_params(s.rank, list(s.targets))
+    per_checkpoint = trainable * (2 if s.method == "full" else LORA_WEIGHT_BYTES) + trainable * OPTIMIZER_BYTES.get(s.optimizer, 2)
+    out = {"checkpoints": kept_checkpoints * per_checkpoint, "merged 16-bit": arch.params * 2, "F16 GGUF": arch.params * 2}
+    for quant in quantizations:
+        if quant not in ("f16",):
+            out[f"{quant} GGUF"] = arch.params * GGUF_BITS[quant] / 8
+    return out
+
+
+def seconds_per_epoch(arch: Arch, tokens: int, gpu: Gpu, gradient_checkpointing: bool = True) -> float:
+    # forward 2N + backward through the frozen weights 2N (+ 2N recomputed with checkpointing)
+    flops_per_token = (6 if gradient_checkpointing else 4) * arch.params
+    return tokens * flops_per_token / (gpu.bf16_tflops * 1e12 * MODEL_FLOPS_UTILIZATION)
+
+
+@dataclass
+class Plan:
+    arch: Arch
+    settings: Settings
+    vram_gib: float
+    gpu: Gpu | None
+    estimate: Estimate
+    disk: dict[str, float]
+    data_tokens: int | None
+    epoch_seconds: float | None
+    fixes: list = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.fits(self.vram_gib)
+
+
+def settings_for(recipe, unsloth: bool = True) -> Settings:
+    t = recipe.training
+    optimizer = t.optimizer if t.optimizer != "auto" else ("adamw_8bit" if recipe.method == "qlora" else "adamw_torch")
+    return Settings(
+        recipe.method,
+        t.batch_size,
+        recipe.model.max_seq_length,
+        recipe.lora.r,
+        tuple(recipe.lora.target_modules),
+        t.gradient_checkpointing,
+        optimizer,
+        unsloth,
+    )
+
+
+def data_tokens(recipe) -> int | None:
+    """Tokens in one epoch of training data, estimated at 4 characters per token (no tokenizer)."""
+    total = 0
+    for path in recipe.data.train:
+        file = Path(path)
+        if not file.is_file():
+            return None
+        total += file.stat().st_size
+    return int(total / 4)
+
+
+def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> Plan:
+    arch = find_arch(recipe.model.base)
+    settings = settings_for(recipe)
+    card = find_gpu(gpu) if gpu else (None if vram else GPUS["rtx 4090"])
+    vram_gib = vram or card.vram_gib
+    result = estimate(arch, settings)
+    tokens = data_tokens(recipe)
+    epoch = seconds_per_epoch(arch, tokens, card or GPUS["rtx 4090"], settings.gradient_checkpointing) if tokens else None
+    plan = Plan(arch, settings, vram_gib, card, result, disk_bytes(arch, settings, recipe.export.quantizations), tokens, epoch)
+    if not plan.fits:
+        plan.fixes = suggestions(arch, settings, vram_gib, recipe.training.grad_accumulation)
+    return plan
+
+
+def detect_vram_gib() -> float | None:
+    """The first CUDA GPU's memory, from nvidia-smi (no torch); None without an NVIDIA GPU."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        done = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20
+        )
+        return float(done.stdout.split()[0]) / 1024 if done.returncode == 0 and done.stdout.strip() else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,111 @@
+"""The planner: hand-computed shapes, published measurements, and the verdicts the CLI gives."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from quicktune.cli import main
+from quicktune.errors import QuicktuneError
+from quicktune.plan import GB, GIB, KNOWN, NF4_BYTES_PER_PARAM, Arch, Settings, estimate, find_gpu, make_plan
+from quicktune.recipe import builtin_recipes, load_recipe
+
+ALL7 = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LLAMA8B = KNOWN["meta-llama-3.1-8b"]
+
+
+def test_shapes_by_hand():
+    tiny = Arch("tiny", layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, head_dim=4, vocab=10, tied=False, source="-")
+    # per layer: q 8x8 + k,v 2x(8x4) + o 8x8 = 192; mlp 3 x 8 x 16 = 384
+    assert tiny.linear_params == 2 * (192 + 384)
+    assert tiny.params == 1152 + 2 * 10 * 8 + (2 * 2 * 8 + 8)
+    # r=2 on q (8->8) and v (8->4): 2 x (8+8) + 2 x (8+4) per layer
+    assert tiny.lora_params(2, ["q_proj", "v_proj"]) == 2 * (32 + 24)
+    qlora = estimate(tiny, Settings("qlora", 1, 4, 2, ("q_proj",), True, "adamw_8bit"))
+    assert qlora.parts["weights"] == pytest.approx(1152 * NF4_BYTES_PER_PARAM + (tiny.params - 1152) * 2)
+    assert qlora.trainable == 2 * 32
+    assert qlora.parts["LoRA + optimizer"] == 64 * (4 + 4 + 2)  # fp32 weights + grads, 8-bit Adam
+
+
+def test_published_counts_for_llama_3_1_8b():
+    assert LLAMA8B.params == 8_030_261_248  # the parameter count transformers reports for Llama 3.1 8B
+    # "Number of trainable parameters = 41,943,040" in Unsloth's Llama 3.1 8B notebooks (r=16, 7 projections)
+    assert LLAMA8B.lora_params(16, list(ALL7)) == 41_943_040
+
+
+def test_within_15_percent_of_unsloths_published_peaks():
+    # 7.92 GB peak reserved, Llama 3.1 8B QLoRA r=16, batch 2 x 2048 on a T4 (Unsloth's notebook output)
+    t4 = estimate(LLAMA8B, Settings("qlora", 2, 2048, 16, ALL7, True, "adamw_8bit")).total / GB
+    assert t4 == pytest.approx(7.92, rel=0.15)
+    # 78,475 tokens of context fit 24 GB at batch 1, r=32 (Unsloth's context-length benchmarks)
+    context = 1024
+    while estimate(LLAMA8B, Settings("qlora", 1, context + 256, 32, ALL7, True, "adamw_8bit")).fits(24):
+        context += 256
+    assert context == pytest.approx(78_475, rel=0.15)
+
+
+@pytest.mark.parametrize(
+    "arch, qlora_gb, lora_gb",
+    [("mistral-7b", 5, 19), ("meta-llama-3.1-8b", 6, 22), ("gemma-2-9b", 6.5, 24)],
+)
+def test_within_15_percent_of_unsloths_minimum_vram_table(arch, qlora_gb, lora_gb):
+    # Unsloth's requirements page: "absolute minimum" VRAM by size, QLoRA (4-bit) and LoRA (16-bit)
+    small = dict(batch=1, seq=512, rank=16, targets=ALL7, gradient_checkpointing=True)
+    assert estimate(KNOWN[arch], Settings("qlora", optimizer="adamw_8bit", **small)).total / GB == pytest.approx(qlora_gb, rel=0.15)
+    assert estimate(KNOWN[arch], Settings("lora", optimizer="adamw_8bit", **small)).total / GB == pytest.approx(lora_gb, rel=0.15)
+
+
+@pytest.mark.parametrize("name", ["llama3.1-8b-qlora", "qwen2.5-7b-qlora", "mistral-7b-qlora", "gemma2-9b-qlora"])
+def test_the_7_to_9b_qlora_recipes_fit_24_gb(name):
+    plan = make_plan(load_recipe(name), gpu="RTX 4090")
+    assert plan.fits and plan.estimate.total < 12 * GIB
+
+
+def test_8b_16_bit_lora_at_8192_does_not_fit_and_a_fix_does():
+    recipe = load_recipe("llama3.1-8b-qlora", ["method=lora", "model.load_in_4bit=false", "model.max_seq_length=8192"])
+    plan = make_plan(recipe, vram=24)
+    assert not plan.fits
+    assert plan.fixes and all(fix.estimate.fits(24) for fix in plan.fixes)
+    assert plan.fixes[0].sets == ("training.batch_size=1", "training.grad_accumulation=8")
+    result = CliRunner().invoke(main, ["plan", "llama3.1-8b-qlora", "--vram", "24", "--set", "method=lora",
+                                       "--set", "model.load_in_4bit=false", "--set", "model.max_seq_length=8192"])
+    assert result.exit_code == 1 and "does not fit" in result.output and "--set training.batch_size=1" in result.output
+
+
+def test_plan_for_every_builtin_recipe_is_fast_and_never_imports_torch():
+    names = sorted(builtin_recipes())
+    code = (
+        "import sys, time\nfrom quicktune.cli import main\n"
+        f"for name in {names!r}:\n"
+        "    start = time.perf_counter()\n"
+        "    try:\n        main(['plan', name])\n    except SystemExit:\n        pass\n"
+        "    print('SECONDS', name, time.perf_counter() - start)\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'unsloth', 'trl') if m in sys.modules))\n"
+    )
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines() if line.startswith(("SECONDS", "HEAVY"))]
+    assert lines[-1] == ["HEAVY", "[]"]
+    for _, name, seconds in lines[:-1]:
+        assert float(seconds) < 1.0, name
+    assert len(lines) - 1 == len(names) and time.perf_counter() - start < 30
+
+
+def test_unknown_gpu_is_a_clear_error():
+    assert find_gpu("NVIDIA GeForce RTX 3090").vram_gib == 24
+    with pytest.raises(QuicktuneError, match="unknown GPU"):
+        find_gpu("Voodoo 2")
+
+
+def test_run_refuses_a_plan_that_cannot_fit(monkeypatch):
+    from quicktune import plan, workflow
+
+    monkeypatch.setattr(plan, "detect_vram_gib", lambda: 6.0)
+    result = CliRunner().invoke(main, ["run", "llama3.1-8b-qlora"])
+    assert result.exit_code == 2 and "this GPU has 6 GiB" in result.output and "--force" in result.output
+    workflow.check_plan("llama3.1-8b-qlora", [], force=True)  # --force: a warning, no error
