@@ -364,7 +364,10 @@ def _record(result: ExportResult, manifest: dict[str, Any], quants: list[str]) -
     modelfiles.update({q: str(p.relative_to(result.run_dir)) for q, p in result.modelfiles.items()})
     fidelity = dict(previous.get("fidelity") or {})
     if result.fidelity is not None:
-        fidelity = result.fidelity.to_json()
+        checked = result.fidelity.to_json()
+        names = {row["name"] for row in checked["ggufs"]}
+        kept = [row for row in fidelity.get("ggufs", []) if row["name"] not in names]  # quantizations not re-checked
+        fidelity = {**checked, "ggufs": checked["ggufs"] + kept}
     update_manifest(
         result.run_dir,
         export={

@@ -76,6 +76,7 @@ def test_reexport_adds_a_quantization_and_keeps_the_rest(exported, trained_run):
     record = read_manifest(trained_run.run_dir)["export"]
     assert set(record["ggufs"]) == {"f16", "q4_k_m", "q8_0"}
     assert record["fidelity"]["prompts"] == 2  # the earlier check is kept, not erased
+    assert [row["name"] for row in record["fidelity"]["ggufs"]] == ["f16", "q4_k_m"]
 
 
 def test_chat_answers_with_the_trained_template(exported, trained_run):
