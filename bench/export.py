@@ -497,7 +497,7 @@ def mib(value: float) -> str:
 
 
 def print_model(report: dict) -> None:
-    base, merged = report["base"], report["merged"]
+    base = report["base"]
     prepared = report["prepared"]
     if report["model"] == "random":
         title = (f"random Llama, {prepared['settings']['layers']} layers, hidden {RANDOM_SHAPE['hidden_size']}, "

@@ -44,12 +44,9 @@ def plot_report(report: EvalReport, out_path: Path) -> Path | None:
     axes.set_title(f"{len(report.eval_set.examples)} held-out rows · headline: {report.metric.replace('_', ' ')}")
     axes.legend(fontsize=8, loc="upper left")
     axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    temp = out_path.with_name(f".{out_path.name}.tmp.png")
-    figure.savefig(temp)
-    plt.close(figure)
-    temp.replace(out_path)
-    return out_path
+    from quicktune.train.plot import save_figure
+
+    return save_figure(figure, out_path)
 
 
 def _value(value) -> str:

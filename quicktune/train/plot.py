@@ -33,6 +33,13 @@ def plot_losses(metrics_path: Path, out_path: Path, *, title: str = "") -> Path 
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
+    return save_figure(figure, out_path)
+
+
+def save_figure(figure, out_path: Path) -> Path:
+    """Write a matplotlib figure whole or not at all, and free it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     temp = out_path.with_name(f".{out_path.name}.tmp.png")
     figure.savefig(temp)
