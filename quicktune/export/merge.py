@@ -4,8 +4,8 @@ For every linear layer the adapter wraps, ``W' = W + s * B @ A`` with ``s = alph
 (``alpha / sqrt(r)`` for rsLoRA), computed in float32 and stored in the base weight's
 dtype. Only one shard of the base model is in memory at once, so peak RAM stays near
 the largest shard plus the adapter, whatever the model's size. The tokenizer files are
-the adapter's: the ones the model was trained with. The merged folder appears whole or
-not at all.
+the base's own (training tokenized with them) and the chat template the adapter's. The
+merged folder appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "added_tokens.json",
 )
+# The tokenizer files are the base's own where it has them: quicktune built the training
+# ids from the base's tokenizer.json, and llama.cpp's converter reads these files as the
+# model's authors published them (a copy re-saved by transformers 5 loses e.g. Gemma's
+# added_tokens_decoder and SentencePiece's legacy flag). The chat template is the trained one.
+TRAINED_FILES = ("chat_template.jinja",)
 MODEL_FILES = ("config.json", "generation_config.json")
 
 
@@ -90,8 +95,9 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
             if (base_dir / name).is_file():
                 shutil.copy2(base_dir / name, staging / name)
         for name in TOKENIZER_FILES:
-            source = adapter_dir / name if (adapter_dir / name).is_file() else base_dir / name
-            if source.is_file():
+            order = (adapter_dir, base_dir) if name in TRAINED_FILES else (base_dir, adapter_dir)
+            source = next((folder / name for folder in order if (folder / name).is_file()), None)
+            if source is not None:
                 shutil.copy2(source, staging / name)
         if out_dir.exists():
             raise QuicktuneError(f"{out_dir} already exists; quicktune does not overwrite a merged model")

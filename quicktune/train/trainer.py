@@ -259,6 +259,11 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
         dtype=recipe.model.dtype,
         full=recipe.method == "full",
     )
+    if recipe.model.chat_template != "auto":
+        from quicktune.templates import FAMILY_TEMPLATES
+
+        # Saved with the adapter: export and chat must use the template training rendered with.
+        hf_tokenizer.chat_template = FAMILY_TEMPLATES[recipe.model.chat_template]
     if recipe.method != "full":
         if parent_dir is not None:
             model = backend.load_adapter(model, str(parent_dir / "adapter"),

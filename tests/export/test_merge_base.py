@@ -49,7 +49,7 @@ def test_a_quantized_merge_base_is_refused_with_what_to_set(tmp_path):
     assert _merge_base(_recipe(str(folder), merge_base=str(plain)), manifest, None) == plain
 
 
-def test_the_merged_folder_keeps_the_sentencepiece_model(tmp_path):
+def test_the_merged_folder_has_the_bases_tokenizer_files_and_the_trained_template(tmp_path):
     """llama.cpp's converter needs tokenizer.model for Gemma/Phi-3; adapters do not carry it."""
     import torch
     from safetensors.torch import save_file
@@ -72,6 +72,9 @@ def test_the_merged_folder_keeps_the_sentencepiece_model(tmp_path):
     )
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 2}))
     (adapter / "tokenizer.json").write_text('{"from": "adapter"}')
+    (adapter / "chat_template.jinja").write_text("trained template")
     out = merge_adapter(base, adapter, tmp_path / "merged")
     assert (out / "tokenizer.model").read_bytes() == b"spm"
-    assert json.loads((out / "tokenizer.json").read_text()) == {"from": "adapter"}  # as trained
+    # the files training tokenized with (the base's, not transformers' re-saved copy) and the trained template
+    assert json.loads((out / "tokenizer.json").read_text()) == {"from": "base"}
+    assert (out / "chat_template.jinja").read_text() == "trained template"

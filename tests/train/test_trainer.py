@@ -122,6 +122,15 @@ def test_from_parent_starts_at_parent_adapter(make_recipe, tmp_path):
         assert match.equal(value), key
 
 
+def test_a_family_template_is_saved_with_the_adapter(make_recipe, tmp_path):
+    from quicktune.templates import FAMILY_TEMPLATES
+
+    recipe = make_recipe("family", steps=1)
+    recipe.model.chat_template = "chatml"  # SmolLM2's own is chatml with a default system prompt
+    result = train(recipe, runs_root=tmp_path / "runs")
+    assert (result.adapter_dir / "chat_template.jinja").read_text(encoding="utf-8") == FAMILY_TEMPLATES["chatml"]
+
+
 def test_plain_transformers_fallback_when_unsloth_cannot_be_imported(make_recipe, tmp_path):
     """One seam: without Unsloth the same trainer runs on transformers + peft, with a notice."""
     import subprocess
