@@ -2,8 +2,9 @@
 
 For every linear layer the adapter wraps, ``W' = W + s * B @ A`` with ``s = alpha / r``
 (``alpha / sqrt(r)`` for rsLoRA), computed in float32 and stored in the base weight's
-dtype. Only one shard of the base model is in memory at once, so peak RAM stays near
-the largest shard plus the adapter, whatever the model's size. The tokenizer files are
+dtype. Tensors are read from the memory-mapped shard and written one at a time, so
+peak RAM stays near the largest tensor (in float32) plus the adapter, whatever the
+model's size. The tokenizer files are
 the base's own (training tokenized with them) and the chat template the adapter's. The
 merged folder appears whole or not at all.
 """
@@ -14,8 +15,10 @@ import json
 import math
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from quicktune.errors import QuicktuneError
 
@@ -69,25 +72,54 @@ def _lora_pairs(adapter_dir: Path) -> tuple[dict[str, tuple], float]:
     return {name: (a, b) for name, (a, b) in pairs.items()}, scale
 
 
-def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
-    from safetensors.torch import load_file, save_file
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
+
+def merge_shard(source: Path, target: Path, pairs: dict[str, tuple], scale: float, merged: set[str]) -> None:
+    """One safetensors shard, written tensor by tensor: memory holds one tensor at a time.
+
+    The safetensors layout is a little-endian u64 header length, a JSON header (names,
+    dtypes, shapes, byte offsets; padded to 8 bytes) and the tensors' bytes in order.
+    Merging never changes a tensor's dtype or shape, so the header is known up front.
+    """
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(source), framework="pt") as reader:
+        names = list(reader.keys())
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name in names:
+            piece = reader.get_slice(name)
+            size = math.prod(piece.get_shape()) * _ITEM_BYTES[piece.get_dtype()]
+            header[name] = {"dtype": piece.get_dtype(), "shape": piece.get_shape(), "data_offsets": [offset, offset + size]}
+            offset += size
+        blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)
+        with open(target, "wb") as out:
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            for name in names:
+                tensor = reader.get_tensor(name)
+                if name in pairs:
+                    lora_a, lora_b = pairs[name]
+                    delta = (lora_b.float() @ lora_a.float()) * scale
+                    tensor = (tensor.float() + delta).to(tensor.dtype)
+                    merged.add(name)
+                out.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+                del tensor
+
+
+def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     pairs, scale = _lora_pairs(adapter_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
-        merged = set()
+        merged: set[str] = set()
         for shard in _base_shards(base_dir):
-            tensors = load_file(str(base_dir / shard))
-            for name, weight in tensors.items():
-                if name in pairs:
-                    lora_a, lora_b = pairs[name]
-                    delta = (lora_b.float() @ lora_a.float()) * scale
-                    tensors[name] = (weight.float() + delta).to(weight.dtype).contiguous()
-                    merged.add(name)
-            save_file(tensors, str(staging / shard), metadata={"format": "pt"})
-            del tensors
+            merge_shard(base_dir / shard, staging / shard, pairs, scale, merged)
         missing = sorted(set(pairs) - merged)
         if missing:
             raise QuicktuneError(f"the adapter targets weights the base model does not have: {missing[:3]}")

@@ -52,12 +52,10 @@ def test_merge_never_overwrites_and_leaves_nothing_when_interrupted(trained, tmp
         merge.merge_adapter(base_dir, result.adapter_dir, existing)
     assert (existing / "keep.txt").read_text() == "mine"
 
-    import safetensors.torch
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    monkeypatch.setattr(merge, "merge_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         merge.merge_adapter(base_dir, result.adapter_dir, tmp_path / "other")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
