@@ -233,7 +233,8 @@ def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Pat
     """Convert, then make the metadata say what training used (tokenizer, template, eos)."""
     raw = target.parent / f".{target.stem}.raw.gguf"
     raw.unlink(missing_ok=True)
-    llamacpp.convert(merged, raw, outtype, log=target.parent / "convert.log")
+    # general.name: the export's name (llama.cpp keys a few tokenizer fixes, e.g. Phi-3's, on it)
+    llamacpp.convert(merged, raw, outtype, log=target.parent / "convert.log", name=target.stem.rsplit("-", 1)[0])
     try:
         fields = llamacpp.read_fields(raw, "tokenizer.")
         values: dict[str, Any] = {}

@@ -78,7 +78,9 @@ def _alive(pid: int) -> bool:
 # --- conversion -----------------------------------------------------------------------------
 
 
-def convert(model_dir: Path, final: Path, outtype: str = "f16", log: Path | None = None) -> Path:
+def convert(
+    model_dir: Path, final: Path, outtype: str = "f16", log: Path | None = None, name: str | None = None
+) -> Path:
     """Hugging Face folder -> GGUF, with llama.cpp's converter, offline."""
     import importlib.util
 
@@ -91,7 +93,7 @@ def convert(model_dir: Path, final: Path, outtype: str = "f16", log: Path | None
         )
     with atomic_path(final) as temp:
         command = [sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outfile", str(temp)]
-        command += ["--outtype", outtype]
+        command += ["--outtype", outtype] + (["--model-name", name] if name else [])
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "NO_LOCAL_GGUF": "1"}
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if log is not None:

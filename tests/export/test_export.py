@@ -38,6 +38,7 @@ def test_export_writes_gguf_modelfile_and_fidelity(exported, trained_run):
     fields = llamacpp.read_fields(f16)
     source = llamacpp.read_fields(resolve_model(SMOLLM2).path, "tokenizer.")
     assert fields["general.architecture"] == "llama"
+    assert fields["general.name"] == exported.name
     assert fields["tokenizer.ggml.pre"] == "smollm"  # llama.cpp's SmolLM2 pre-tokenizer, not "default"
     assert fields["tokenizer.ggml.tokens"] == source["tokenizer.ggml.tokens"]
     assert fields["tokenizer.ggml.merges"] == source["tokenizer.ggml.merges"]
@@ -63,6 +64,16 @@ def test_export_writes_gguf_modelfile_and_fidelity(exported, trained_run):
     assert record["ggufs"]["f16"]["bytes"] == f16.stat().st_size
     assert record["fidelity"]["ggufs"][0]["identical_answers"] == 2
     assert record["metadata"]["pre_tokenizer"] == "smollm"
+
+
+def test_llama_cpp_loads_it_without_tokenizer_warnings(exported):
+    code = "import llama_cpp, sys; llama_cpp.Llama(model_path=sys.argv[1], vocab_only=True, verbose=True)"
+    for path in (exported.ggufs["f16"], exported.ggufs["q4_k_m"]):
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+        log = done.stdout + done.stderr
+        assert done.returncode == 0, log[-2000:]
+        assert "tokenizer.ggml.pre" in log and "smollm" in log
+        assert "missing pre-tokenizer" not in log and "DEGRADED" not in log
 
 
 def test_reexport_adds_a_quantization_and_keeps_the_rest(exported, trained_run):
