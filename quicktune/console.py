@@ -108,7 +108,7 @@ def print_runs(runs, root) -> None:
         console.print(f"No runs in {root} yet. Start one with [bold]quicktune run smollm2-demo[/].")
         return
     table = Table(title=f"Runs in {root}", title_justify="left")
-    for column in ("run", "status", "started", "steps", "train loss", "best eval loss", "parent"):
+    for column in ("run", "status", "started", "steps", "train loss", "best eval loss", "eval", "exported", "parent"):
         table.add_column(column, no_wrap=column in ("run", "status"))
 
     def number(value):
@@ -123,6 +123,8 @@ def print_runs(runs, root) -> None:
             number(run.steps),
             number(run.train_loss),
             number(run.eval_loss),
+            run.headline or "",
+            ", ".join(run.exported),
             run.parent or "",
         )
     console.print(table)

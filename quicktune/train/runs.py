@@ -11,7 +11,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,8 @@ class RunSummary:
     train_loss: float | None
     eval_loss: float | None
     parent: str | None
+    exported: list[str] = field(default_factory=list)  # quantizations with a GGUF
+    headline: str | None = None  # eval.json: the recipe's eval.metric for this run, e.g. "json_fields 98.3%"
 
 
 def list_runs(root: Path) -> list[RunSummary]:
@@ -164,6 +166,22 @@ def list_runs(root: Path) -> list[RunSummary]:
                     train_loss=metrics.get("train_loss"),
                     eval_loss=metrics.get("best_eval_loss", metrics.get("eval_loss")),
                     parent=manifest.get("parent"),
+                    exported=list(((manifest.get("export") or {}).get("ggufs") or {}).keys()),
+                    headline=_eval_headline(run_dir),
                 )
             )
     return summaries
+
+
+def _eval_headline(run_dir: Path) -> str | None:
+    path = run_dir / "eval.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+    if not report:
+        return None
+    label = f"{run_dir.parent.name}/{run_dir.name}"
+    own = next((s for s in report.get("subjects", []) if s.get("label") == label), None)
+    value = (own or {}).get("metrics", {}).get(report.get("metric"))
+    return None if value is None else f"{report['metric']} {value:.1%}"
