@@ -77,7 +77,12 @@ class ChatSession:
         return [*system, *self.history, {"role": "user", "content": user}]
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.render(messages, add_generation_prompt=True)
+        from quicktune.templates import TemplateError
+
+        try:
+            text = self.tokenizer.render(messages, add_generation_prompt=True)
+        except TemplateError as exc:
+            raise QuicktuneError(f"the GGUF's chat template cannot render this conversation: {exc}") from None
         bos = self.tokenizer.special.get("bos_token")
         add_bos = self.add_bos and not (bos and text.startswith(bos))
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
