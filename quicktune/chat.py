@@ -36,7 +36,7 @@ def resolve_target(ref: str, runs_root: Path, quant: str | None) -> ChatTarget:
             raise QuicktuneError(f"{ref}: no such GGUF file")
         return ChatTarget(path, label=path.name)
     from quicktune.recipe import load_recipe
-    from quicktune.train.runs import read_manifest, resolve_run
+    from quicktune.train.runs import read_manifest, resolve_run, run_label
 
     run_dir = resolve_run(ref, runs_root)
     manifest = read_manifest(run_dir)
@@ -56,7 +56,7 @@ def resolve_target(ref: str, runs_root: Path, quant: str | None) -> ChatTarget:
         temperature=recipe.export.temperature,
         top_p=recipe.export.top_p,
         num_ctx=max(recipe.export.num_ctx or recipe.model.max_seq_length, 2048),
-        label=f"{run_dir.parent.name}/{run_dir.name} ({wanted})",
+        label=f"{run_label(run_dir)} ({wanted})",
     )
 
 
@@ -121,21 +121,15 @@ class ChatSession:
 
 
 def open_session(target: ChatTarget, *, system: str | None = None, max_tokens: int = 512) -> ChatSession:
-    from quicktune.data.tokenizer import ChatTokenizer
+    from quicktune.data.tokenizer import ChatTokenizer, gguf_special_tokens
     from quicktune.export import llamacpp
+    from quicktune.models import read_gguf_fields
 
-    fields = llamacpp.read_fields(target.gguf, "tokenizer.")
+    fields = read_gguf_fields(target.gguf, "tokenizer.")
     template = fields.get("tokenizer.chat_template")
     if not template:
         raise QuicktuneError(f"{target.gguf.name} has no chat template", hint="Export it with quicktune export.")
-    tokens = fields.get("tokenizer.ggml.tokens") or []
-
-    def token(key: str) -> str | None:
-        index = fields.get(f"tokenizer.ggml.{key}_token_id")
-        return tokens[index] if index is not None and index < len(tokens) else None
-
-    special = {"bos_token": token("bos"), "eos_token": token("eos"), "pad_token": token("padding"), "unk_token": token("unknown")}
-    tokenizer = ChatTokenizer(None, template, special, str(target.gguf))
+    tokenizer = ChatTokenizer(None, template, gguf_special_tokens(fields), str(target.gguf))
     llm = llamacpp.load(target.gguf, n_ctx=target.num_ctx)
     stop_ids = {llm.token_eos()}
     end_of_turn = tokenizer.end_of_turn()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import importlib.util
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from quicktune.errors import QuicktuneError
 
@@ -53,3 +53,11 @@ def _package_file(spec: str) -> Path:
     if not path.is_file():
         raise QuicktuneError(f"model.base: {relative!r} is not in the installed package {package!r}")
     return path
+
+
+def read_gguf_fields(path: Path, prefix: str = "") -> dict[str, Any]:
+    """A GGUF file's metadata values whose keys start with ``prefix`` (gguf's reader, no torch)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return {key: field.contents() for key, field in reader.fields.items() if key.startswith(prefix)}

@@ -22,7 +22,7 @@ from typing import Any
 
 from quicktune import templates
 from quicktune.errors import QuicktuneError
-from quicktune.models import ModelSource, resolve_model
+from quicktune.models import ModelSource, read_gguf_fields, resolve_model
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 _PROBE = "\x00quicktune-probe\x00"
@@ -87,6 +87,10 @@ class ChatTokenizer:
             except templates.TemplateError:
                 self._accepts_system = False
         return self._accepts_system
+
+    def encode_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """The ids of a prompt that ends where the assistant's answer starts, as in training."""
+        return self.encode_batch([self.render(messages, add_generation_prompt=True)])[0].ids
 
     def encode_batch(self, texts: list[str]) -> list[Any]:
         """Encodings with ids and character offsets; special tokens come from the template only."""
@@ -178,19 +182,6 @@ def _from_gguf(source: ModelSource) -> ChatTokenizer:
     return _from_folder(folder, source.spec)
 
 
-def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """Selected scalar/string fields of a GGUF file's metadata."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    values = {}
-    for key in keys:
-        found = reader.fields.get(key)
-        if found is not None:
-            values[key] = found.contents()
-    return values
-
-
 _GGUF_SPECIAL_IDS = {
     "bos_token": "tokenizer.ggml.bos_token_id",
     "eos_token": "tokenizer.ggml.eos_token_id",
@@ -199,11 +190,21 @@ _GGUF_SPECIAL_IDS = {
 }
 
 
+def gguf_special_tokens(fields: dict[str, Any]) -> dict[str, str | None]:
+    """bos/eos/pad/unk token texts from GGUF metadata fields (``tokens`` + their ids)."""
+    tokens = fields.get("tokenizer.ggml.tokens") or []
+    special = {}
+    for key, gguf_key in _GGUF_SPECIAL_IDS.items():
+        index = fields.get(gguf_key)
+        special[key] = tokens[index] if index is not None and index < len(tokens) else None
+    return special
+
+
 def _convert_gguf_tokenizer(gguf_path: Path, folder: Path) -> None:
     from transformers import AutoTokenizer
 
     converted = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    meta = gguf_metadata(gguf_path, ("tokenizer.chat_template", *_GGUF_SPECIAL_IDS.values()))
+    meta = read_gguf_fields(gguf_path, "tokenizer.")
     for key, gguf_key in _GGUF_SPECIAL_IDS.items():
         if meta.get(gguf_key) is not None:
             setattr(converted, key, converted.backend_tokenizer.id_to_token(int(meta[gguf_key])))

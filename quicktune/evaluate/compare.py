@@ -7,14 +7,13 @@ held-out rows (same sha256); otherwise the table says so and how to fix it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from quicktune.train.runs import read_manifest
+from quicktune.train.runs import read_manifest, read_own_eval, run_label
 
 
 @dataclass
@@ -45,17 +44,12 @@ def _text(value: Any) -> str:
 
 def _run_eval(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
     """(eval data sha256, this run's own scores) from its eval.json."""
-    path = run_dir / "eval.json"
-    if not path.is_file():
-        return None, None
-    report = json.loads(path.read_text(encoding="utf-8"))
-    label = f"{run_dir.parent.name}/{run_dir.name}"
-    own = next((s for s in report.get("subjects", []) if s.get("label") == label), None)
-    return report.get("data", {}).get("sha256"), own
+    report, own = read_own_eval(run_dir)
+    return (report or {}).get("data", {}).get("sha256"), own
 
 
 def compare_runs(a: Path, b: Path) -> Comparison:
-    names = (f"{a.parent.name}/{a.name}", f"{b.parent.name}/{b.name}")
+    names = (run_label(a), run_label(b))
     result = Comparison(names)
     recipes = [_flatten(yaml.safe_load((d / "recipe.yaml").read_text(encoding="utf-8"))) for d in (a, b)]
     for key in sorted(set(recipes[0]) | set(recipes[1])):

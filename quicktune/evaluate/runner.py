@@ -10,8 +10,6 @@ quantization shows in the same table.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,30 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from quicktune.data.check import stop_token_ids
-from quicktune.data.records import Example
+from quicktune.data.heldout import EvalSet, load_eval_set
 from quicktune.errors import QuicktuneError
 from quicktune.evaluate.metrics import METRICS, Answer, score_all
 
 MAX_NEW_TOKENS_CAP = 512
-
-
-@dataclass
-class EvalSet:
-    examples: list[Example]  # each ends with the reference answer
-    source: str
-
-    @property
-    def prompts(self) -> list[list[dict[str, str]]]:
-        return [e.as_dicts()[:-1] for e in self.examples]
-
-    @property
-    def references(self) -> list[str]:
-        return [e.messages[-1].content for e in self.examples]
-
-    @property
-    def sha256(self) -> str:
-        payload = json.dumps([e.as_dicts() for e in self.examples], ensure_ascii=False, sort_keys=True)
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -70,25 +49,6 @@ class SubjectResult:
         }
 
 
-def load_eval_set(recipe, data_files: list[str], limit: int | None) -> EvalSet:
-    """``--data`` files, else the recipe's held-out split (the same rows training evaluated on)."""
-    from quicktune.data.check import load_examples, prepare_for_recipe
-
-    if data_files:
-        examples, _ = load_examples(data_files, fmt=recipe.data.format, system_prompt=recipe.data.system_prompt)
-        source = ", ".join(data_files)
-    else:
-        examples = prepare_for_recipe(recipe, tokenize=False).eval
-        source = "the recipe's eval data (" + (", ".join(recipe.data.eval) or f"{recipe.data.eval_fraction:.0%} of train") + ")"
-    usable = [e for e in examples if e.is_chat and e.messages and e.messages[-1].role == "assistant"]
-    if not usable:
-        raise QuicktuneError(
-            "no held-out conversations ending with an assistant answer to evaluate on",
-            hint="Give a file with --data, or set data.eval / data.eval_fraction in the recipe.",
-        )
-    return EvalSet(usable[:limit] if limit else usable, source)
-
-
 # --- Hugging Face subjects -----------------------------------------------------------------------
 
 
@@ -100,7 +60,7 @@ def _answer_budget(tokenizer, references: list[str]) -> int:
 def evaluate_hf(
     label: str, model_dir: str, adapter_dir: str | None, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int
 ) -> SubjectResult:
-    from quicktune.train.backend import load_backend
+    from quicktune.train.backend import greedy_answers, load_backend
 
     backend = load_backend()
     start = time.perf_counter()
@@ -113,16 +73,15 @@ def evaluate_hf(
     )
     model = backend.for_inference(model, adapter_dir)
     stops = stop_token_ids(tokenizer)
-    prompts = [_prompt_ids(tokenizer, p) for p in eval_set.prompts]
-    generated = _generate_hf(model, prompts, stops, tokenizer.pad_id, max_new_tokens)
-    answers = [Answer(tokenizer.backend.decode(ids, skip_special_tokens=False), stopped) for ids, stopped in generated]
+    prompts = [tokenizer.encode_prompt(p) for p in eval_set.prompts]
+    generated = greedy_answers(model, prompts, stops, tokenizer.pad_id, max_new_tokens)
+    answers = []
+    for tokens in generated:
+        ids, stopped = _cut(tokens, stops)
+        answers.append(Answer(tokenizer.backend.decode(ids, skip_special_tokens=False), stopped))
     loss = _loss_hf(model, _tokenized(tokenizer, eval_set, recipe))
     del model
     return SubjectResult(label, "hf", score_all(answers, eval_set.references), loss, answers, round(time.perf_counter() - start, 1))
-
-
-def _prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    return tokenizer.encode_batch([tokenizer.render(messages, add_generation_prompt=True)])[0].ids
 
 
 def _tokenized(tokenizer, eval_set: EvalSet, recipe):
@@ -133,36 +92,8 @@ def _tokenized(tokenizer, eval_set: EvalSet, recipe):
     )
 
 
-def _generate_hf(model, prompts: list[list[int]], stops: set[int], pad_id: int | None, max_new_tokens: int, batch_size: int = 8):
-    """Greedy answers, left-padded batches; each is cut at its first stop token."""
-    import torch
-
-    device = next(model.parameters()).device
-    pad = pad_id if pad_id is not None else min(stops)
-    out = []
-    with torch.inference_mode():
-        for first in range(0, len(prompts), batch_size):
-            batch = prompts[first : first + batch_size]
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, prompt in enumerate(batch):
-                ids[row, width - len(prompt) :] = torch.tensor(prompt)
-                mask[row, width - len(prompt) :] = 1
-            generated = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),  # pad may equal eos: never let generate infer the mask
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=sorted(stops),
-                pad_token_id=pad,
-            )
-            for row in generated[:, width:].tolist():
-                out.append(_cut(row, stops))
-    return out
-
-
 def _cut(tokens: list[int], stops: set[int]) -> tuple[list[int], bool]:
+    """An answer without its stop token, and whether it had one."""
     for index, token in enumerate(tokens):
         if token in stops:
             return tokens[:index], True
@@ -197,7 +128,7 @@ def evaluate_gguf(label: str, gguf: Path, recipe, tokenizer, eval_set: EvalSet, 
 
     start = time.perf_counter()
     stops = stop_token_ids(tokenizer)
-    prompts = [_prompt_ids(tokenizer, p) for p in eval_set.prompts]
+    prompts = [tokenizer.encode_prompt(p) for p in eval_set.prompts]
     tokenized = _tokenized(tokenizer, eval_set, recipe)
     context = max(max(len(p) for p in prompts) + max_new_tokens, max(len(t.input_ids) for t in tokenized)) + 8
     llm = llamacpp.load(gguf, n_ctx=context, logits_all=True)
@@ -259,26 +190,25 @@ def evaluate_run(
 ) -> EvalReport:
     from quicktune.data.tokenizer import load_chat_tokenizer
     from quicktune.recipe import load_recipe
-    from quicktune.train.runs import now, read_manifest, resolve_run
+    from quicktune.train.base_model import base_folder
+    from quicktune.train.runs import now, read_manifest, resolve_run, run_label, trained_dir
 
     manifest = read_manifest(run_dir)
     if manifest.get("status") != "finished":
         raise QuicktuneError(f"{run_dir} is not finished (status: {manifest.get('status')})")
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
     eval_set = load_eval_set(recipe, list(data_files), limit)
-    trained = run_dir / ("model" if manifest.get("method") == "full" else "adapter")
-    tokenizer = load_chat_tokenizer(str(trained))
+    tokenizer = load_chat_tokenizer(str(trained_dir(run_dir, manifest)))
     budget = max_new_tokens or _answer_budget(tokenizer, eval_set.references)
-    label = f"{run_dir.parent.name}/{run_dir.name}"
+    label = run_label(run_dir)
     subjects = []
 
     if against == "base":
         progress("the base model")
-        base_dir = _base_dir(manifest, recipe)
-        subjects.append(evaluate_hf("base", base_dir, None, recipe, tokenizer, eval_set, budget))
+        subjects.append(evaluate_hf("base", base_folder(manifest, recipe), None, recipe, tokenizer, eval_set, budget))
     elif against:
         other = resolve_run(against, runs_root, run_dir.parent.name)
-        progress(f"{other.parent.name}/{other.name}")
+        progress(run_label(other))
         subjects.append(_run_subject(other, eval_set, tokenizer, budget))
     progress(label)
     subjects.append(_run_subject(run_dir, eval_set, tokenizer, budget))
@@ -295,23 +225,14 @@ def evaluate_run(
     return EvalReport(run_dir, eval_set, recipe.eval.metric, subjects, created=now())
 
 
-def _base_dir(manifest: dict[str, Any], recipe) -> str:
-    from quicktune.train.base_model import prepare_base
-
-    base = manifest.get("base_model") or {}
-    loaded = base.get("loaded_from")
-    if loaded and (Path(loaded) / "config.json").is_file():
-        return loaded
-    return prepare_base(recipe.model.base, recipe.model.revision).load_from
-
-
 def _run_subject(run_dir: Path, eval_set: EvalSet, tokenizer, budget: int) -> SubjectResult:
     from quicktune.recipe import load_recipe
-    from quicktune.train.runs import read_manifest
+    from quicktune.train.base_model import base_folder
+    from quicktune.train.runs import read_manifest, run_label, trained_dir
 
     manifest = read_manifest(run_dir)
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
-    label = f"{run_dir.parent.name}/{run_dir.name}"
     if manifest.get("method") == "full":
-        return evaluate_hf(label, str(run_dir / "model"), None, recipe, tokenizer, eval_set, budget)
-    return evaluate_hf(label, _base_dir(manifest, recipe), str(run_dir / "adapter"), recipe, tokenizer, eval_set, budget)
+        return evaluate_hf(run_label(run_dir), str(trained_dir(run_dir, manifest)), None, recipe, tokenizer, eval_set, budget)
+    adapter = str(trained_dir(run_dir, manifest))
+    return evaluate_hf(run_label(run_dir), base_folder(manifest, recipe), adapter, recipe, tokenizer, eval_set, budget)

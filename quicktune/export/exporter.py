@@ -14,6 +14,7 @@ adds a quantization without touching the rest; each file appears whole or not at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Any
 
 from quicktune.errors import QuicktuneError
 from quicktune.export import llamacpp, ollama
+from quicktune.models import read_gguf_fields
 
 CONVERTED = ("f16", "bf16")  # written by the converter; the rest by the quantizer
 
@@ -61,7 +63,7 @@ def export_run(
     console=None,
 ) -> ExportResult:
     from quicktune.recipe import load_recipe
-    from quicktune.train.runs import read_manifest
+    from quicktune.train.runs import read_manifest, trained_dir
 
     say = console.print if console is not None else (lambda *a, **k: None)
     manifest = read_manifest(run_dir)
@@ -77,7 +79,7 @@ def export_run(
     for stale in llamacpp.remove_stale_partials(export_dir):
         say(f"[dim]removed {stale.name}, left by an export that was stopped[/]")
     name = export_name(run_dir, recipe.name)
-    trained = run_dir / ("model" if manifest.get("method") == "full" else "adapter")
+    trained = trained_dir(run_dir, manifest)
     tokenizer = _trained_tokenizer(trained)
     merged = trained if manifest.get("method") == "full" else export_dir / "merged"
     result = ExportResult(run_dir, export_dir, name, merged, {}, {}, {})
@@ -99,7 +101,7 @@ def export_run(
             continue
         with _step(result, quant, console, f"writing {target.name}"):
             if quant in CONVERTED:
-                _convert(merged, target, quant, tokenizer, base_gguf)
+                _convert(merged, target, quant, tokenizer, base_gguf, name)
             else:
                 with _stderr_to(export_dir / "quantize.log"):
                     llamacpp.quantize(result.ggufs["f16"], target, quant)
@@ -122,42 +124,28 @@ def export_run(
 # --- steps ---------------------------------------------------------------------------------------
 
 
-class _step:
-    """Times a step and shows a spinner while it runs."""
-
-    def __init__(self, result: ExportResult, key: str, console, message: str):
-        self.result, self.key, self.console, self.message = result, key, console, message
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        self.status = self.console.status(self.message) if self.console is not None else None
-        if self.status is not None:
-            self.status.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.status is not None:
-            self.status.__exit__(*exc)
-        self.result.timings[self.key] = round(time.perf_counter() - self.start, 2)
-        return False
+@contextlib.contextmanager
+def _step(result: ExportResult, key: str, console, message: str):
+    """Times a step into ``result.timings`` and shows a spinner (yielded) while it runs."""
+    start = time.perf_counter()
+    with console.status(message) if console is not None else contextlib.nullcontext() as status:
+        try:
+            yield status
+        finally:
+            result.timings[key] = round(time.perf_counter() - start, 2)
 
 
-class _stderr_to:
+@contextlib.contextmanager
+def _stderr_to(log: Path):
     """llama.cpp's quantizer prints every tensor on the C stderr: send it to a log file."""
-
-    def __init__(self, log: Path):
-        self.log = log
-
-    def __enter__(self):
-        self.saved = os.dup(2)
-        self.file = open(self.log, "ab")
-        os.dup2(self.file.fileno(), 2)
-
-    def __exit__(self, *exc):
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        self.file.close()
-        return False
+    saved = os.dup(2)
+    with open(log, "ab") as file:
+        os.dup2(file.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _size(path: Path) -> str:
@@ -187,14 +175,9 @@ def _merge_base(recipe, manifest: dict[str, Any], console) -> Path:
     if recipe.export.merge_base:
         spec = recipe.export.merge_base
     elif base.get("kind") == "gguf":
-        folder = Path(base.get("loaded_from", ""))
-        if (folder / "config.json").is_file():
-            return folder
-        from quicktune.train.backend import load_backend
-        from quicktune.train.base_model import prepare_base
+        from quicktune.train.base_model import base_folder
 
-        load_backend()
-        return Path(prepare_base(base["spec"]).load_from)
+        return Path(base_folder(manifest, recipe))
     elif base.get("kind") == "dir":
         spec = base["loaded_from"]
     else:
@@ -229,14 +212,14 @@ def _download(repo: str, revision: str | None, console) -> Path:
         ) from None
 
 
-def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Path | None) -> None:
+def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Path | None, name: str) -> None:
     """Convert, then make the metadata say what training used (tokenizer, template, eos)."""
     raw = target.parent / f".{target.stem}.raw.gguf"
     raw.unlink(missing_ok=True)
     # general.name: the export's name (llama.cpp keys a few tokenizer fixes, e.g. Phi-3's, on it)
-    llamacpp.convert(merged, raw, outtype, log=target.parent / "convert.log", name=target.stem.rsplit("-", 1)[0])
+    llamacpp.convert(merged, raw, outtype, log=target.parent / "convert.log", name=name)
     try:
-        fields = llamacpp.read_fields(raw, "tokenizer.")
+        fields = read_gguf_fields(raw, "tokenizer.")
         values: dict[str, Any] = {}
         if tokenizer.chat_template and fields.get("tokenizer.chat_template") != tokenizer.chat_template:
             values["tokenizer.chat_template"] = tokenizer.chat_template
@@ -259,7 +242,9 @@ def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Pat
 
 def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
     """The GGUF keys that decide how llama.cpp and Ollama talk to the model, checked."""
-    fields = llamacpp.read_fields(path, "")
+    from quicktune.data.tokenizer import gguf_special_tokens
+
+    fields = read_gguf_fields(path, "")
     tokens = fields.get("tokenizer.ggml.tokens") or []
     eos_id = fields.get("tokenizer.ggml.eos_token_id")
     eot_id = fields.get("tokenizer.ggml.eot_token_id", eos_id)
@@ -267,7 +252,7 @@ def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
         "architecture": fields.get("general.architecture"),
         "tokenizer_model": fields.get("tokenizer.ggml.model"),
         "pre_tokenizer": fields.get("tokenizer.ggml.pre"),
-        "eos_token": tokens[eos_id] if eos_id is not None and eos_id < len(tokens) else None,
+        "eos_token": gguf_special_tokens(fields)["eos_token"],
         "eos_token_id": eos_id,
         "eot_token": tokens[eot_id] if eot_id is not None and eot_id < len(tokens) else None,
         "add_bos": fields.get("tokenizer.ggml.add_bos_token"),
@@ -311,28 +296,16 @@ def ollama_tag(name: str, quant: str) -> str:
 
 
 def _verify(result, recipe, tokenizer, fmt, quants, prompts, max_new_tokens, console):
-    from quicktune.data.check import prepare_for_recipe
+    from quicktune.data.heldout import load_eval_set
     from quicktune.export.verify import check_fidelity
 
-    data = prepare_for_recipe(recipe, tokenize=False)
-    examples = [e for e in (data.eval or data.train[::-1]) if e.is_chat]
-    conversations = []
-    for example in examples:
-        messages = example.as_dicts()
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last:
-            conversations.append(messages[:last])
-        if len(conversations) == prompts:
-            break
-    if not conversations:
+    try:
+        conversations = load_eval_set(recipe, [], prompts, train_if_no_eval=True).prompts
+    except QuicktuneError:  # no conversation with an answer: nothing to compare on
         return None
     ggufs = {"f16": result.ggufs["f16"], **{q: result.ggufs[q] for q in quants if q != "f16"}}
-    status = console.status("checking fidelity") if console is not None else None
-    start = time.perf_counter()
-    if status is not None:
-        status.__enter__()
-    try:
-        fidelity = check_fidelity(
+    with _step(result, "verify", console, "checking fidelity") as status:
+        return check_fidelity(
             merged_dir=result.merged,
             ggufs=ggufs,
             tokenizer=tokenizer,
@@ -340,13 +313,8 @@ def _verify(result, recipe, tokenizer, fmt, quants, prompts, max_new_tokens, con
             conversations=conversations,
             add_bos=bool(result.metadata.get("add_bos")),
             max_new_tokens=max_new_tokens,
-            progress=(lambda m: status.update(f"checking fidelity: {m}")) if status is not None else (lambda m: None),
+            progress=lambda m: status.update(f"checking fidelity: {m}") if status is not None else None,
         )
-    finally:
-        if status is not None:
-            status.__exit__(None, None, None)
-    result.timings["verify"] = round(time.perf_counter() - start, 2)
-    return fidelity
 
 
 def _record(result: ExportResult, manifest: dict[str, Any], quants: list[str]) -> None:

@@ -110,14 +110,6 @@ def convert(
 # --- metadata ---------------------------------------------------------------------------------
 
 
-def read_fields(path: Path, prefix: str = "") -> dict[str, Any]:
-    """Metadata values of a GGUF file whose keys start with ``prefix``."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    return {key: field.contents() for key, field in reader.fields.items() if key.startswith(prefix)}
-
-
 def rewrite_metadata(
     source: Path, final: Path, *, tokenizer_from: Path | None = None, values: dict[str, Any] | None = None
 ) -> Path:

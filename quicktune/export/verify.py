@@ -60,22 +60,12 @@ def reference_answers(
 
     hf_logging.disable_progress_bar()
 
+    from quicktune.train.backend import greedy_answers
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=dtype).to(device).eval()
-    answers = []
-    with torch.inference_mode():
-        for ids in prompts:
-            input_ids = torch.tensor([ids], device=device)
-            out = model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),  # pad == eos for some models: never infer a mask
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=sorted(stop_ids),
-                pad_token_id=sorted(stop_ids)[0],
-            )
-            answers.append(out[0, len(ids) :].tolist())
+    answers = greedy_answers(model, prompts, stop_ids, min(stop_ids), max_new_tokens, batch_size=1)
     del model
     return answers
 
@@ -110,8 +100,7 @@ def check_fidelity(
     progress=lambda message: None,
 ) -> Fidelity:
     stop_ids = stop_token_ids(tokenizer)
-    texts = [tokenizer.render(c, add_generation_prompt=True) for c in conversations]
-    prompts = [tokenizer.encode_batch([t])[0].ids for t in texts]
+    prompts = [tokenizer.encode_prompt(c) for c in conversations]
 
     progress("greedy answers of the merged model (transformers)")
     reference = reference_answers(merged_dir, prompts, stop_ids, max_new_tokens)

@@ -103,6 +103,41 @@ class Backend:
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
 
 
+def greedy_answers(model, prompts: list[list[int]], stops: set[int], pad_id: int | None, max_new_tokens: int,
+                   batch_size: int = 8) -> list[list[int]]:
+    """Greedy continuations, each ending at (and including) its first stop token.
+
+    Prompts are left-padded in batches; ``batch_size=1`` needs no padding and is exact
+    greedy decoding. The attention mask is always given: pad may equal eos (SmolLM2).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    pad = pad_id if pad_id is not None else min(stops)
+    out = []
+    with torch.inference_mode():
+        for first in range(0, len(prompts), batch_size):
+            batch = prompts[first : first + batch_size]
+            width = max(map(len, batch))
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, prompt in enumerate(batch):
+                ids[row, width - len(prompt) :] = torch.tensor(prompt)
+                mask[row, width - len(prompt) :] = 1
+            generated = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=sorted(stops),
+                pad_token_id=pad,
+            )
+            for row in generated[:, width:].tolist():
+                end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+                out.append(row[:end])
+    return out
+
+
 def _torch_dtype(name: str, device: str):
     import torch
 

@@ -37,6 +37,17 @@ def prepare_base(spec: str, revision: str | None = None) -> BaseModel:
     return BaseModel(spec, spec, "hub", revision)
 
 
+def base_folder(manifest: dict, recipe) -> str:
+    """The folder a finished run's base weights were loaded from, re-made if the cache lost it."""
+    loaded = (manifest.get("base_model") or {}).get("loaded_from")
+    if loaded and (Path(loaded) / "config.json").is_file():
+        return loaded
+    from quicktune.train.backend import load_backend
+
+    load_backend()  # Unsloth before transformers, which prepare_base imports
+    return prepare_base(recipe.model.base, recipe.model.revision).load_from
+
+
 def _converted_gguf(source: ModelSource) -> Path:
     import torch
     from transformers import AutoModelForCausalLM

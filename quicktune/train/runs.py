@@ -173,15 +173,30 @@ def list_runs(root: Path) -> list[RunSummary]:
     return summaries
 
 
-def _eval_headline(run_dir: Path) -> str | None:
+def run_label(run_dir: Path) -> str:
+    """How a run is named in tables and reports: ``recipe/vN``."""
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def trained_dir(run_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Where a finished run keeps what it trained: ``model/`` for full fine-tuning, else ``adapter/``."""
+    return run_dir / ("model" if manifest.get("method") == "full" else "adapter")
+
+
+def read_own_eval(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The run's eval.json and, in it, the run's own scores (None, None when it has none)."""
     path = run_dir / "eval.json"
     try:
         report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except json.JSONDecodeError:
-        return None
+        return None, None
     if not report:
-        return None
-    label = f"{run_dir.parent.name}/{run_dir.name}"
-    own = next((s for s in report.get("subjects", []) if s.get("label") == label), None)
-    value = (own or {}).get("metrics", {}).get(report.get("metric"))
+        return None, None
+    label = run_label(run_dir)
+    return report, next((s for s in report.get("subjects", []) if s.get("label") == label), None)
+
+
+def _eval_headline(run_dir: Path) -> str | None:
+    report, own = read_own_eval(run_dir)
+    value = (own or {}).get("metrics", {}).get((report or {}).get("metric"))
     return None if value is None else f"{report['metric']} {value:.1%}"

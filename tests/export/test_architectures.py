@@ -28,6 +28,7 @@ from typing import Any, Callable
 import pytest
 
 from quicktune import templates
+from quicktune.models import read_gguf_fields
 
 pytestmark = pytest.mark.slow
 
@@ -471,7 +472,7 @@ def converted(request, tmp_path_factory, smollm2_tokenizer) -> Converted:
     text = tokenizer.render(CONVERSATION, add_generation_prompt=True)
     ids = tokenizer.encode_batch([text])[0].ids
     hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    return Converted(arch, model_dir, gguf, hf_tokenizer, tokenizer, llamacpp.read_fields(gguf, ""), text, ids)
+    return Converted(arch, model_dir, gguf, hf_tokenizer, tokenizer, read_gguf_fields(gguf, ""), text, ids)
 
 
 def test_metadata(converted: Converted):
@@ -562,7 +563,7 @@ def test_converter_reads_quicktunes_rebuilt_smollm2_tokenizer(tmp_path, smollm2_
     llama = ARCHS[0]
     model_dir = build_model(llama, tmp_path / "model", smollm2_tokenizer, tokenizer=smollm2_rebuilt)
     gguf = llamacpp.convert(model_dir, tmp_path / "model.gguf", "f16", log=tmp_path / "convert.log")
-    fields = llamacpp.read_fields(gguf, "tokenizer.ggml.")
+    fields = read_gguf_fields(gguf, "tokenizer.ggml.")
     seen = (fields.get("tokenizer.ggml.model"), fields.get("tokenizer.ggml.pre"))
     print(f"\nrebuilt SmolLM2 tokenizer: model {seen[0]!r}, pre {seen[1]!r}")
     if seen == ("llama", "default"):

@@ -17,6 +17,7 @@ from quicktune.cli import main
 from quicktune.errors import QuicktuneError
 from quicktune.export import llamacpp
 from quicktune.export.exporter import export_run
+from quicktune.models import read_gguf_fields
 from quicktune.train.runs import read_manifest
 
 pytestmark = pytest.mark.slow
@@ -35,8 +36,8 @@ def test_export_writes_gguf_modelfile_and_fidelity(exported, trained_run):
     assert f16.name == f"{exported.name}-f16.gguf" and q4.is_file() and f16.is_file()
     assert not list(exported.export_dir.glob(".*"))  # no temporary file left behind
 
-    fields = llamacpp.read_fields(f16)
-    source = llamacpp.read_fields(resolve_model(SMOLLM2).path, "tokenizer.")
+    fields = read_gguf_fields(f16)
+    source = read_gguf_fields(resolve_model(SMOLLM2).path, "tokenizer.")
     assert fields["general.architecture"] == "llama"
     assert fields["general.name"] == exported.name
     assert fields["tokenizer.ggml.pre"] == "smollm"  # llama.cpp's SmolLM2 pre-tokenizer, not "default"
@@ -45,7 +46,7 @@ def test_export_writes_gguf_modelfile_and_fidelity(exported, trained_run):
     assert fields["tokenizer.ggml.tokens"][fields["tokenizer.ggml.eos_token_id"]] == "<|im_end|>"
     trained_template = (trained_run.adapter_dir / "chat_template.jinja").read_text(encoding="utf-8")
     assert fields["tokenizer.chat_template"] == trained_template
-    assert llamacpp.read_fields(q4, "tokenizer.chat_template")["tokenizer.chat_template"] == trained_template
+    assert read_gguf_fields(q4, "tokenizer.chat_template")["tokenizer.chat_template"] == trained_template
 
     fidelity = exported.fidelity
     f16_row = fidelity.ggufs[0]
