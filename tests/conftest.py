@@ -99,7 +99,6 @@ def trained_run(tmp_path_factory, tiny_data):
     return train(load_recipe(str(recipe_file)), runs_root=folder / "runs")
 
 
-
 def pytest_collection_finish(session):
     # Unsloth patches transformers/trl/peft and must be imported before them: when any
     # training test will run, import it through quicktune's one seam before any test does.
@@ -107,3 +106,32 @@ def pytest_collection_finish(session):
         from quicktune.train.backend import load_backend
 
         load_backend()
+
+
+def _test_cache_root() -> Path:
+    # Outside QUICKTUNE_CACHE (a fresh temp folder per test run): the sdist is 76 MB.
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quicktune-tests"
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_src() -> Path:
+    """llama.cpp's tree as vendored in the installed llama-cpp-python's sdist (templates,
+    ggml-vocab-* files with their .inp/.out, common/ and include/ headers).
+
+    Downloaded from PyPI once and cached; QUICKTUNE_LLAMA_SRC points at a folder instead.
+    """
+    from quicktune.errors import QuicktuneError
+    from quicktune.export.llamacpp import llama_cpp_source
+
+    try:
+        return llama_cpp_source(_test_cache_root())
+    except QuicktuneError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def official_templates(llama_cpp_src) -> Path:
+    """llama.cpp's copies of the models' official chat templates."""
+    if os.environ.get("QUICKTUNE_LLAMA_TEMPLATES"):
+        return Path(os.environ["QUICKTUNE_LLAMA_TEMPLATES"])
+    return llama_cpp_src / "models" / "templates"

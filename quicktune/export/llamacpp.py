@@ -75,6 +75,58 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# --- llama.cpp's own source files ---------------------------------------------------------
+
+# What quicktune reads from the llama.cpp tree vendored in the llama-cpp-python sdist: the
+# official chat templates, the vocabularies with llama.cpp's expected tokenizations, and the
+# headers of its chat-template engine (to build the small checker that renders like llama-server).
+SOURCE_PARTS = ("models/templates/", "models/ggml-vocab-", "common/", "include/", "ggml/include/")
+
+
+def llama_cpp_source(cache_root: Path) -> Path:
+    """The ``vendor/llama.cpp`` folder of the installed llama-cpp-python version's sdist.
+
+    Downloaded once from PyPI (``pip download --no-binary``; the package registry, not a
+    model hub) and unpacked under ``cache_root``; only ``SOURCE_PARTS`` are kept.
+    ``QUICKTUNE_LLAMA_SRC`` points at an unpacked ``vendor/llama.cpp`` folder instead.
+    """
+    import shutil
+    import tarfile
+    import tempfile
+    from importlib.metadata import version as dist_version
+
+    if os.environ.get("QUICKTUNE_LLAMA_SRC"):
+        return Path(os.environ["QUICKTUNE_LLAMA_SRC"])
+    release = dist_version("llama-cpp-python")
+    folder = cache_root / f"llama-cpp-python-{release}-src"
+    if (folder / ".complete").is_file():
+        return folder
+    with tempfile.TemporaryDirectory() as temp:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+             f"llama-cpp-python=={release}", "-d", temp],
+            capture_output=True, text=True, timeout=900,
+        )
+        archives = list(Path(temp).glob("*.tar.gz"))
+        if done.returncode != 0 or not archives:
+            raise QuicktuneError(
+                f"could not download the llama-cpp-python {release} source from PyPI: {done.stderr.strip()[-300:]}",
+                hint="Set QUICKTUNE_LLAMA_SRC to an unpacked vendor/llama.cpp folder of the same version.",
+            )
+        staging = Path(temp) / "src"
+        with tarfile.open(archives[0]) as sdist:
+            for member in sdist.getmembers():
+                _, marker, inside = member.name.partition("/vendor/llama.cpp/")
+                if marker and member.isfile() and inside.startswith(SOURCE_PARTS):
+                    member.name = inside
+                    sdist.extract(member, staging, filter="data")
+        (staging / ".complete").write_text(release, encoding="utf-8")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.move(str(staging), folder)
+    return folder
+
+
 # --- conversion -----------------------------------------------------------------------------
 
 
