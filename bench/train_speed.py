@@ -33,14 +33,13 @@ import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import save_results, versions
+from common import ChildFailed, child_env, model_loss_sft_trainer, python_argv, save_results, step_timer, versions
+from common import run_child as run_bench_child
 
 RECIPE = "smollm2-demo"
 CONTENDERS = ("quicktune", "unsloth", "trl")
@@ -92,63 +91,6 @@ def recipe_overrides(steps: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- run inside the children
-
-
-def step_timer():
-    """A TrainerCallback that times every optimizer step; import after the training stack."""
-    import torch
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.steps: list[dict] = []
-            self.losses: list[float] = []
-            self.optim = None
-            self.precision = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            # Trainer then adds each batch's attention_mask.sum() to state.num_input_tokens_seen
-            # before on_step_end; it is set here so quicktune's own SFTConfig stays untouched.
-            args.include_num_input_tokens_seen = "non_padding"
-            self.optim = str(getattr(args.optim, "value", args.optim))
-            self.precision = "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "fp32"
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._start = (time.perf_counter(), time.process_time(), state.num_input_tokens_seen)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            wall, cpu, tokens = self._start
-            self.steps.append({
-                "wall_s": time.perf_counter() - wall,
-                "cpu_s": time.process_time() - cpu,
-                "tokens": state.num_input_tokens_seen - tokens,
-            })
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.losses.append(logs["loss"])
-
-        def summary(self, warmup: int) -> dict:
-            timed = self.steps[warmup:]
-            if not timed:
-                raise RuntimeError(f"only {len(self.steps)} step(s) ran, none left after {warmup} warm-up step(s)")
-            median_s = statistics.median(s["wall_s"] for s in timed)
-            tokens = statistics.fmean(s["tokens"] for s in timed)
-            return {
-                "median_s_per_step": median_s,
-                "min_s_per_step": min(s["wall_s"] for s in timed),
-                "max_s_per_step": max(s["wall_s"] for s in timed),
-                "median_cpu_s_per_step": statistics.median(s["cpu_s"] for s in timed),
-                "tokens_per_step": tokens,
-                "tokens_per_s": tokens / median_s,
-                "optimizer": self.optim,
-                "precision": self.precision,
-                "torch_threads": torch.get_num_threads(),
-                "losses": self.losses,
-                "steps": self.steps,
-            }
-
-    return StepTimer()
 
 
 def sft_config(output_dir: Path, steps: int):
@@ -288,21 +230,9 @@ def run_trl(workdir: Path, steps: int, warmup: int) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
-    from trl import SFTTrainer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    class ModelLossSFTTrainer(SFTTrainer):
-        """SFTTrainer with the model's own loss (full logits, transformers' ForCausalLMLoss).
-
-        TRL 1.15's compute_loss always runs its fused LM head, a Triton kernel with no CPU
-        driver; overriding compute_loss is what TRL's own deprecation notice for
-        compute_loss_func recommends. use_cache=False as TRL's compute_loss sets it.
-        """
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs["use_cache"] = False
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+    ModelLossSFTTrainer = model_loss_sft_trainer()  # see bench/common.py
 
     prepared = json.loads((workdir / "prepare.json").read_text())
     rows = json.loads((workdir / "rows.json").read_text())
@@ -333,26 +263,12 @@ def child_main(name: str, workdir: Path, steps: int, warmup: int) -> None:
 
 def run_child(name: str, workdir: Path, steps: int, warmup: int, threads: int | None) -> dict:
     """One child process: its result, wall seconds and its own peak RSS (``wait4``)."""
-    argv = [sys.executable, __file__, "--child", name, "--workdir", str(workdir),
-            "--steps", str(steps), "--warmup", str(warmup)]
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op thread count
-    log = workdir / f"{name}.log"
-    print(f"running {name} ...", flush=True)
-    with log.open("wb") as out:
-        start = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    text = log.read_text(encoding="utf-8", errors="replace")
-    if child.returncode != 0:
-        sys.exit(f"child {name} exited {child.returncode}; the end of {log}:\n{text[-4000:]}")
-    result = json.loads((workdir / f"{name}.json").read_text())
-    notices = sorted({line.strip() for line in text.splitlines() if line.lstrip().startswith("Unsloth")})
-    # ru_maxrss is in KiB on Linux
-    return {**result, "child_wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "unsloth_notices": notices}
+    argv = python_argv(__file__, "--child", name, "--workdir", str(workdir), "--steps", str(steps),
+                       "--warmup", str(warmup))
+    try:
+        return run_bench_child(name, argv, workdir, child_env(threads))
+    except ChildFailed as failed:
+        sys.exit(str(failed))
 
 
 def ratio(results: dict, name: str, baseline: str) -> float | None:
