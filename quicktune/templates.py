@@ -82,12 +82,39 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+@lru_cache(maxsize=1)
+def _generation_block():
+    """transformers' ``{% generation %}`` ... ``{% endgeneration %}`` tag.
+
+    transformers uses the block to mark the assistant's tokens; its text renders as usual.
+    quicktune finds the answer spans itself (``data/masking.py``), so here the block only
+    renders its body, which is what makes these templates render as they do in transformers.
+    """
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class GenerationBlock(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    return GenerationBlock
+
+
 @lru_cache(maxsize=16)
 def compile_template(source: str):
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _generation_block()]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = _strftime_now
@@ -101,19 +128,47 @@ def render(
     add_generation_prompt: bool = False,
     special_tokens: dict[str, str | None] | None = None,
 ) -> str:
-    """Render ``messages`` with the Jinja chat template ``source``."""
+    """Render ``messages`` with the Jinja chat template ``source``.
+
+    ``tools`` is None, as in transformers without tools. A template that needs a tool list
+    to render at all (the tool-use templates of Hermes 2 Pro or Command R+ loop over it) is
+    rendered with an empty one instead, which is also what llama.cpp's engine sees.
+    """
+    values = {"messages": messages, "add_generation_prompt": add_generation_prompt, "documents": None,
+              **server_context(), **(special_tokens or {})}
+    try:
+        return _render(source, tools=None, **values)
+    except TemplateError:
+        if "tools" not in template_variables(source):
+            raise
+        return _render(source, tools=[], **values)
+
+
+def server_context() -> dict[str, str]:
+    """The variables llama-server gives every chat template (llama.cpp ``common/chat.cpp``):
+    today's date. Llama 3.1/3.3 print ``date_string`` in their system header ("Today Date:
+    02 Dec 2026"), with "26 Jul 2024" when it is not given, as in transformers. Training and
+    ``chat`` render it as llama-server (and so Ollama) will: the date of the render, the way
+    Llama 3.2's template already does with ``strftime_now``."""
+    now = datetime.now()
+    return {"date_string": now.strftime("%d %b %Y"), "datetime": now.strftime("%b %d %Y")}
+
+
+def _render(source: str, **values: Any) -> str:
     import jinja2
 
-    template = compile_template(source)
     try:
-        return template.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            tools=None,
-            documents=None,
-            **(special_tokens or {}),
-        )
+        return compile_template(source).render(**values)
     except TemplateError:
         raise
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, TypeError, ValueError) as exc:  # TypeError: e.g. iterating a None
         raise TemplateError(f"chat template failed: {exc}") from None
+
+
+@lru_cache(maxsize=16)
+def template_variables(source: str) -> frozenset[str]:
+    """The variables a template reads that it does not set itself."""
+    from jinja2 import meta
+
+    environment = compile_template(source).environment
+    return frozenset(meta.find_undeclared_variables(environment.parse(source)))
