@@ -15,6 +15,7 @@ from typing import Any
 
 from quicktune.errors import QuicktuneError
 
+MIN_ANSWER = 16  # tokens: below this a message leaves no room to answer
 HELP = "/reset starts over · /system TEXT sets the system prompt (/system alone clears it) · /exit leaves"
 
 
@@ -28,36 +29,59 @@ class ChatTarget:
     label: str = ""
 
 
-def resolve_target(ref: str, runs_root: Path, quant: str | None) -> ChatTarget:
-    """A GGUF file as it is, or a run folder's exported GGUF with the recipe's settings."""
-    path = Path(ref)
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise QuicktuneError(f"{ref}: no such GGUF file")
-        return ChatTarget(path, label=path.name)
-    from quicktune.recipe import load_recipe
-    from quicktune.train.runs import read_manifest, resolve_run, run_label
+def resolve_target(ref: str, runs_root: Path, quant: str | None, num_ctx: int | None = None) -> ChatTarget:
+    """A run (any form ``resolve_run`` takes) with its recipe's settings, or a GGUF file as it is.
 
-    run_dir = resolve_run(ref, runs_root)
+    A GGUF inside a run's export folder is that run with that quantization."""
+    from quicktune.recipe import load_recipe
+    from quicktune.train.runs import pick_quantization, read_manifest, resolve_run, run_label
+
+    path = Path(ref)
+    if path.suffix == ".gguf" and not path.is_file():
+        raise QuicktuneError(f"{ref}: no such GGUF file")
+    try:
+        run_dir = resolve_run(ref, runs_root)
+    except QuicktuneError:
+        if path.suffix != ".gguf":
+            raise
+        return ChatTarget(path, num_ctx=num_ctx or _gguf_context(path), label=path.name)
     manifest = read_manifest(run_dir)
-    recipe = load_recipe(str(run_dir / "recipe.yaml"))
     ggufs = (manifest.get("export") or {}).get("ggufs") or {}
-    if not ggufs:
-        raise QuicktuneError(f"{run_dir} has not been exported yet", hint=f"Run: quicktune export {ref}")
-    wanted = quant or next((q for q in recipe.export.quantizations if q in ggufs), "f16")
-    if wanted not in ggufs:
-        raise QuicktuneError(
-            f"{run_dir} has no {wanted} GGUF (exported: {', '.join(ggufs)})",
-            hint=f"Add it with: quicktune export {ref} --quant {wanted}",
-        )
+    if path.suffix == ".gguf":  # the file names the quantization
+        quant = next((q for q, item in ggufs.items() if (run_dir / item["file"]).resolve() == path.resolve()), None)
+        if quant is None:  # a GGUF the export did not write: as it is
+            return ChatTarget(path, num_ctx=num_ctx or _gguf_context(path), label=path.name)
+    recipe = load_recipe(str(run_dir / "recipe.yaml"))
+    wanted = pick_quantization(run_dir, manifest, quant)
+    gguf = run_dir / ggufs[wanted]["file"]
+    from quicktune.data.system_prompt import served_prompt
+    from quicktune.export.exporter import chat_context
+
     return ChatTarget(
-        run_dir / ggufs[wanted]["file"],
-        system=recipe.export.system or recipe.data.system_prompt,
+        gguf,
+        system=served_prompt(recipe, manifest),  # the Modelfile's SYSTEM: what training used
         temperature=recipe.export.temperature,
         top_p=recipe.export.top_p,
-        num_ctx=max(recipe.export.num_ctx or recipe.model.max_seq_length, 2048),
+        num_ctx=num_ctx or _modelfile_context(run_dir, manifest, wanted) or chat_context(recipe, gguf)[0],
         label=f"{run_label(run_dir)} ({wanted})",
     )
+
+
+def _modelfile_context(run_dir: Path, manifest: dict, quant: str) -> int | None:
+    """num_ctx of the quantization's Modelfile, as Ollama will run it (it may be edited, or older)."""
+    import re
+
+    name = ((manifest.get("export") or {}).get("modelfiles") or {}).get(quant)
+    path = run_dir / name if name else None
+    found = re.search(r"^PARAMETER num_ctx (\d+)\s*$", path.read_text(encoding="utf-8"), re.M) if path and path.is_file() else None
+    return int(found.group(1)) if found else None
+
+
+def _gguf_context(gguf: Path) -> int:
+    """A GGUF no run exported: 4096 tokens, or less when the model was trained on less."""
+    from quicktune.export.exporter import trained_context
+
+    return min(4096, trained_context(gguf) or 4096)
 
 
 @dataclass
@@ -71,6 +95,8 @@ class ChatSession:
     top_p: float = 0.9
     max_tokens: int = 512
     history: list[dict[str, str]] = field(default_factory=list)
+    dropped: int = 0  # exchanges the last reply forgot to stay inside the context
+    cut_by_context: bool = False  # the last answer stopped because the context was full
 
     def messages(self, user: str) -> list[dict[str, str]]:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -88,27 +114,36 @@ class ChatSession:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def reply(self, user: str) -> Iterator[str]:
-        """Stream the answer's text; the exchange joins the history once it is complete."""
-        messages = self.messages(user)
-        tokens = self.prompt_tokens(messages)
-        while len(tokens) + 16 > self.llm.n_ctx() and len(self.history) >= 2:
+        """Fit the conversation into the context, then stream the answer's text (a generator);
+        the exchange joins the history once it is complete. ``dropped`` says how many of the
+        oldest exchanges had to be forgotten for the prompt and an answer to fit."""
+        n_ctx = self.llm.n_ctx()
+        room = min(self.max_tokens, n_ctx // 4)  # kept free for the answer
+        tokens = self.prompt_tokens(self.messages(user))
+        self.dropped = 0
+        while len(tokens) + room > n_ctx and self.history:
             self.history = self.history[2:]  # forget the oldest exchange
-            messages = self.messages(user)
-            tokens = self.prompt_tokens(messages)
-        if len(tokens) + 16 > self.llm.n_ctx():
-            raise QuicktuneError(f"the prompt ({len(tokens)} tokens) does not fit the context ({self.llm.n_ctx()})")
-        budget = min(self.max_tokens, self.llm.n_ctx() - len(tokens))
+            self.dropped += 1
+            tokens = self.prompt_tokens(self.messages(user))
+        if len(tokens) + MIN_ANSWER > n_ctx:
+            raise QuicktuneError(
+                f"this message needs {len(tokens)} tokens with the system prompt; the context holds {n_ctx}",
+                hint="Send a shorter message, or chat with a larger context (--ctx).",
+            )
+        return self._stream(user, tokens, min(self.max_tokens, n_ctx - len(tokens)))
+
+    def _stream(self, user: str, tokens: list[int], budget: int) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         answer = []
-        count = 0
+        self.cut_by_context = False
         for token in self.llm.generate(tokens, temp=self.temperature, top_p=self.top_p, top_k=40):  # top_k as in Ollama
             if token in self.stop_ids:
                 break
             piece = decoder.decode(self.llm.detokenize([token]))
             answer.append(piece)
             yield piece
-            count += 1
-            if count >= budget:
+            if len(answer) >= budget:
+                self.cut_by_context = budget < self.max_tokens
                 break
         tail = decoder.decode(b"", final=True)
         if tail:
@@ -150,7 +185,7 @@ def open_session(target: ChatTarget, *, system: str | None = None, max_tokens: i
 
 
 def interactive(session: ChatSession, console, label: str) -> None:
-    console.print(f"[bold]chatting with {label}[/] · {HELP}")
+    console.print(f"[bold]chatting with {label}[/], a {session.llm.n_ctx()}-token context · {HELP}")
     if session.system:
         console.print(f"[dim]system: {session.system}[/]")
     while True:
@@ -176,10 +211,22 @@ def interactive(session: ChatSession, console, label: str) -> None:
         if text.startswith("/"):
             console.print(f"[yellow]unknown command[/] {text.split()[0]} · {HELP}")
             continue
+        try:
+            pieces = session.reply(text)
+        except QuicktuneError as exc:
+            console.print(f"[yellow]{exc.message}[/] · {exc.hint}")
+            continue
+        if session.dropped:
+            console.print(
+                f"[dim](the conversation outgrew the {session.llm.n_ctx()}-token context: forgot the oldest "
+                f"{session.dropped} exchange{'s' if session.dropped > 1 else ''}; /reset starts over)[/]"
+            )
         console.print("[bold green]model ›[/] ", end="")
         try:
-            for piece in session.reply(text):
+            for piece in pieces:
                 console.out(piece, end="", highlight=False)
         except KeyboardInterrupt:
             console.print("[dim] (stopped)[/]", end="")
+        if session.cut_by_context:
+            console.print("[dim] (cut: the context is full; /reset starts over)[/]", end="")
         console.print()

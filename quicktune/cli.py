@@ -17,7 +17,7 @@ class _Group(click.Group):
     """Shows a ``QuicktuneError`` as a short message with exit status 2, no traceback."""
 
     def invoke(self, ctx: click.Context):
-        from quicktune.errors import EXIT_USER_ERROR, QuicktuneError
+        from quicktune.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, QuicktuneError
 
         try:
             return super().invoke(ctx)
@@ -26,6 +26,11 @@ class _Group(click.Group):
 
             print_error(exc)
             ctx.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            from quicktune.console import err_console
+
+            err_console.print("[yellow]interrupted[/]")
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -126,7 +131,7 @@ def train(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | 
 
     \b
     Every run gets runs/<recipe>/vN and never overwrites an earlier one. Ctrl-C saves
-    a checkpoint; running the same command again resumes from it.
+    a checkpoint and exits with status 130; the same command again resumes from it.
 
     \b
     Examples:
@@ -136,7 +141,15 @@ def train(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | 
     """
     from quicktune.workflow import train_command
 
-    train_command(recipe, list(overrides), runs_dir, parent, dry_run)
+    _exit_if_interrupted(train_command(recipe, list(overrides), runs_dir, parent, dry_run))
+
+
+def _exit_if_interrupted(result) -> None:
+    """Ctrl-C saved a checkpoint and stopped: exit 130 so a script can tell it from a finished run."""
+    from quicktune.errors import EXIT_INTERRUPTED
+
+    if result is not None and result.status == "interrupted":
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @main.command()
@@ -157,7 +170,7 @@ def run(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | No
     """
     from quicktune.workflow import run_command
 
-    run_command(recipe, list(overrides), runs_dir, parent, dry_run, force)
+    _exit_if_interrupted(run_command(recipe, list(overrides), runs_dir, parent, dry_run, force))
 
 
 QUANT_CHOICE = click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "bf16"])
@@ -176,7 +189,8 @@ def export(run_ref: str, quants: tuple[str, ...], verify: bool, prompts: int, ru
     Writes into RUN/export/ and never rewrites a file already there, so asking for
     another quantization later keeps the rest. The fidelity check compares the F16
     GGUF (llama.cpp) with the merged model (transformers) on held-out prompts, and
-    each quantization's top tokens; results go into the run's manifest.json.
+    the top tokens of the quantizations asked for (without --quant: the recipe's and
+    every one exported before); results go into the run's manifest.json.
 
     \b
     Examples:
@@ -191,17 +205,24 @@ def export(run_ref: str, quants: tuple[str, ...], verify: bool, prompts: int, ru
 
 @main.command()
 @click.argument("target", metavar="RUN|GGUF")
-@click.option("-q", "--quant", type=QUANT_CHOICE, help="Which exported GGUF of RUN; default: the recipe's first.")
+@click.option("-q", "--quant", type=QUANT_CHOICE, help="Which exported GGUF of RUN; default: the best one you asked for.")
 @click.option("-p", "--prompt", help="Ask one question, print the answer and exit (for scripts).")
-@click.option("--system", help="System prompt; default: the recipe's (export.system or data.system_prompt).")
+@click.option("--system", help="System prompt; default: the one the run was trained with, as in its Modelfile.")
 @click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1), help="Longest answer.")
+@click.option("--ctx", "num_ctx", type=click.IntRange(64), help="Context in tokens; default: the Modelfile's num_ctx.")
 @RUNS_OPTION
-def chat(target: str, quant: str | None, prompt: str | None, system: str | None, max_tokens: int, runs_dir: str) -> None:
+def chat(
+    target: str, quant: str | None, prompt: str | None, system: str | None, max_tokens: int, num_ctx: int | None,
+    runs_dir: str,
+) -> None:
     """Chat with an exported model in the terminal (llama.cpp, streaming).
 
     \b
     Uses the chat template and stop tokens the model was trained with, and the
     recipe's system prompt and temperature. In the chat: /reset, /system TEXT, /exit.
+    RUN is any run reference (recipe/vN, vN, a run folder, its export/ folder); the
+    GGUF is the best quantization you exported (--quant picks one). When the talk
+    outgrows the context, the oldest exchanges are forgotten, and the chat says so.
 
     \b
     Examples:
@@ -211,7 +232,7 @@ def chat(target: str, quant: str | None, prompt: str | None, system: str | None,
     """
     from quicktune.workflow import chat_command
 
-    chat_command(target, quant, prompt, system, max_tokens, runs_dir)
+    chat_command(target, quant, prompt, system, max_tokens, runs_dir, num_ctx)
 
 
 @main.group("runs", invoke_without_command=True)
@@ -266,8 +287,9 @@ def evaluate(run_ref: str, against: str, data_files: tuple[str, ...], limit: int
     Both answer the same prompts greedily with the run's chat template. Reported:
     exact and normalised match, valid-JSON rate and JSON field accuracy (for JSON
     answers), how often answers end with EOS, and loss/perplexity on the reference
-    answers; the recipe's eval.metric is the headline. Writes RUN/eval.json and
-    RUN/eval.png and shows rows where the two differ.
+    answers; the recipe's eval.metric is the headline. Shows rows where the two
+    differ and keeps each comparison in RUN/eval/<against>-<rows>.json and .png
+    (<rows>: the held-out rows' sha256; the same comparison again replaces its own).
 
     \b
     Examples:
@@ -283,8 +305,12 @@ def evaluate(run_ref: str, against: str, data_files: tuple[str, ...], limit: int
 
 @main.command()
 @click.argument("recipe")
-@click.option("--gpu", help='GPU to plan for, e.g. "RTX 4090", "RTX 3090", T4, A100 (default RTX 4090).')
-@click.option("--vram", type=click.FloatRange(1), help="Or the GPU memory in GiB.")
+@click.option(
+    "--gpu", help='GPU to plan for, e.g. "RTX 4090", "RTX 3090", T4, A100 (default: RTX 4090; the CPU for a CPU recipe).'
+)
+@click.option(
+    "--vram", type=click.FloatRange(1), help="Or the GPU memory in GiB (memory only: no time estimate without --gpu)."
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def plan(recipe: str, gpu: str | None, vram: float | None, overrides: tuple[str, ...]) -> None:
     """Estimate peak VRAM, disk and time for RECIPE, without loading anything.
@@ -292,7 +318,9 @@ def plan(recipe: str, gpu: str | None, vram: float | None, overrides: tuple[str,
     \b
     Splits peak VRAM into weights, LoRA + optimizer state, activations, logits and
     CUDA runtime, says whether it fits, and if not the nearest settings that do.
-    Exit status 1 when it does not fit. Constants and their sources: quicktune/plan.py.
+    Exit status 1 when it does not fit. A CPU recipe (its hardware line says CPU,
+    e.g. smollm2-demo) is planned for the CPU unless --gpu or --vram is given.
+    Constants and their sources: quicktune/plan.py.
 
     \b
     Examples:
@@ -306,7 +334,7 @@ def plan(recipe: str, gpu: str | None, vram: float | None, overrides: tuple[str,
 
     loaded = load_recipe(recipe, list(overrides))
     result = make_plan(loaded, gpu=gpu, vram=vram)
-    print_plan(result, loaded.name)
+    print_plan(result, loaded.name, loaded.hardware)
     if not result.fits:
         sys.exit(1)
 

@@ -55,10 +55,11 @@ def _stats_rows(table: Table, label: str, stats: TokenStats | None) -> None:
 def print_data_report(report: DataReport) -> None:
     files = Table(title="Data", title_justify="left")
     files.add_column("file")
+    files.add_column("split")
     files.add_column("format")
     files.add_column("rows", justify="right")
     for item in report.files:
-        files.add_row(item.path, item.format, str(item.rows))
+        files.add_row(item.path, item.split, f"{item.format} ({item.format_from})", str(item.rows))
     console.print(files)
     console.print(
         f"train rows: [bold]{report.train_rows}[/]   eval rows: [bold]{report.eval_rows}[/] ({report.eval_source})"
@@ -83,6 +84,9 @@ def print_data_report(report: DataReport) -> None:
     else:
         console.print("[dim]Token lengths and the rendered example need a tokenizer: add --recipe.[/]")
 
+    if report.system_prompt is not None:
+        _print_system_prompt(report.system_prompt)
+
     if report.stop is not None:
         stop = report.stop
         note = " (pad token = eos: quicktune builds labels itself, so the stop token is still trained)" if stop.pad_equals_eos else ""
@@ -101,6 +105,28 @@ def print_data_report(report: DataReport) -> None:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     if not report.warnings:
         console.print("[green]✓ data looks good[/]")
+
+
+def _print_system_prompt(system) -> None:
+    rows = dict(system.common)
+    if system.trained is not None:
+        console.print(
+            f"system prompt ({system.trained_from}; on {rows.get(system.trained, 0)} of {system.rows} training rows):"
+        )
+        console.print(f"  [cyan]{escape(system.trained)}[/]")
+    else:
+        default = f":\n  [cyan]{escape(system.template_default)}[/]" if system.template_default else " (if it has one)"
+        console.print(
+            f"system prompt: none set; {rows.get(None, 0)} of {system.rows} training rows have no system turn "
+            f"and are trained with the chat template's default{default}"
+        )
+    if system.distinct > 1:
+        console.print(f"  [dim]{system.distinct} different system prompts (or none) across the training rows[/]")
+    if system.served != system.trained:
+        console.print(f"the Modelfile and chat send instead ({system.served_from}):")
+        console.print(f"  [cyan]{escape(system.served or '')}[/]")
+    else:
+        console.print("  [dim]the Modelfile's SYSTEM and `quicktune chat` send the same[/]")
 
 
 def print_runs(runs, root) -> None:
@@ -144,6 +170,15 @@ def print_fidelity(fidelity) -> None:
     for column in ("GGUF", "same top token", "greedy agreement", "identical answers", "ends with EOS"):
         table.add_column(column, justify="left" if column == "GGUF" else "right")
     table.add_row("merged model (reference)", "", "", "", f"{fidelity.reference_stops}/{n}")
+    trained = getattr(fidelity, "trained", None)
+    if trained is not None:  # what the loss was measured on, against what is exported
+        table.add_row(
+            f"as trained: {trained.base} base + adapter",
+            share(trained.same_top_token),
+            share(trained.greedy_agreement),
+            f"{trained.identical_answers}/{n}",
+            f"{trained.stops}/{n}",
+        )
     for row in fidelity.ggufs:
         table.add_row(
             row.name,
@@ -153,16 +188,27 @@ def print_fidelity(fidelity) -> None:
             "-" if row.stops is None else f"{row.stops}/{n}",
         )
     console.print(table)
+    jinja = fidelity.ollama_renderer.startswith("llama.cpp")
+    if fidelity.ollama_renderer:
+        console.print(f"Ollama renders with: {escape(fidelity.ollama_renderer)}")
     same = fidelity.prompt_tokens_equal == n
-    console.print(
-        f"{'[green]✓[/]' if same else '[red]✗[/]'} prompt as Ollama builds it == training tokens: "
-        f"{fidelity.prompt_tokens_equal}/{n}"
-        + ("" if same else " [red](llama.cpp tokenizes the prompt differently than training did)[/]")
-    )
+    if fidelity.prompt_tokens_equal is None:
+        console.print("[dim]·[/] prompt as Ollama builds it == training tokens: not checked (see below)")
+    else:
+        console.print(
+            f"{'[green]✓[/]' if same else '[red]✗[/]'} prompt as Ollama builds it == training tokens: "
+            f"{fidelity.prompt_tokens_equal}/{n}"
+            + ("" if same else " [red](Ollama's prompt tokenizes differently than training did)[/]")
+        )
     parity = fidelity.template_parity
     done, _, total = parity.partition(" ")[0].partition("/")
     mark = "[dim]·[/]" if parity.startswith("skipped") else "[green]✓[/]" if done == total else "[red]✗[/]"
-    console.print(f"{mark} TEMPLATE rendered by Go's text/template == chat template: {parity}")
+    what = (
+        "chat template rendered by llama.cpp (as llama-server does) == training"
+        if jinja
+        else "TEMPLATE rendered by Go's text/template == chat template"
+    )
+    console.print(f"{mark} {what}: {escape(parity)}")
 
 
 def print_checks(checks) -> None:
@@ -173,44 +219,51 @@ def print_checks(checks) -> None:
             console.print(f"    [dim]fix:[/] {escape(check.fix)}")
 
 
-def print_plan(plan, recipe_name: str) -> None:
+def print_plan(plan, recipe_name: str, hardware: str = "") -> None:
     from quicktune.plan import GIB
 
     s = plan.settings
-    card = plan.gpu.name if plan.gpu else f"{plan.vram_gib:g} GiB GPU"
     console.print(
         f"[bold]{recipe_name}[/]: {s.method} on {plan.arch.name} ({plan.arch.params / 1e9:.2f}B parameters, "
         f"shape from {plan.arch.source}); batch {s.batch} x {s.seq} tokens, LoRA r={s.rank}, "
         f"gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}, {s.optimizer}"
     )
-    table = Table(title=f"Peak VRAM estimate on {card}", title_justify="left")
-    table.add_column("part")
-    table.add_column("GiB", justify="right")
-    for part, size in plan.estimate.parts.items():
-        table.add_row(part, f"{size / GIB:.2f}")
-    table.add_row("[bold]total[/]", f"[bold]{plan.estimate.total / GIB:.2f}[/]")
-    console.print(table)
-    usable = plan.vram_gib * 0.95
-    if plan.fits:
-        console.print(f"[green]✓ fits[/]: {plan.estimate.total / GIB:.1f} of {usable:.1f} usable GiB")
+    if plan.device == "cpu":
+        console.print(
+            "[green]✓ runs on the CPU[/]: no GPU memory to plan (for a GPU plan give --gpu NAME or --vram GIB)"
+            + (f"; the recipe says: {escape(hardware)}" if hardware else "")
+        )
     else:
-        console.print(f"[red]✗ does not fit[/]: {plan.estimate.total / GIB:.1f} GiB needed, {usable:.1f} usable")
-        if plan.fixes:
-            console.print("nearest settings that fit:")
-            for fix in plan.fixes:
-                sets = " ".join(f"--set {item}" for item in fix.sets)
-                console.print(f"  {sets}   → {fix.estimate.total / GIB:.1f} GiB ({fix.note})", soft_wrap=True)
+        card = plan.gpu.name if plan.gpu else f"a {plan.vram_gib:g} GiB GPU"
+        table = Table(title=f"Peak VRAM estimate on {card}", title_justify="left")
+        table.add_column("part")
+        table.add_column("GiB", justify="right")
+        for part, size in plan.estimate.parts.items():
+            table.add_row(part, f"{size / GIB:.2f}")
+        table.add_row("[bold]total[/]", f"[bold]{plan.estimate.total / GIB:.2f}[/]")
+        console.print(table)
+        usable = plan.vram_gib * 0.95
+        if plan.fits:
+            console.print(f"[green]✓ fits[/]: {plan.estimate.total / GIB:.1f} of {usable:.1f} usable GiB")
         else:
-            console.print("no single change fits; try a smaller model or a bigger GPU")
+            console.print(f"[red]✗ does not fit[/]: {plan.estimate.total / GIB:.1f} GiB needed, {usable:.1f} usable")
+            if plan.fixes:
+                console.print("nearest settings that fit:")
+                for fix in plan.fixes:
+                    sets = " ".join(f"--set {item}" for item in fix.sets)
+                    console.print(f"  {sets}   → {fix.estimate.total / GIB:.1f} GiB ({fix.note})", soft_wrap=True)
+            else:
+                console.print("no single change fits; try a smaller model or a bigger GPU")
     disk = sum(plan.disk.values())
     console.print(
         "disk: " + ", ".join(f"{k} {v / GIB:.1f}" for k, v in plan.disk.items()) + f" GiB; total {disk / GIB:.1f} GiB"
     )
-    if plan.epoch_seconds is not None:
-        seconds = plan.epoch_seconds
-        duration = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-        console.print(
-            f"time: ~{plan.data_tokens:,} tokens per epoch (4 characters per token) → about "
-            f"{duration} per epoch on {plan.gpu.name if plan.gpu else 'an RTX 4090'} "
-            "(an estimate from the GPU's 16-bit throughput at 20% utilisation)"
-        )
+    if plan.epoch_seconds is None:
+        console.print(f"time: {plan.time_note if plan.data_tokens else 'unknown: the training data was not found'}")
+        return
+    seconds = plan.epoch_seconds
+    duration = "under a second" if seconds < 1 else f"about {seconds:.0f} s" if seconds < 120 else f"about {seconds / 60:.0f} min"
+    console.print(
+        f"time: ~{plan.data_tokens:,} tokens per epoch (4 characters per token) → {duration} per epoch "
+        f"(an estimate {plan.time_note})"
+    )

@@ -75,16 +75,17 @@ def check_4bit() -> Check:
     try:
         import torch
 
-        if not torch.cuda.is_available():
-            return Check("4-bit (QLoRA)", "fail", "bitsandbytes is installed, but 4-bit training needs a CUDA GPU",
-                         "Use method: lora (16-bit) on the CPU, or a CUDA machine for qlora recipes.")
         import bitsandbytes as bnb
 
-        layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float16, quant_type="nf4").cuda()
-        layer(torch.ones(1, 64, device="cuda", dtype=torch.float16))
-        return Check("4-bit (QLoRA)", "ok", f"bitsandbytes {bnb.__version__}: an NF4 layer ran on the GPU")
+        # qlora trains on the CPU too (slowly): README, "QLoRA on the CPU"
+        device, dtype = ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
+        layer = bnb.nn.Linear4bit(64, 64, compute_dtype=dtype, quant_type="nf4").to(device)
+        layer(torch.ones(1, 64, device=device, dtype=dtype))
+        where = "the GPU" if device == "cuda" else "the CPU (qlora recipes train here, slowly)"
+        return Check("4-bit (QLoRA)", "ok", f"bitsandbytes {bnb.__version__}: an NF4 layer ran on {where}")
     except Exception as exc:  # noqa: BLE001
-        return Check("4-bit (QLoRA)", "fail", f"an NF4 layer failed: {exc}".splitlines()[0], "Reinstall bitsandbytes for your CUDA version.")
+        return Check("4-bit (QLoRA)", "fail", f"an NF4 layer failed: {exc}".splitlines()[0],
+                     "Reinstall or upgrade bitsandbytes (for your CUDA version on a GPU), or use method: lora.")
 
 
 def check_training_stack() -> list[Check]:
@@ -150,7 +151,19 @@ def check_tools() -> list[Check]:
                         "present: export checks TEMPLATE with Go's text/template" if go else
                         "not on PATH: export skips the Go template-parity check",
                         "" if go else "apt-get install golang-go (optional)"))
+    checks.append(check_llama_template())
     return checks
+
+
+def check_llama_template() -> Check:
+    """llama.cpp's own template engine: what Ollama renders with when it prefers the GGUF's template."""
+    from quicktune.export.llama_template import checker_status
+
+    status, detail = checker_status()
+    ok = status == "ok"
+    return Check("llama.cpp template check", "ok" if ok else "info",
+                 detail if ok else f"{detail}: exports that Ollama renders with llama.cpp's Jinja skip this check",
+                 "" if ok else "apt-get install g++ (and keep llama-cpp-python installed)")
 
 
 def check_disk(runs_dir: Path, need_gb: float = 20.0) -> Check:

@@ -8,6 +8,7 @@ no traceback. Anything else is a bug and is allowed to raise.
 from __future__ import annotations
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a process ended by SIGINT (128 + 2)
 
 
 class QuicktuneError(Exception):

@@ -323,6 +323,17 @@ def disk_bytes(arch: Arch, s: Settings, quantizations: list[str], kept_checkpoin
     return out
 
 
+# Training on the CPU (float32): our measurement, the README's quick start on a 2-core VM: SmolLM2-135M,
+# LoRA r=16, 120 steps of 8 demo rows (2.4 epochs of ~55,000 tokens by data_tokens' estimate) in 546 s.
+# Scaled by parameter count (the work per token); a CPU with more cores is faster.
+CPU_REFERENCE = {"seconds": 546.0, "tokens": 2.4 * 55_358, "params": 134_515_008, "cores": 2}
+
+
+def cpu_seconds_per_epoch(arch: Arch, tokens: int) -> float:
+    per_token = CPU_REFERENCE["seconds"] / CPU_REFERENCE["tokens"]
+    return tokens * per_token * arch.params / CPU_REFERENCE["params"]
+
+
 def seconds_per_epoch(arch: Arch, tokens: int, gpu: Gpu, gradient_checkpointing: bool = True) -> float:
     # forward 2N + backward through the frozen weights 2N (+ 2N recomputed with checkpointing)
     flops_per_token = (6 if gradient_checkpointing else 4) * arch.params
@@ -333,17 +344,24 @@ def seconds_per_epoch(arch: Arch, tokens: int, gpu: Gpu, gradient_checkpointing:
 class Plan:
     arch: Arch
     settings: Settings
-    vram_gib: float
-    gpu: Gpu | None
+    vram_gib: float  # 0 for a CPU plan
+    gpu: Gpu | None  # the card named (or the default); None when only --vram was given, or on the CPU
     estimate: Estimate
     disk: dict[str, float]
     data_tokens: int | None
     epoch_seconds: float | None
     fixes: list = field(default_factory=list)
+    device: str = "gpu"  # "cpu": a recipe whose hardware line says CPU, planned without --gpu/--vram
+    time_note: str = ""  # where the time estimate comes from, or why there is none
 
     @property
     def fits(self) -> bool:
-        return self.estimate.fits(self.vram_gib)
+        return self.device == "cpu" or self.estimate.fits(self.vram_gib)
+
+
+def is_cpu_recipe(recipe) -> bool:
+    """The recipe says it is for the CPU (its hardware line, e.g. smollm2-demo's "CPU only ...")."""
+    return recipe.hardware.strip().lower().startswith("cpu")
 
 
 def settings_for(recipe, unsloth: bool = True) -> Settings:
@@ -373,14 +391,28 @@ def data_tokens(recipe) -> int | None:
 
 
 def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> Plan:
+    """Plan for the GPU named, else for a GPU of ``vram`` GiB, else for the CPU when the recipe is
+    a CPU recipe, else for the RTX 4090 the built-in GPU recipes are written for."""
     arch = find_arch(recipe.model.base)
     settings = settings_for(recipe)
-    card = find_gpu(gpu) if gpu else (None if vram else GPUS["rtx 4090"])
-    vram_gib = vram or card.vram_gib
     result = estimate(arch, settings)
     tokens = data_tokens(recipe)
-    epoch = seconds_per_epoch(arch, tokens, card or GPUS["rtx 4090"], settings.gradient_checkpointing) if tokens else None
-    plan = Plan(arch, settings, vram_gib, card, result, disk_bytes(arch, settings, recipe.export.quantizations), tokens, epoch)
+    disk = disk_bytes(arch, settings, recipe.export.quantizations)
+    if gpu is None and vram is None and is_cpu_recipe(recipe):
+        epoch = cpu_seconds_per_epoch(arch, tokens) if tokens else None
+        note = (
+            f"scaled from our run of the quick start on a {CPU_REFERENCE['cores']}-core CPU "
+            f"({CPU_REFERENCE['seconds']:.0f} s for 120 steps of SmolLM2-135M); more cores are faster"
+        )
+        return Plan(arch, settings, 0.0, None, result, disk, tokens, epoch, device="cpu", time_note=note)
+    card = find_gpu(gpu) if gpu else (None if vram else GPUS["rtx 4090"])
+    vram_gib = vram or card.vram_gib
+    if card is not None:
+        epoch = seconds_per_epoch(arch, tokens, card, settings.gradient_checkpointing) if tokens else None
+        note = f"on {card.name}, from its 16-bit throughput at {MODEL_FLOPS_UTILIZATION:.0%} utilisation"
+    else:
+        epoch, note = None, "not estimated: --vram says how much memory, not how fast; name the card with --gpu"
+    plan = Plan(arch, settings, vram_gib, card, result, disk, tokens, epoch, time_note=note)
     if not plan.fits:
         plan.fixes = suggestions(arch, settings, vram_gib, recipe.training.grad_accumulation)
     return plan

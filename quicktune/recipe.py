@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from quicktune.errors import RecipeError
 
@@ -61,8 +61,12 @@ class LoraSection(_Section):
 
 class DataSection(_Section):
     train: list[str] = Field(min_length=1)
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = "auto"
     eval: list[str] = Field(default_factory=list)
+    format: str | dict[str, str] = Field(
+        "auto",
+        description="auto: each file's format is detected from its first record; one name pins every file; "
+        "a mapping {file: format} pins those files and detects the rest.",
+    )
     eval_fraction: float = Field(0.0, ge=0.0, lt=0.5)
     system_prompt: str | None = None
     train_on_responses_only: bool = True
@@ -72,6 +76,27 @@ class DataSection(_Section):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return _as_list(value)
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _known_formats(cls, value: Any, info: ValidationInfo) -> Any:
+        names = ", ".join(DATA_FORMATS)
+        if isinstance(value, str):
+            if value not in DATA_FORMATS:
+                raise ValueError(f"unknown format {value!r}; expected one of {names}, or a mapping of file to format")
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a format name ({names}) or a mapping of data file to format")
+        files = [*info.data.get("train", []), *info.data.get("eval", [])]
+        problems = []
+        for name, fmt in value.items():
+            if fmt not in DATA_FORMATS:
+                problems.append(f"{name}: unknown format {fmt!r}; expected one of {names}")
+            if "train" in info.data and not any(Path(str(name)) == Path(f) for f in files):
+                problems.append(f"{name} is not one of data.train or data.eval ({', '.join(files)})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return {str(name): fmt for name, fmt in value.items()}
 
     @model_validator(mode="after")
     def _one_eval_source(self) -> DataSection:
@@ -108,10 +133,18 @@ class ExportSection(_Section):
     system: str | None = Field(None, description="Modelfile SYSTEM; defaults to data.system_prompt.")
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)
-    num_ctx: int | None = Field(None, gt=0, description="Defaults to model.max_seq_length.")
+    num_ctx: int | None = Field(
+        None, gt=0, description="Chat context in tokens; default max(model.max_seq_length, 2048), at most the base model's."
+    )
     merge_base: str | None = Field(
         None,
         description="16-bit weights to merge a QLoRA adapter into; defaults to model.base without -bnb-4bit.",
+    )
+    merge_target: Literal["original", "dequantized"] | None = Field(
+        None,
+        description="What a QLoRA adapter is merged into: the 4-bit base as trained, de-quantized (the default "
+        "for qlora: closest to the trained model, bench/README.md), or the original 16-bit weights "
+        "(export.merge_base). lora and full runs merge into the weights they trained: original.",
     )
 
     @field_validator("quantizations", mode="before")
@@ -147,6 +180,20 @@ class Recipe(_Section):
             raise ValueError("method qlora trains on a 4-bit base: set model.load_in_4bit: true or method: lora")
         elif self.method != "qlora" and self.model.load_in_4bit:
             raise ValueError(f"method {self.method} trains 16-bit weights: set method: qlora for a 4-bit base")
+        return self
+
+    @model_validator(mode="after")
+    def _merge_target_fits_method(self) -> Recipe:
+        export = self.export
+        if export.merge_target is None:
+            quantized = self.method == "qlora" and not export.merge_base
+            export.merge_target = "dequantized" if quantized else "original"
+        elif export.merge_target == "dequantized" and self.method != "qlora":
+            raise ValueError(f"export.merge_target dequantized: method {self.method} trained no 4-bit weights; "
+                             "use original")
+        elif export.merge_target == "dequantized" and export.merge_base:
+            raise ValueError("export.merge_base names 16-bit weights to merge into; with merge_target: dequantized "
+                             "the adapter is merged into the de-quantized 4-bit base instead: set one of them")
         return self
 
     def to_yaml(self) -> str:
@@ -237,6 +284,9 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
                 section[key] = _absolute(value, base_dir)
             elif isinstance(value, list):
                 section[key] = [_absolute(v, base_dir) if isinstance(v, str) else v for v in value]
+        section["format"] = _absolute_keys(section.get("format"), base_dir)
+        if section["format"] is None:
+            del section["format"]
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("base"), str):
         base = model["base"]
@@ -249,11 +299,23 @@ def _absolute(value: str, base_dir: Path) -> str:
     return str(path if path.is_absolute() else (base_dir / path).resolve())
 
 
-def _deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+def _absolute_keys(formats: Any, base_dir: Path) -> Any:
+    """``data.format: {file: format}`` names files the way data.train does: relative to the recipe."""
+    if not isinstance(formats, dict):
+        return formats
+    return {_absolute(k, base_dir) if isinstance(k, str) else k: v for k, v in formats.items()}
+
+
+# Values that replace, never merge with, what an extended recipe set: a file -> format
+# mapping belongs to the files the recipe names.
+_REPLACED = {("data", "format")}
+
+
+def _deep_merge(low: dict[str, Any], high: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
     merged = dict(low)
     for key, value in high.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and (*path, key) not in _REPLACED:
+            merged[key] = _deep_merge(merged[key], value, (*path, key))
         else:
             merged[key] = value
     return merged
@@ -312,6 +374,10 @@ def load_recipe(ref: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe
         keys, value = parse_override(text)
         if keys[:1] == ("data",) and keys[1:2] in (("train",), ("eval",)):
             value = _absolute(value, Path.cwd()) if isinstance(value, str) else value
+            if isinstance(value, list):
+                value = [_absolute(v, Path.cwd()) if isinstance(v, str) else v for v in value]
+        if keys == ("data", "format"):
+            value = _absolute_keys(value, Path.cwd())
         _apply_override(layer.data, keys, value, text)
         layer.lines[keys] = f"--set {text}"
     return validate_recipe(layer.data, lines=layer.lines, source=str(path))
@@ -321,11 +387,22 @@ def validate_recipe(data: dict[str, Any], *, lines: dict | None = None, source: 
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(error, lines or {}, source) for error in exc.errors()]
+        found = [_describe(error, lines or {}, source) for error in exc.errors()]
+        problems = [f"{where}: {text}" for where, text in sorted(found, key=lambda item: _line_order(item[0], source))]
         raise RecipeError(f"{source}: {len(problems)} problem(s) in the recipe", problems=problems) from None
 
 
-def _describe(error: dict[str, Any], lines: dict[tuple[str, ...], str], source: str) -> str:
+def _line_order(where: str, source: str) -> tuple[int, str, int]:
+    """The recipe's own lines first, in file order; then the recipes it extends; then --set flags."""
+    if where.startswith("--set "):
+        return (2, "", 0)
+    path, _, line = where.rpartition(":")
+    if not line.isdigit():
+        path, line = where, "0"
+    return (0 if path == source else 1, path, int(line))
+
+
+def _describe(error: dict[str, Any], lines: dict[tuple[str, ...], str], source: str) -> tuple[str, str]:
     loc = tuple(str(part) for part in error["loc"])
     where = source
     for end in range(len(loc), -1, -1):
@@ -344,11 +421,13 @@ def _describe(error: dict[str, Any], lines: dict[tuple[str, ...], str], source: 
             message += f" (expected one of: {', '.join(choices)})"
     elif kind == "missing":
         message = "required key is missing"
+    elif kind == "value_error":
+        message = str(error["ctx"]["error"])
     else:
         message = error["msg"]
         if "input" in error and kind not in ("value_error",) and not isinstance(error["input"], dict):
             message += f" (got {error['input']!r})"
-    return f"{where}: {dotted}: {message}"
+    return where, f"{dotted}: {message}"
 
 
 def _suggest(key: str, choices: list[str]) -> list[str]:

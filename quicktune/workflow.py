@@ -50,21 +50,45 @@ def train_command(
         return None
     from quicktune.train.trainer import train
 
-    result = train(recipe, runs_root=runs_root, parent_ref=parent, console=console)
+    again = _same_command(command, recipe_ref, overrides, runs_dir, parent)
+    try:
+        result = train(recipe, runs_root=runs_root, parent_ref=parent, console=console)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began: no new checkpoint
+        console.print(f"[yellow]stopped[/] without a new checkpoint. Run again (resumes the last checkpoint, if any): {again}")
+        raise
     if result.status == "interrupted":
         console.print(
             f"[yellow]interrupted[/] at step {result.metrics.get('steps')}; checkpoint saved in {result.run_dir}. "
-            f"Resume with: {_same_command(command, recipe_ref, overrides, runs_dir, parent)}"
+            f"Resume with: {again}"
         )
         return result
     m = result.metrics
-    console.print(
-        f"[green]✓ trained[/] {result.run_dir}: {m['steps']} steps in {m['seconds']} s, "
-        f"loss {m['first_loss']:.3f} → {m['train_loss']:.3f}"
-        + (f", best eval loss {m['best_eval_loss']:.3f}" if m.get("best_eval_loss") is not None else "")
-    )
+    console.print(f"[green]✓ trained[/] {result.run_dir}: {m['steps']} steps in {m['seconds']} s, " + _losses(m))
     console.print(f"  adapter: {result.adapter_dir}   loss curve: {result.run_dir / 'loss.png'}")
+    if command == "train":
+        run = _shown(result.run_dir)
+        console.print("[bold]next[/]:", soft_wrap=True)
+        console.print(f"  quicktune export {run}      GGUF files and Ollama Modelfiles", highlight=False)
+        if _has_eval_data(result.run_dir):
+            console.print(f"  quicktune eval {run}        the run against its base model", highlight=False)
+        console.print(f"  quicktune chat {run}        after the export: talk to it here", highlight=False)
     return result
+
+
+def _losses(m: dict) -> str:
+    """The training summary's loss part; a run too short to log a loss says so."""
+    def number(key):
+        return "-" if m.get(key) is None else f"{m[key]:.3f}"
+
+    if m.get("first_loss") is None and m.get("train_loss") is None:
+        text = "no loss logged (fewer steps than training.logging_every)"
+        if m.get("mean_train_loss") is not None:
+            text += f", mean loss {m['mean_train_loss']:.3f}"
+    else:
+        text = f"loss {number('first_loss')} → {number('train_loss')}"
+    if m.get("best_eval_loss") is not None:
+        text += f", best eval loss {m['best_eval_loss']:.3f}"
+    return text
 
 
 def check_plan(recipe_ref: str, overrides: list[str], force: bool) -> None:
@@ -132,8 +156,11 @@ def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_ro
             progress=lambda m: status.update(f"evaluating: {m} answers {limit or 'all'} held-out prompts"),
         )
     print_report(report, console, examples=examples)
-    json_path, png_path = write_report(report)
-    console.print(f"report: {_shown(json_path)}" + (f"  chart: {_shown(png_path)}" if png_path else ""))
+    json_path, png_path, replaced = write_report(report)
+    console.print(
+        f"report: {_shown(json_path)}" + (f"  chart: {_shown(png_path)}" if png_path else "")
+        + (" [dim](replaces the earlier report of this same comparison on these rows)[/]" if replaced else "")
+    )
     return report
 
 
@@ -169,7 +196,13 @@ def _export(run_dir: Path, quants: list[str], *, verify: bool, prompts: int, nex
     from quicktune.console import print_fidelity
     from quicktune.export.exporter import export_run
 
-    result = export_run(run_dir, quants, verify=verify, prompts=prompts, console=console)
+    from quicktune.export.gate import FidelityFailed
+
+    try:
+        result = export_run(run_dir, quants, verify=verify, prompts=prompts, console=console)
+    except FidelityFailed as failed:  # the table first, then the error that says which rows failed
+        print_fidelity(failed.result.fidelity)
+        raise
     for quant in result.reused:
         console.print(f"[dim]kept {quant}: already exported[/]")
     if result.fidelity is not None:
@@ -206,10 +239,13 @@ def _shown(path: Path) -> str:
     return shlex.quote(text)
 
 
-def chat_command(target: str, quant: str | None, prompt: str | None, system: str | None, max_tokens: int, runs_dir: str):
+def chat_command(
+    target: str, quant: str | None, prompt: str | None, system: str | None, max_tokens: int, runs_dir: str,
+    num_ctx: int | None = None,
+):
     from quicktune.chat import interactive, open_session, resolve_target
 
-    chat_target = resolve_target(target, Path(runs_dir), quant)
+    chat_target = resolve_target(target, Path(runs_dir), quant, num_ctx)
     session = open_session(chat_target, system=system, max_tokens=max_tokens)
     if prompt is not None:
         import sys

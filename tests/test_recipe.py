@@ -167,3 +167,57 @@ def test_every_builtin_recipe_validates(path):
         assert Path(data_file).is_file(), data_file
     header = path.read_text(encoding="utf-8").splitlines()[0]
     assert header.startswith("#"), "each recipe starts with a header comment"
+
+
+def test_errors_are_sorted_by_line(tmp_path):
+    # pydantic reports in field order (method before training); the user reads the file top down
+    text = "training:\n  batch_size: two\n" + MINIMAL + "export:\n  quantizations: [q3]\nmethod: sft\n"
+    path = write(tmp_path / "r.yaml", text)
+    with pytest.raises(RecipeError) as excinfo:
+        load_recipe(path, ["lora.r=zero"])
+    problems = problems_of(excinfo)
+    assert [p.split(": ")[0] for p in problems] == [f"{path}:2", f"{path}:8", f"{path}:9", "--set lora.r=zero"]
+
+
+def test_format_is_auto_a_name_or_a_mapping_of_files(tmp_path):
+    (tmp_path / "data").mkdir()
+    text = "model:\n  base: some/model\ndata:\n  train: data/shop.csv\n  eval: data/held.jsonl\n"
+    assert load_recipe(write(tmp_path / "a.yaml", text)).data.format == "auto"
+    assert load_recipe(write(tmp_path / "n.yaml", text + "  format: alpaca\n")).data.format == "alpaca"
+    mapped = load_recipe(write(tmp_path / "m.yaml", text + "  format:\n    data/shop.csv: alpaca\n"))
+    assert mapped.data.format == {str(tmp_path / "data" / "shop.csv"): "alpaca"}  # relative to the recipe
+    assert load_recipe(write(tmp_path / "again.yaml", mapped.to_yaml())) == mapped  # the resolved recipe round-trips
+    # --set: relative to the working directory, like data.train
+    overridden = load_recipe(str(tmp_path / "a.yaml"), [f"data.format={{{tmp_path}/data/held.jsonl: sharegpt}}"])
+    assert overridden.data.format == {str(tmp_path / "data" / "held.jsonl"): "sharegpt"}
+
+
+def test_bad_format_settings_name_their_line(tmp_path):
+    text = MINIMAL.replace("train.jsonl", "shop.csv") + "  format:\n    other.csv: alpaca\n    shop.csv: alpacca\n"
+    path = write(tmp_path / "r.yaml", text)
+    with pytest.raises(RecipeError) as excinfo:
+        load_recipe(path)
+    (problem,) = problems_of(excinfo)
+    assert problem.startswith(f"{path}:5: data.format: {tmp_path}/other.csv is not one of data.train or data.eval")
+    expected = "unknown format 'alpacca'; expected one of auto, alpaca, sharegpt, messages, text"
+    assert f"{tmp_path}/shop.csv: {expected}" in problem
+    with pytest.raises(RecipeError, match=r":5: data.format: unknown format 'chatml'; expected one of auto, alpaca"):
+        load_recipe(write(tmp_path / "n.yaml", MINIMAL + "  format: chatml\n"))
+
+
+def test_a_child_recipes_format_mapping_replaces_its_parents(tmp_path):
+    write(tmp_path / "parent.yaml", MINIMAL + "  format:\n    train.jsonl: messages\n")
+    text = "extends: parent.yaml\ndata:\n  train: mine.csv\n  format:\n    mine.csv: alpaca\n"
+    child = write(tmp_path / "child.yaml", text)
+    assert load_recipe(child).data.format == {str(tmp_path / "mine.csv"): "alpaca"}
+    # changing the files without the mapping: the parent's entry names a file no longer used
+    with pytest.raises(RecipeError, match="train.jsonl is not one of data.train or data.eval"):
+        load_recipe(str(tmp_path / "parent.yaml"), ["data.train=other.jsonl"])
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: p.stem)
+def test_builtin_recipes_pin_nothing_a_users_data_must_undo(path):
+    """A recipe that extends a built-in one with other data inherits no format and no system prompt."""
+    recipe = load_recipe(str(path))
+    assert recipe.data.format == "auto"
+    assert recipe.data.system_prompt is None and recipe.export.system is None

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from quicktune.data import quality
-from quicktune.data.formats import normalise
+from quicktune.data.formats import format_for, normalise, strip_message_edges
 from quicktune.data.load import read_records
 from quicktune.data.masking import IGNORE, Tokenized, tokenize_examples
 from quicktune.data.records import Example, Problems
+from quicktune.data.system_prompt import SystemPrompts, summarise, template_default
 from quicktune.data.tokenizer import ChatTokenizer
 from quicktune.errors import DataError
 
@@ -29,6 +30,8 @@ class FileSummary:
     path: str
     format: str
     rows: int
+    split: str = "train"  # or "eval"
+    format_from: str = "detected"  # or "data.format" when the recipe pins it
 
 
 @dataclass
@@ -83,6 +86,7 @@ class DataReport:
     leakage_pairs: list[PairSummary]
     train_tokens: TokenStats | None = None
     eval_tokens: TokenStats | None = None
+    system_prompt: SystemPrompts | None = None
     stop: StopToken | None = None
     example: RenderedExample | None = None
     warnings: list[str] = field(default_factory=list)
@@ -101,17 +105,31 @@ class PreparedData:
 
 
 def load_examples(
-    paths: list[str], *, fmt: str = "auto", system_prompt: str | None = None
+    paths: list[str],
+    *,
+    fmt: str | dict[str, str] = "auto",
+    system_prompt: str | None = None,
+    split: str = "train",
 ) -> tuple[list[Example], list[FileSummary]]:
-    """Read and validate every file; all problems in all files are raised together."""
+    """Read and validate every file, each in its own format (``data.format``: a name, or a
+    mapping of file to format); all problems in all files are raised together."""
     problems = Problems()
+    loaded = _read_files(paths, fmt, system_prompt, split, problems)
+    problems.raise_if_any(", ".join(Path(p).name for p in paths))
+    return loaded
+
+
+def _read_files(
+    paths: list[str], fmt: str | dict[str, str], system_prompt: str | None, split: str, problems: Problems
+) -> tuple[list[Example], list[FileSummary]]:
     examples: list[Example] = []
     summaries = []
     for path in paths:
-        detected, rows = normalise(read_records(path), fmt, problems, source=path, system_prompt=system_prompt)
+        pinned = format_for(fmt, path)
+        detected, rows = normalise(read_records(path), pinned, problems, source=path, system_prompt=system_prompt)
         examples += rows
-        summaries.append(FileSummary(path, detected, len(rows)))
-    problems.raise_if_any(", ".join(Path(p).name for p in paths))
+        source = "detected" if pinned == "auto" else "data.format"
+        summaries.append(FileSummary(path, detected, len(rows), split, source))
     return examples, summaries
 
 
@@ -120,8 +138,9 @@ def prepare(
     *,
     eval_paths: list[str] = (),
     eval_fraction: float = 0.0,
-    fmt: str = "auto",
+    fmt: str | dict[str, str] = "auto",
     system_prompt: str | None = None,
+    export_system: str | None = None,
     dedupe: str = "exact",
     seed: int = 3407,
     tokenizer: ChatTokenizer | None = None,
@@ -129,11 +148,16 @@ def prepare(
     responses_only: bool = True,
 ) -> PreparedData:
     """Load, validate, de-duplicate, split and (with a tokenizer) tokenize the data."""
-    loaded, files = load_examples(list(train_paths), fmt=fmt, system_prompt=system_prompt)
-    evaluation: list[Example] = []
-    if eval_paths:
-        evaluation, eval_files = load_examples(list(eval_paths), fmt=fmt, system_prompt=system_prompt)
-        files += eval_files
+    problems = Problems()  # train and eval files are checked together: every broken line at once
+    loaded, files = _read_files(list(train_paths), fmt, system_prompt, "train", problems)
+    evaluation, eval_files = _read_files(list(eval_paths), fmt, system_prompt, "eval", problems)
+    files += eval_files
+    problems.raise_if_any(", ".join(Path(p).name for p in [*train_paths, *eval_paths]))
+    edged = 0
+    if tokenizer is not None and tokenizer.trims_messages():  # the template trims: train on what it renders
+        loaded, edged_train = strip_message_edges(loaded)
+        evaluation, edged_eval = strip_message_edges(evaluation)
+        edged = edged_train + edged_eval
 
     dialogues = [quality.normalise(quality.dialogue_text(e)) for e in loaded]
     exact = quality.exact_duplicates(dialogues, normalised=True)
@@ -160,6 +184,11 @@ def prepare(
         warnings.append(
             f"{len(near)} near-duplicate pair(s) kept; set data.dedupe: near to drop them"
         )
+    if edged:
+        warnings.append(
+            f"{edged} message(s) start or end with whitespace, which the chat template trims: quicktune strips it "
+            "(training, chat, eval); Ollama passes a client's text as it is, so strip prompts before sending them"
+        )
     if leaks:
         warnings.append(
             f"{len(leaks)} eval example(s) have the same or nearly the same prompt as a training example: "
@@ -185,6 +214,16 @@ def prepare(
         ],
         warnings=warnings,
     )
+    report.system_prompt = summarise(
+        train,
+        recipe_prompt=system_prompt,
+        export_prompt=export_system,
+        template_default=template_default(tokenizer) if tokenizer is not None and tokenizer.chat_template else None,
+    )
+    if report.system_prompt is not None and report.system_prompt.warning:
+        report.warnings.append(report.system_prompt.warning)
+    if report.system_prompt is not None and report.system_prompt.served:
+        report.warnings += _ollama_drops(report.system_prompt.served, report.system_prompt.served_from)
     train_tokens = eval_tokens = None
     if tokenizer is not None:
         train_tokens = tokenize_examples(tokenizer, train, max_length=max_seq_length, responses_only=responses_only)
@@ -193,6 +232,20 @@ def prepare(
         )
         _describe_tokens(report, tokenizer, train, train_tokens, eval_tokens, max_seq_length)
     return PreparedData(train, evaluation, train_tokens, eval_tokens, report)
+
+
+def _ollama_drops(system: str, key: str) -> list[str]:
+    """A system prompt with characters Ollama's Modelfile parser drops from SYSTEM (export refuses it)."""
+    from quicktune.export.ollama_parse import describe_characters, dropped_characters
+
+    dropped = dropped_characters(system)
+    if not dropped:
+        return []
+    kept = "".join(c for c in system if c not in dropped)
+    return [
+        f"{key}: the system prompt holds {describe_characters(dropped)}, which Ollama's Modelfile parser drops "
+        f"(Ollama would serve {kept!r}); export will refuse it: replace them (a no-break space with a plain space)"
+    ]
 
 
 def stop_token_ids(tokenizer: ChatTokenizer) -> set[int]:
@@ -313,6 +366,7 @@ def prepare_for_recipe(
         eval_fraction=0.0 if eval_paths else section.eval_fraction,
         fmt=section.format,
         system_prompt=section.system_prompt,
+        export_system=recipe.export.system,
         dedupe=section.dedupe,
         seed=recipe.training.seed,
         tokenizer=tokenizer,

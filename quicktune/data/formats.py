@@ -1,15 +1,21 @@
 """Detect a record format and normalise every record into an ``Example``.
 
+Each file has its own format: detected from its first record unless ``data.format`` pins
+it (one name for every file, or a mapping of file to format; see ``format_for``).
+
 Formats:
 - ``messages`` (OpenAI): ``{"messages": [{"role": ..., "content": ...}, ...]}``
-- ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}], "system"?: ...}``
+- ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|..., "value": ...}], "system"?: ...}``
 - ``alpaca``: ``{"instruction": ..., "input"?: ..., "output": ..., "system"?: ...}``
 - ``text``: ``{"text": ...}``: raw text, every token trained.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from quicktune.data.load import RawRecord
@@ -17,6 +23,12 @@ from quicktune.data.records import ROLES, Example, Message, Problems
 from quicktune.errors import DataError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "text")
+LOOKS = {
+    "messages": "messages (OpenAI)",
+    "sharegpt": "sharegpt (conversations)",
+    "alpaca": "alpaca (instruction/output)",
+    "text": "text",
+}
 _SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -46,6 +58,14 @@ def detect_format(record: Any) -> str | None:
     return None
 
 
+def format_for(setting: str | Mapping[str, str], path: str | Path) -> str:
+    """The format ``data.format`` gives one file: its own entry in a mapping (else auto), or the one name."""
+    if isinstance(setting, str):
+        return setting
+    wanted = Path(path).resolve()
+    return next((fmt for name, fmt in setting.items() if Path(name).resolve() == wanted), "auto")
+
+
 def normalise(
     records: Iterable[RawRecord],
     fmt: str,
@@ -56,10 +76,15 @@ def normalise(
 ) -> tuple[str, list[Example]]:
     """Turn one file's raw records into examples; every bad record goes into ``problems``.
 
-    ``fmt`` is ``auto`` or a name from ``FORMATS``; the detected format is returned.
+    ``fmt`` is ``auto`` or a name from ``FORMATS``; the detected format is returned. A record
+    that fails because it is in another format says which one, and the fix is hinted once.
     """
     examples: list[Example] = []
+    pinned = fmt != "auto"
+    seen = False
+    looks_like: Counter[str] = Counter()
     for raw in records:
+        seen = True
         if raw.error is not None:
             problems.add(raw.origin, raw.error)
             continue
@@ -76,10 +101,31 @@ def normalise(
         try:
             examples.append(_PARSERS[fmt](raw.value, raw.origin, system_prompt))
         except _Invalid as exc:
-            problems.add(raw.origin, str(exc))
-    if fmt == "auto" and not problems:
-        raise DataError(f"{source}: no records found (the file is empty)")
+            other = detect_format(raw.value)
+            if other is not None and other != fmt:
+                looks_like[other] += 1
+                problems.add(raw.origin, f"{exc} — this record looks like {LOOKS[other]}")
+            else:
+                problems.add(raw.origin, str(exc))
+    if not seen:
+        problems.add(source, "no records found (the file is empty)")
+    if looks_like:
+        problems.hint(_mismatch_hint(Path(source).name, fmt, pinned, looks_like))
     return fmt, examples
+
+
+def _mismatch_hint(name: str, fmt: str, pinned: bool, looks_like: Counter[str]) -> str:
+    other, count = looks_like.most_common(1)[0]
+    if pinned:
+        return (
+            f"{name}: data.format says {fmt}, but {count} of its records look like {other}. "
+            f"Set data.format: auto (each file's format is detected on its own), "
+            f"or pin this file: data.format: {{{name}: {other}}}."
+        )
+    return (
+        f"{name}: its first record is {fmt}, but {count} later record(s) look like {other}; "
+        "one file holds one format: put each format in its own file."
+    )
 
 
 def _require_dict(value: Any) -> dict[str, Any]:
@@ -165,7 +211,9 @@ def _parse_sharegpt(value: Any, origin: str, system_prompt: str | None) -> Examp
         speaker = _string(turn, "from", label=f"{label}.from")
         role = _SHAREGPT_ROLES.get(speaker.lower())
         if role is None:
-            raise _Invalid(f"{label}.from: unknown speaker {speaker!r}; expected human, gpt or system")
+            raise _Invalid(
+                f"{label}.from: unknown speaker {speaker!r}; expected one of {', '.join(_SHAREGPT_ROLES)} (any case)"
+            )
         messages.append(Message(role, _string(turn, "value", label=f"{label}.value")))
     return _finish(messages, origin, system_prompt, "conversations")
 
@@ -194,6 +242,16 @@ def _parse_text(value: Any, origin: str, system_prompt: str | None) -> Example:
     if not text.strip():
         raise _Invalid("text: empty")
     return Example(origin=origin, text=text)
+
+
+def strip_message_edges(examples: list[Example]) -> tuple[list[Example], int]:
+    """Examples whose messages have no leading or trailing whitespace, and how many messages changed."""
+    out, changed = [], 0
+    for example in examples:
+        messages = tuple(Message(m.role, m.content.strip()) for m in example.messages)
+        changed += sum(a.content != b.content for a, b in zip(example.messages, messages))
+        out.append(replace(example, messages=messages) if example.is_chat else example)
+    return out, changed
 
 
 _PARSERS = {

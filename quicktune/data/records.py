@@ -37,9 +37,14 @@ class Problems:
     """Collects every problem in the input so all of them are reported at once."""
 
     items: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)  # said once, however many lines share the cause
 
     def add(self, origin: str, message: str) -> None:
         self.items.append(f"{origin}: {message}")
+
+    def hint(self, text: str) -> None:
+        if text not in self.hints:
+            self.hints.append(text)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -54,5 +59,5 @@ class Problems:
         raise DataError(
             f"{len(self.items)} problem(s) in {what}; nothing was processed",
             problems=shown,
-            hint="Fix these lines and run `quicktune data check` again.",
+            hint="\n".join(self.hints) or "Fix these lines and run `quicktune data check` again.",
         )

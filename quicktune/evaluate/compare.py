@@ -1,8 +1,9 @@
 """``quicktune runs compare A B``: what differs between two runs, and how they score.
 
-Reads only the run folders (recipe.yaml, manifest.json, eval.json): no model is loaded.
+Reads only the run folders (recipe.yaml, manifest.json, eval/*.json): no model is loaded.
 Eval metrics are shown side by side only when both runs were scored on the same
-held-out rows (same sha256); otherwise the table says so and how to fix it.
+held-out rows (same sha256): from the latest report that scored both (``eval B --against A``),
+else from the latest pair of reports on the same rows; otherwise the table says how to get one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from quicktune.train.runs import read_manifest, read_own_eval, run_label
+from quicktune.train.runs import EVAL_DIR, eval_reports, own_scores, read_manifest, run_label
 
 
 @dataclass
@@ -42,10 +43,30 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _run_eval(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
-    """(eval data sha256, this run's own scores) from its eval.json."""
-    report, own = read_own_eval(run_dir)
-    return (report or {}).get("data", {}).get("sha256"), own
+def _scores_on_the_same_rows(a: Path, b: Path) -> tuple[str, dict, dict, str] | None:
+    """(rows sha256, A's scores, B's scores, where they come from), or None when no rows were shared."""
+    reports = sorted(eval_reports(a) + eval_reports(b), key=lambda item: item[1].get("created") or "")
+    for path, report in reversed(reports):
+        left, right = own_scores(report, a), own_scores(report, b)
+        if left and right:
+            return report["data"]["sha256"], left, right, _shown(path)
+    latest: dict[Path, dict[str, tuple]] = {a: {}, b: {}}
+    for run_dir in (a, b):
+        for path, report in eval_reports(run_dir):
+            own = own_scores(report, run_dir)
+            if own:
+                latest[run_dir][report["data"]["sha256"]] = (report.get("created") or "", own, path)
+    shared = set(latest[a]) & set(latest[b])
+    if not shared:
+        return None
+    sha = max(shared, key=lambda key: max(latest[a][key][0], latest[b][key][0]))
+    return sha, latest[a][sha][1], latest[b][sha][1], f"{_shown(latest[a][sha][2])} and {_shown(latest[b][sha][2])}"
+
+
+def _shown(report_path: Path) -> str:
+    """recipe/vN/eval/NAME.json"""
+    run_dir = report_path.parent.parent if report_path.parent.name == EVAL_DIR else report_path.parent
+    return f"{run_label(run_dir)}/{report_path.relative_to(run_dir)}"
 
 
 def compare_runs(a: Path, b: Path) -> Comparison:
@@ -74,20 +95,22 @@ def compare_runs(a: Path, b: Path) -> Comparison:
     for key in ("steps", "train_loss", "best_eval_loss", "seconds"):
         result.rows.append(("training", key, _text(metrics[0].get(key)), _text(metrics[1].get(key))))
 
-    (sha_a, eval_a), (sha_b, eval_b) = _run_eval(a), _run_eval(b)
-    if eval_a is None or eval_b is None:
-        missing = [n for n, e in zip(names, (eval_a, eval_b)) if e is None]
-        result.notes.append(f"no eval.json for {', '.join(missing)}: run `quicktune eval RUN` to score it")
-    elif sha_a != sha_b:
+    shared = _scores_on_the_same_rows(a, b)
+    if shared is None:
+        unscored = [n for n, d in zip(names, (a, b)) if not any(own_scores(r, d) for _, r in eval_reports(d))]
         result.notes.append(
-            "the two runs were scored on different held-out rows; to score both on the same rows: "
-            f"quicktune eval {b} --against {a}"
+            f"no eval report for {', '.join(unscored)}: run `quicktune eval RUN` to score it"
+            if unscored
+            else f"the two runs were scored on different held-out rows; to score both on the same rows: "
+            f"quicktune eval {names[1]} --against {names[0]}"
         )
     else:
-        result.rows.append(("eval", "held-out rows (sha256)", sha_a[:12], sha_b[:12]))
+        sha, eval_a, eval_b, source = shared
+        result.rows.append(("eval", "held-out rows (sha256)", sha[:12], sha[:12]))
         for key in eval_a["metrics"]:
-            result.rows.append(("eval", key, _share(eval_a["metrics"][key]), _share(eval_b["metrics"][key])))
+            result.rows.append(("eval", key, _share(eval_a["metrics"][key]), _share(eval_b["metrics"].get(key))))
         result.rows.append(("eval", "loss on the answers", _text(eval_a.get("loss")), _text(eval_b.get("loss"))))
+        result.notes.append(f"eval scores from {source}")
     return result
 
 

@@ -1,4 +1,9 @@
-"""The evaluation report: ``eval.json`` and ``eval.png`` in the run folder, and the terminal view."""
+"""The evaluation report: ``eval/<against>-<rows>.json`` and ``.png`` in the run folder, and the terminal view.
+
+One file per comparison, named by what the run was compared with (``base``, another run's
+``recipe-vN``, or ``alone``; ``+q4_k_m`` when a GGUF was scored too) and the first 12 hex digits
+of the held-out rows' sha256; asking the same question again on the same rows replaces it.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,19 @@ from quicktune.evaluate.runner import EvalReport
 CHART_METRICS = ("exact_match", "normalized_match", "json_valid", "json_fields", "ends_with_eos")
 
 
-def write_report(report: EvalReport) -> tuple[Path, Path | None]:
-    from quicktune.train.runs import write_atomic
+def report_name(report: EvalReport) -> str:
+    against = (report.against or "alone").replace("/", "-")
+    return f"{against}{'+' + report.gguf if report.gguf else ''}-{report.eval_set.sha256[:12]}"
 
-    json_path = report.run_dir / "eval.json"
+
+def write_report(report: EvalReport) -> tuple[Path, Path | None, bool]:
+    """(json path, chart path, whether an earlier report of the same comparison was replaced)."""
+    from quicktune.train.runs import EVAL_DIR, write_atomic
+
+    json_path = report.run_dir / EVAL_DIR / f"{report_name(report)}.json"
+    replaced = json_path.is_file()
     write_atomic(json_path, json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
-    return json_path, plot_report(report, report.run_dir / "eval.png")
+    return json_path, plot_report(report, json_path.with_suffix(".png")), replaced
 
 
 def plot_report(report: EvalReport, out_path: Path) -> Path | None:

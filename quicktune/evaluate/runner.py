@@ -164,10 +164,14 @@ class EvalReport:
     metric: str
     subjects: list[SubjectResult]
     created: str = ""
+    against: str | None = None  # "base", another run's label (recipe/vN), or None: the run alone
+    gguf: str | None = None  # the quantization scored through llama.cpp, if any
 
     def to_json(self) -> dict[str, Any]:
         return {
             "created": self.created,
+            "against": self.against,
+            "gguf": self.gguf,
             "metric": self.metric,
             "metrics": METRICS,
             "data": {"source": self.eval_set.source, "rows": len(self.eval_set.examples), "sha256": self.eval_set.sha256},
@@ -191,7 +195,7 @@ def evaluate_run(
     from quicktune.data.tokenizer import load_chat_tokenizer
     from quicktune.recipe import load_recipe
     from quicktune.train.base_model import base_folder
-    from quicktune.train.runs import now, read_manifest, resolve_run, run_label, trained_dir
+    from quicktune.train.runs import now, pick_quantization, read_manifest, resolve_run, run_label, trained_dir
 
     manifest = read_manifest(run_dir)
     if manifest.get("status") != "finished":
@@ -202,27 +206,26 @@ def evaluate_run(
     budget = max_new_tokens or _answer_budget(tokenizer, eval_set.references)
     label = run_label(run_dir)
     subjects = []
+    against_label = None
 
     if against == "base":
+        against_label = "base"
         progress("the base model")
         subjects.append(evaluate_hf("base", base_folder(manifest, recipe), None, recipe, tokenizer, eval_set, budget))
     elif against:
         other = resolve_run(against, runs_root, run_dir.parent.name)
-        progress(run_label(other))
+        against_label = run_label(other)
+        progress(against_label)
         subjects.append(_run_subject(other, eval_set, tokenizer, budget))
     progress(label)
     subjects.append(_run_subject(run_dir, eval_set, tokenizer, budget))
+    quant = None
     if gguf is not None:
-        ggufs = (manifest.get("export") or {}).get("ggufs") or {}
-        quant = gguf or next((q for q in recipe.export.quantizations if q in ggufs), None)
-        if quant not in ggufs:
-            raise QuicktuneError(
-                f"{run_dir} has no exported {quant or 'GGUF'} (exported: {', '.join(ggufs) or 'none'})",
-                hint=f"Export it first: quicktune export {run_dir} --quant {quant or 'q4_k_m'}",
-            )
+        quant = pick_quantization(run_dir, manifest, gguf or None)
         progress(f"{label} {quant} (GGUF)")
-        subjects.append(evaluate_gguf(f"{label} {quant}", run_dir / ggufs[quant]["file"], recipe, tokenizer, eval_set, budget))
-    return EvalReport(run_dir, eval_set, recipe.eval.metric, subjects, created=now())
+        gguf_file = run_dir / manifest["export"]["ggufs"][quant]["file"]
+        subjects.append(evaluate_gguf(f"{label} {quant}", gguf_file, recipe, tokenizer, eval_set, budget))
+    return EvalReport(run_dir, eval_set, recipe.eval.metric, subjects, created=now(), against=against_label, gguf=quant)
 
 
 def _run_subject(run_dir: Path, eval_set: EvalSet, tokenizer, budget: int) -> SubjectResult:

@@ -25,6 +25,7 @@ from typing import Any
 
 from quicktune.errors import QuicktuneError
 from quicktune.export import llamacpp, ollama
+from quicktune.export.renderer import ollama_renderer
 from quicktune.models import read_gguf_fields
 
 CONVERTED = ("f16", "bf16")  # written by the converter; the rest by the quantizer
@@ -42,6 +43,7 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
     fidelity: Any = None
+    gate: Any = None  # export/gate.py GateResult, when fidelity was checked
 
 
 def export_name(run_dir: Path, recipe_name: str) -> str:
@@ -73,6 +75,9 @@ def export_run(
             hint="Resume it with `quicktune train` (the same command), then export.",
         )
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
+    # Without --quant: the recipe's quantizations, and the check covers those added earlier too.
+    added_earlier = list((manifest.get("export") or {}).get("modelfiles") or {})
+    checked = list(dict.fromkeys(quants or [*recipe.export.quantizations, *added_earlier]))
     quants = list(dict.fromkeys(quants or recipe.export.quantizations))
     export_dir = run_dir / "export"
     export_dir.mkdir(exist_ok=True)
@@ -88,12 +93,15 @@ def export_run(
     else:
         from quicktune.export.merge import merge_adapter
 
-        with _step(result, "merge", console, "merging the adapter into the 16-bit base weights"):
-            merge_adapter(_merge_base(recipe, manifest, console), trained, merged)
-        say(f"[green]✓[/] merged into {merged} ({result.timings['merge']:.1f} s)")
+        what = MERGE_TARGETS[recipe.export.merge_target]
+        with _step(result, "merge", console, f"merging the adapter into {what}"):
+            with _merge_into(recipe, manifest, console, export_dir) as base:
+                merge_adapter(base, trained, merged)
+        say(f"[green]✓[/] merged into {what}: {merged} ({result.timings['merge']:.1f} s)")
 
     base_gguf = _base_gguf(manifest)
-    for quant in ["f16", *quants]:
+    earlier = [q for q in checked if gguf_path(export_dir, name, q).is_file()]
+    for quant in dict.fromkeys(["f16", *quants, *earlier]):
         target = gguf_path(export_dir, name, quant)
         result.ggufs[quant] = target
         if target.is_file():
@@ -112,12 +120,33 @@ def export_run(
         tokenizer.render, bos=tokenizer.special.get("bos_token"), add_bos=bool(result.metadata.get("add_bos"))
     )
     result.metadata["template_family"] = fmt.family
+    # The GGUF carries the trained template (check_metadata): what Ollama's rule looks at.
+    renderer = ollama_renderer(tokenizer.chat_template, fmt.go_template())
+    result.metadata["ollama_renderer"] = renderer.renderer
+    result.metadata["ollama_renderer_reason"] = renderer.reason
     for quant in quants:
-        result.modelfiles[quant] = _write_modelfile(result, recipe, quant, fmt, tokenizer)
+        result.modelfiles[quant] = _write_modelfile(result, recipe, quant, fmt, tokenizer, renderer)
+    from quicktune.data.system_prompt import served_warning
+
+    warnings = [*result.metadata["tokenization_warnings"], served_warning(recipe, manifest)]
+    if console is not None:
+        from rich.markup import escape
+
+        for warning in filter(None, warnings):
+            say(f"[yellow]warning:[/] {escape(warning)}")
 
     if verify:
-        result.fidelity = _verify(result, recipe, tokenizer, fmt, quants, prompts, max_new_tokens, console)
+        checked = [q for q in checked if q in result.ggufs]
+        result.fidelity = _verify(result, recipe, tokenizer, fmt, checked, prompts, max_new_tokens, console, renderer)
+    if result.fidelity is not None:
+        from quicktune.export.gate import gate
+
+        result.gate = gate(result.fidelity)
     _record(result, manifest, quants)
+    if result.gate is not None and not result.gate.passed:
+        from quicktune.export.gate import FidelityFailed
+
+        raise FidelityFailed(result)  # after _record: the files stay, the manifest says what failed
     return result
 
 
@@ -169,8 +198,33 @@ def _base_gguf(manifest: dict[str, Any]) -> Path | None:
     return resolve_model(base["spec"]).path
 
 
+MERGE_TARGETS = {"original": "the original 16-bit base weights", "dequantized": "the de-quantized 4-bit base"}
+
+
+@contextlib.contextmanager
+def _merge_into(recipe, manifest: dict[str, Any], console, export_dir: Path):
+    """The folder the adapter is merged into (``export.merge_target``). ``dequantized``: the 4-bit
+    base as training loaded it, de-quantized into a temporary folder (export/merge_target.py)."""
+    if recipe.export.merge_target != "dequantized":
+        yield _merge_base(recipe, manifest, console)
+        return
+    import shutil
+
+    from quicktune.export.merge_target import write_dequantized_base
+    from quicktune.train.base_model import base_folder
+
+    source = Path(base_folder(manifest, recipe)).expanduser()
+    if not source.is_dir():  # a hub id: the checkpoint training loaded (a -bnb-4bit one is fine)
+        source = _download(str(source), recipe.model.revision, console)
+    folder = export_dir / f".dequantized-base.{os.getpid()}"
+    try:
+        yield write_dequantized_base(source, folder, max_seq_length=recipe.model.max_seq_length, dtype=recipe.model.dtype)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _merge_base(recipe, manifest: dict[str, Any], console) -> Path:
-    """The 16-bit weights the adapter is merged into (never 4-bit weights de-quantized)."""
+    """The original 16-bit weights the adapter is merged into (``export.merge_target: original``)."""
     base = manifest.get("base_model") or {}
     if recipe.export.merge_base:
         spec = recipe.export.merge_base
@@ -242,7 +296,7 @@ def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Pat
 
 def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
     """The GGUF keys that decide how llama.cpp and Ollama talk to the model, checked."""
-    from quicktune.data.tokenizer import gguf_special_tokens
+    from quicktune.data.tokenizer import gguf_special_tokens, tokenization_warnings
 
     fields = read_gguf_fields(path, "")
     tokens = fields.get("tokenizer.ggml.tokens") or []
@@ -258,6 +312,7 @@ def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
         "add_bos": fields.get("tokenizer.ggml.add_bos_token"),
         "chat_template_as_trained": fields.get("tokenizer.chat_template") == tokenizer.chat_template,
         "vocab_size": len(tokens),
+        "tokenization_warnings": tokenization_warnings(fields, tokenizer),
     }
     problems = []
     if meta["tokenizer_model"] == "gpt2" and meta["pre_tokenizer"] in (None, "default"):
@@ -271,12 +326,14 @@ def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
     return meta
 
 
-def _write_modelfile(result: ExportResult, recipe, quant: str, fmt, tokenizer) -> Path:
-    from quicktune.train.runs import write_atomic
+def _write_modelfile(result: ExportResult, recipe, quant: str, fmt, tokenizer, renderer) -> Path:
+    from quicktune.data.system_prompt import served_prompt
+    from quicktune.train.runs import read_manifest, write_atomic
 
     path = result.export_dir / f"Modelfile.{quant}"
     if path.is_file():
         return path  # written by an earlier export (and perhaps edited since): kept
+    num_ctx, why = chat_context(recipe, result.ggufs[quant])
     settings = ollama.ModelfileSettings(
         gguf_name=result.ggufs[quant].name,
         name=ollama_tag(result.name, quant),
@@ -284,18 +341,56 @@ def _write_modelfile(result: ExportResult, recipe, quant: str, fmt, tokenizer) -
         stops=ollama.stop_tokens(tokenizer.end_of_turn(), tokenizer.eos_token),
         temperature=recipe.export.temperature,
         top_p=recipe.export.top_p,
-        num_ctx=recipe.export.num_ctx or recipe.model.max_seq_length,
-        system=recipe.export.system or recipe.data.system_prompt,
+        num_ctx=num_ctx,
+        system=served_prompt(recipe, read_manifest(result.run_dir)),  # what training used (README, System prompt)
+        system_key=_system_key(recipe, read_manifest(result.run_dir)),
+        num_ctx_note=why,
+        renderer=renderer,
     )
     write_atomic(path, ollama.render_modelfile(fmt, settings))
     return path
+
+
+def _system_key(recipe, manifest: dict[str, Any]) -> str:
+    """Where the served system prompt comes from, for messages about it."""
+    if recipe.export.system:
+        return "export.system"
+    recorded = (manifest.get("data") or {}).get("system_prompt") or {}
+    return recorded.get("trained_from") or "data.system_prompt"
+
+
+CHAT_CONTEXT = 2048  # tokens: a couple of dozen demo-sized exchanges (a demo row is ~140 with its system prompt)
+
+
+def trained_context(gguf: Path) -> int | None:
+    """The context length the base model was trained with (``<arch>.context_length``)."""
+    fields = read_gguf_fields(gguf, "")
+    return fields.get(f"{fields.get('general.architecture')}.context_length")
+
+
+def chat_context(recipe, gguf: Path) -> tuple[int, str]:
+    """num_ctx for chat (the Modelfile and ``quicktune chat``), and why.
+
+    max_seq_length bounds one training row, not a conversation, which grows by every turn:
+    a chat gets at least CHAT_CONTEXT tokens, never more than the base model was trained on."""
+    if recipe.export.num_ctx:
+        return recipe.export.num_ctx, "export.num_ctx in the recipe"
+    trained = trained_context(gguf)
+    wanted = max(recipe.model.max_seq_length, CHAT_CONTEXT)
+    if trained and trained < wanted:
+        return trained, f"the base model's trained context ({trained} tokens)"
+    return wanted, (
+        f"max(model.max_seq_length {recipe.model.max_seq_length}, {CHAT_CONTEXT}): room for several turns"
+        + (f"; the base model was trained on {trained}" if trained else "")
+        + "; set export.num_ctx to change it"
+    )
 
 
 def ollama_tag(name: str, quant: str) -> str:
     return f"{name}:{quant}"
 
 
-def _verify(result, recipe, tokenizer, fmt, quants, prompts, max_new_tokens, console):
+def _verify(result, recipe, tokenizer, fmt, quants, prompts, max_new_tokens, console, renderer=None):
     from quicktune.data.heldout import load_eval_set
     from quicktune.export.verify import check_fidelity
 
@@ -312,9 +407,37 @@ def _verify(result, recipe, tokenizer, fmt, quants, prompts, max_new_tokens, con
             turn_format=fmt,
             conversations=conversations,
             add_bos=bool(result.metadata.get("add_bos")),
+            renderer=renderer,
             max_new_tokens=max_new_tokens,
             progress=lambda m: status.update(f"checking fidelity: {m}") if status is not None else None,
+            load_trained=_trained_loader(result.run_dir, recipe),
         )
+
+
+def _trained_loader(run_dir: Path, recipe):
+    """The model as trained, for the fidelity row "trained vs merged"; None for a full fine-tune,
+    whose trained weights are the merged model."""
+    from quicktune.train.runs import read_manifest, trained_dir
+
+    manifest = read_manifest(run_dir)
+    if manifest.get("method") == "full":
+        return None
+
+    def load():
+        from quicktune.train.backend import load_backend
+        from quicktune.train.base_model import base_folder
+
+        backend = load_backend()
+        model = backend.load_trained(
+            base_folder(manifest, recipe),
+            str(trained_dir(run_dir, manifest)),
+            max_seq_length=recipe.model.max_seq_length,
+            load_in_4bit=bool(recipe.model.load_in_4bit),
+            dtype=recipe.model.dtype,
+        )
+        return model, "4-bit" if recipe.model.load_in_4bit else "16-bit"
+
+    return load
 
 
 def _record(result: ExportResult, manifest: dict[str, Any], quants: list[str]) -> None:
@@ -336,7 +459,11 @@ def _record(result: ExportResult, manifest: dict[str, Any], quants: list[str]) -
         checked = result.fidelity.to_json()
         names = {row["name"] for row in checked["ggufs"]}
         kept = [row for row in fidelity.get("ggufs", []) if row["name"] not in names]  # quantizations not re-checked
-        fidelity = {**checked, "ggufs": checked["ggufs"] + kept}
+        gated = result.gate.to_json() if result.gate is not None else {"failures": [], "skipped": []}
+        kept_names = {row["name"] for row in kept}
+        gated["failures"] += [f for f in fidelity.get("failures", []) if f.get("row") in kept_names]
+        gated["passed"] = not gated["failures"]
+        fidelity = {**checked, "ggufs": checked["ggufs"] + kept, **gated}
     update_manifest(
         result.run_dir,
         export={

@@ -79,8 +79,12 @@ def _alive(pid: int) -> bool:
 
 # What quicktune reads from the llama.cpp tree vendored in the llama-cpp-python sdist: the
 # official chat templates, the vocabularies with llama.cpp's expected tokenizations, and the
-# headers of its chat-template engine (to build the small checker that renders like llama-server).
-SOURCE_PARTS = ("models/templates/", "models/ggml-vocab-", "common/", "include/", "ggml/include/")
+# sources of its chat-template engine (to build the checker that renders like llama-server,
+# export/llama_template.py; common/ includes vendor/nlohmann's json.hpp and src/llama-ext.h).
+SOURCE_PARTS = (
+    "models/templates/", "models/ggml-vocab-", "common/", "include/", "ggml/include/", "vendor/nlohmann/",
+    "src/llama-ext.h",
+)
 
 
 def llama_cpp_source(cache_root: Path) -> Path:
@@ -99,7 +103,8 @@ def llama_cpp_source(cache_root: Path) -> Path:
         return Path(os.environ["QUICKTUNE_LLAMA_SRC"])
     release = dist_version("llama-cpp-python")
     folder = cache_root / f"llama-cpp-python-{release}-src"
-    if (folder / ".complete").is_file():
+    complete = "\n".join((release, *SOURCE_PARTS))  # a cache kept with fewer parts is fetched again
+    if (folder / ".complete").is_file() and (folder / ".complete").read_text(encoding="utf-8") == complete:
         return folder
     with tempfile.TemporaryDirectory() as temp:
         done = subprocess.run(
@@ -120,7 +125,7 @@ def llama_cpp_source(cache_root: Path) -> Path:
                 if marker and member.isfile() and inside.startswith(SOURCE_PARTS):
                     member.name = inside
                     sdist.extract(member, staging, filter="data")
-        (staging / ".complete").write_text(release, encoding="utf-8")
+        (staging / ".complete").write_text(complete, encoding="utf-8")
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         shutil.move(str(staging), folder)

@@ -1,12 +1,29 @@
 """Merge a LoRA adapter into its base model's weights, one safetensors shard at a time.
 
-For every linear layer the adapter wraps, ``W' = W + s * B @ A`` with ``s = alpha / r``
-(``alpha / sqrt(r)`` for rsLoRA), computed in float32 and stored in the base weight's
-dtype. Tensors are read from the memory-mapped shard and written one at a time, so
-peak RAM stays near the largest tensor (in float32) plus the adapter, whatever the
-model's size. The tokenizer files are
-the base's own (training tokenized with them) and the chat template the adapter's. The
-merged folder appears whole or not at all.
+Every tensor PEFT saves for the methods quicktune trains has a rule here, and the merged
+weights compute what PEFT's own forward computed (``s = alpha / r``, ``alpha / sqrt(r)``
+for rsLoRA, both per module when the config has ``rank_pattern``/``alpha_pattern``):
+
+- ``lora_A``/``lora_B`` on a linear layer: ``W + s * B @ A``;
+- ``lora_embedding_A``/``lora_embedding_B`` on an embedding: ``W + s * (B @ A)^T`` (PEFT
+  stores them transposed: A is ``[r, vocab]``, B ``[dim, r]``);
+- ``lora_magnitude_vector`` (DoRA): ``m * V / ||V||`` with ``V = W + delta``; the norm runs
+  over each output row of a linear weight and over the vocabulary for each embedding column,
+  as PEFT's ``dora.py`` computes it (it detaches the norm, so it is a constant of the merge);
+- a ``modules_to_save`` copy (trained in full) replaces the base tensor;
+- ``<module>.base_layer.<param>``, PEFT's copy of a targeted embedding's base weight, is what
+  PEFT loads back over the base, so the merge starts from it.
+
+A tied lm_head (no ``lm_head.weight`` in the checkpoint) reads the input embedding. When the
+adapter changes one of the two and PEFT did not tie the change to both
+(``ensure_weight_tying``), the merged model gets its own ``lm_head.weight`` and
+``tie_word_embeddings: false``: the only way to keep what was trained. Any other key in the
+adapter file, or a config setting this merge does not implement, is an error naming it.
+
+Tensors are read from the memory-mapped shards (base and adapter) and written one at a
+time, so peak RAM stays near the largest tensor in float32 whatever the model's size. The
+tokenizer files are the base's own (training tokenized with them) and the chat template the
+adapter's. The merged folder appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -14,9 +31,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +56,186 @@ TOKENIZER_FILES = (
 # model's authors published them (a copy re-saved by transformers 5 loses e.g. Gemma's
 # added_tokens_decoder and SentencePiece's legacy flag). The chat template is the trained one.
 TRAINED_FILES = ("chat_template.jinja",)
-MODEL_FILES = ("config.json", "generation_config.json")
+MODEL_FILES = ("generation_config.json",)
+ADAPTER_PREFIX = "base_model.model."
+HEAD = "lm_head.weight"
+
+# adapter_config.json keys, and the values this merge implements. A key not listed here is
+# accepted only while it is off (None, False, empty): a new PEFT feature that is switched on
+# must fail the merge, not be merged as if it were plain LoRA.
+_MEANINGLESS_FOR_MERGE = {
+    "base_model_name_or_path", "revision", "task_type", "inference_mode", "auto_mapping", "peft_version",
+    "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "lora_dropout",
+    "modules_to_save", "modules_to_tie", "target_modules_to_tie", "ensure_weight_tying", "loftq_config",
+    "megatron_config", "megatron_core", "qalora_group_size", "use_rslora", "use_dora", "r", "lora_alpha",
+    "rank_pattern", "alpha_pattern",
+}  # fmt: skip
+_REQUIRED_VALUES = {
+    "peft_type": ("LORA",),
+    "bias": ("none",),
+    "fan_in_fan_out": (False,),
+    # PiSSA, OLoRA, CorDA and LoftQ start from changed base weights the adapter does not carry.
+    "init_lora_weights": (True, False, "gaussian"),
+}
+
+# Suffix of an adapter key -> (role, layout) of the LoRA piece it holds.
+_LORA_PIECES = (
+    (".lora_A.weight", "A", "linear"),
+    (".lora_B.weight", "B", "linear"),
+    (".lora_embedding_A", "A", "embedding"),
+    (".lora_embedding_B", "B", "embedding"),
+    (".lora_magnitude_vector", "magnitude", None),
+)
+
+
+@dataclass
+class LoraDelta:
+    """The low-rank change of one weight: which adapter keys hold it and how to apply it."""
+
+    module: str
+    layout: str | None = None  # "linear" or "embedding"
+    A: str | None = None
+    B: str | None = None
+    magnitude: str | None = None  # DoRA
+    scale: float = 0.0
+
+
+@dataclass
+class Update:
+    """How one merged tensor is made. Adapter keys name the tensors to read, when they are needed."""
+
+    source: str | None = None  # PEFT's saved copy of the base tensor, loaded over the base
+    replace: str | None = None  # a module trained in full (modules_to_save)
+    lora: LoraDelta | None = None
+
+
+@dataclass
+class AdapterPlan:
+    updates: dict[str, Update]  # base tensor name -> update
+    head_follows_embedding: bool = False  # PEFT tied the lm_head to the embedding's trained weights
+
+
+# --------------------------------------------------------------------------- reading the adapter
+
+
+def check_config(config: dict[str, Any], where: str = "adapter") -> None:
+    """Refuse any setting whose effect on the weights this merge does not reproduce."""
+    problems = []
+    for key, allowed in _REQUIRED_VALUES.items():
+        value = config.get(key, allowed[0])
+        if value not in allowed:
+            problems.append(f"{key}: {value!r} (this merge implements {', '.join(map(repr, allowed))})")
+    for key, value in config.items():
+        if key not in _REQUIRED_VALUES and key not in _MEANINGLESS_FOR_MERGE and value not in (None, False, {}, [], ""):
+            problems.append(f"{key}: {value!r} (a setting this merge does not implement)")
+    if problems:
+        raise QuicktuneError(f"{where}: the adapter uses settings quicktune cannot merge", problems=problems,
+                             hint="Train with the recipe's lora keys only (r, alpha, target_modules, use_dora, "
+                             "use_rslora), or merge this adapter with PEFT's merge_and_unload.")
+
+
+def _pattern_value(pattern: dict[str, Any] | None, module: str, default: Any) -> Any:
+    """PEFT's rank_pattern/alpha_pattern rule: the first key that matches the end of the module name."""
+    for key, value in (pattern or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _scale(config: dict[str, Any], module: str) -> tuple[int, float]:
+    rank = _pattern_value(config.get("rank_pattern"), module, config["r"])
+    alpha = _pattern_value(config.get("alpha_pattern"), module, config["lora_alpha"])
+    return rank, (alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank)
+
+
+def _saved_module(module: str, names: list[str]) -> bool:
+    return any(module == name or module.endswith(f".{name}") for name in names)
+
+
+def plan_adapter(config: dict[str, Any], shapes: dict[str, list[int]], where: str = "adapter") -> AdapterPlan:
+    """Every adapter tensor (name -> shape) mapped to the base tensor it changes, or an error."""
+    check_config(config, where)
+    saved_modules = list(config.get("modules_to_save") or []) + list(config.get("modules_to_tie") or [])
+    updates: dict[str, Update] = {}
+    unknown = []
+    for key in shapes:
+        name = key.removeprefix(ADAPTER_PREFIX)
+        piece = next((p for p in _LORA_PIECES if name.endswith(p[0])), None)
+        if piece is not None:
+            module = name[: -len(piece[0])]
+            update = updates.setdefault(f"{module}.weight", Update())
+            update.lora = update.lora or LoraDelta(module)
+            if piece[2] is not None:
+                if update.lora.layout not in (None, piece[2]):
+                    unknown.append(f"{key}: linear and embedding LoRA on one module")
+                update.lora.layout = piece[2]
+            if getattr(update.lora, piece[1]) is not None:
+                unknown.append(f"{key}: a second {piece[1]} for {module}")
+            setattr(update.lora, piece[1], key)
+        elif ".base_layer." in name:
+            module, param = name.split(".base_layer.", 1)
+            updates.setdefault(f"{module}.{param}", Update()).source = key
+        elif "." in name and _saved_module(name.rsplit(".", 1)[0], saved_modules):
+            updates.setdefault(name, Update()).replace = key
+        elif name == HEAD and config.get("ensure_weight_tying"):
+            updates.setdefault(name, Update()).replace = key  # the tied head's copy of the trained embedding
+        else:
+            unknown.append(key)
+    if unknown:
+        raise QuicktuneError(f"{where}: {len(unknown)} adapter tensor(s) quicktune does not know how to merge",
+                             problems=unknown[:10], hint="Nothing was merged: a tensor left out would lose training.")
+
+    problems = []
+    for update in updates.values():
+        lora = update.lora
+        if lora is None:
+            continue
+        if lora.A is None or lora.B is None:
+            problems.append(f"{lora.module}: has {'lora_A' if lora.A else 'lora_B' if lora.B else 'a magnitude'} "
+                            "without the rest of its LoRA pair")
+            continue
+        if update.replace is not None:
+            problems.append(f"{lora.module}: both trained in full and by LoRA")
+        rank, lora.scale = _scale(config, lora.module)
+        a_shape, b_shape = shapes[lora.A], shapes[lora.B]
+        if a_shape[0] != rank or b_shape[-1] != rank:
+            problems.append(f"{lora.module}: rank {a_shape[0]} in the file, {rank} in the config")
+    if problems:
+        raise QuicktuneError(f"{where}: the adapter does not hold together", problems=problems[:10])
+    return AdapterPlan(updates, head_follows_embedding=bool(config.get("ensure_weight_tying")))
+
+
+# --------------------------------------------------------------------------- the arithmetic
+
+
+def merged_tensor(base, update: Update, read):
+    """The merged value of one tensor, in the base tensor's dtype. ``read(key)`` loads an adapter tensor."""
+    dtype = base.dtype
+    if update.replace is not None:
+        return read(update.replace).to(dtype)
+    # One float32 copy, changed in place: no copy of the change itself (an embedding's can be
+    # gigabytes). A copy even of a float32 tensor: safetensors hands out views of its memory map.
+    import torch
+
+    weight = (read(update.source) if update.source is not None else base).to(torch.float32, copy=True)
+    lora = update.lora
+    if lora is None:
+        return weight.to(dtype)
+    a, b = read(lora.A).float(), read(lora.B).float()
+    if lora.layout == "embedding":
+        a, b = b.T, a.T  # PEFT stores embedding LoRA as A [r, vocab] and B [dim, r]: the change is (B @ A)^T
+    if [b.shape[0], a.shape[1]] != list(weight.shape):
+        raise QuicktuneError(f"{lora.module}: the adapter's change is {[b.shape[0], a.shape[1]]}, "
+                             f"the base weight {list(weight.shape)}: the adapter was trained on another model")
+    weight.addmm_(b, a, alpha=lora.scale)
+    if lora.magnitude is not None:
+        # DoRA: each output row (linear) or each embedding column rescaled to its trained length.
+        norm = weight.norm(p=2, dim=0 if lora.layout == "embedding" else 1, keepdim=True)
+        weight.mul_(read(lora.magnitude).float().reshape(norm.shape) / norm)
+    return weight.to(dtype)
+
+
+# --------------------------------------------------------------------------- shards
 
 
 def _base_shards(base_dir: Path) -> list[str]:
@@ -50,33 +248,20 @@ def _base_shards(base_dir: Path) -> list[str]:
     raise QuicktuneError(f"{base_dir}: no safetensors weights to merge into")
 
 
-def _lora_pairs(adapter_dir: Path) -> tuple[dict[str, tuple], float]:
-    """Base weight name -> (A, B) tensors, and the scale."""
-    from safetensors.torch import load_file
-
-    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    if config.get("use_dora"):
-        raise QuicktuneError("merging a DoRA adapter is not supported yet; train with lora.use_dora: false")
-    rank, alpha = config["r"], config["lora_alpha"]
-    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    pairs: dict[str, list] = {}
-    for key, value in tensors.items():
-        for part, slot in ((".lora_A.weight", 0), (".lora_B.weight", 1)):
-            if key.endswith(part):
-                module = key[: -len(part)].removeprefix("base_model.model.")
-                pairs.setdefault(f"{module}.weight", [None, None])[slot] = value
-    incomplete = [name for name, (a, b) in pairs.items() if a is None or b is None]
-    if incomplete:
-        raise QuicktuneError(f"{adapter_dir}: adapter has lora_A without lora_B (or the reverse): {incomplete[:3]}")
-    return {name: (a, b) for name, (a, b) in pairs.items()}, scale
-
-
 _ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
                "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
 
-def merge_shard(source: Path, target: Path, pairs: dict[str, tuple], scale: float, merged: set[str]) -> None:
+@dataclass
+class Output:
+    """One tensor of a merged shard: its name, the base tensor it starts from, and its update."""
+
+    name: str
+    base: str
+    update: Update | None = None
+
+
+def merge_shard(source: Path, target: Path, outputs: list[Output], read) -> None:
     """One safetensors shard, written tensor by tensor: memory holds one tensor at a time.
 
     The safetensors layout is a little-endian u64 header length, a JSON header (names,
@@ -87,43 +272,142 @@ def merge_shard(source: Path, target: Path, pairs: dict[str, tuple], scale: floa
     from safetensors import safe_open
 
     with safe_open(str(source), framework="pt") as reader:
-        names = list(reader.keys())
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
-        for name in names:
-            piece = reader.get_slice(name)
+        for out in outputs:
+            piece = reader.get_slice(out.base)
             size = math.prod(piece.get_shape()) * _ITEM_BYTES[piece.get_dtype()]
-            header[name] = {"dtype": piece.get_dtype(), "shape": piece.get_shape(), "data_offsets": [offset, offset + size]}
+            header[out.name] = {"dtype": piece.get_dtype(), "shape": piece.get_shape(),
+                                "data_offsets": [offset, offset + size]}
             offset += size
         blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
         blob += b" " * (-len(blob) % 8)
-        with open(target, "wb") as out:
-            out.write(struct.pack("<Q", len(blob)))
-            out.write(blob)
-            for name in names:
-                tensor = reader.get_tensor(name)
-                if name in pairs:
-                    lora_a, lora_b = pairs[name]
-                    delta = (lora_b.float() @ lora_a.float()) * scale
-                    tensor = (tensor.float() + delta).to(tensor.dtype)
-                    merged.add(name)
-                out.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+        with open(target, "wb") as out_file:
+            out_file.write(struct.pack("<Q", len(blob)))
+            out_file.write(blob)
+            for out in outputs:
+                tensor = reader.get_tensor(out.base)
+                if out.update is not None:
+                    merged = merged_tensor(tensor, out.update, read)
+                    if merged.shape != tensor.shape:
+                        raise QuicktuneError(f"{out.name}: the adapter's tensor is {list(merged.shape)}, "
+                                             f"the base's {list(tensor.shape)}")
+                    tensor = merged
+                out_file.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
                 del tensor
 
 
+def _shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor names and shapes from a safetensors header: no tensor read, no torch imported."""
+    with open(path, "rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(length))
+    return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
+
+
+def _tensor_names(folder: Path, shards: list[str]) -> dict[str, str]:
+    return {name: shard for shard in shards for name in _shapes(folder / shard)}
+
+
+def _only_replaces(update: Update | None) -> bool:
+    return update is not None and update.replace is not None and update.lora is None and update.source is None
+
+
+def _layout(plan: AdapterPlan, names: dict[str, str], same, tied: bool) -> tuple[dict[str, list[Output]], bool]:
+    """Each shard's outputs, and whether the merged model unties its lm_head from the embedding.
+
+    ``same(key, key)`` says whether two adapter tensors are equal; ``tied``, whether the base's
+    config ties the head to the embedding.
+    """
+    updates = dict(plan.updates)
+    head = None
+    embeddings = [n for n in names if n.endswith("embed_tokens.weight")]
+    if tied and HEAD in names and (HEAD in updates or any(n in updates for n in embeddings)):
+        # A checkpoint that stores the tied head anyway: transformers would tie it again on load
+        # and read the changed embedding, so the config must say untied.
+        return _layout(plan, names, same, tied=False)[0], True
+    if HEAD not in names and len(embeddings) == 1:  # a tied lm_head: it reads the input embedding's tensor
+        embedding = embeddings[0]
+        head_update, embedding_update = updates.pop(HEAD, None), updates.get(embedding)
+        if head_update is not None or embedding_update is not None:
+            # ensure_weight_tying: PEFT kept the head on the embedding's trained weights (and may
+            # have saved the head's copy of them, which must be the very same values).
+            follows = plan.head_follows_embedding and (
+                head_update is None
+                or (_only_replaces(head_update) and _only_replaces(embedding_update)
+                    and same(head_update.replace, embedding_update.replace))
+            )
+            if not follows:
+                # PEFT's forward used the embedding's base weight for the head (or its own change):
+                # the head gets a tensor of its own, started from the weight it read.
+                head = head_update or Update()
+                if head.source is None and embedding_update is not None:
+                    head.source = embedding_update.source
+                head = Output(HEAD, embedding, head)
+    missing = sorted(set(updates) - set(names))
+    if missing:
+        raise QuicktuneError(f"the adapter changes weights the base model does not have: {missing[:3]}",
+                             hint="Merge into the base model the adapter was trained on (export.merge_base).")
+    outputs: dict[str, list[Output]] = {shard: [] for shard in dict.fromkeys(names.values())}
+    for name, shard in names.items():
+        outputs[shard].append(Output(name, name, updates.get(name)))
+        if head is not None and name == head.base:
+            outputs[shard].append(head)
+    return outputs, head is not None
+
+
+def _untied_config(config: dict[str, Any]) -> dict[str, Any]:
+    config = dict(config, tie_word_embeddings=False)
+    for key, value in config.items():
+        if isinstance(value, dict) and "tie_word_embeddings" in value:
+            config[key] = dict(value, tie_word_embeddings=False)
+    return config
+
+
+def check_mergeable(peft_model) -> AdapterPlan:
+    """Before training: what ``save_pretrained`` will write for this model must merge.
+
+    The same plan the export makes, from the same PEFT state dict and config, so a recipe
+    whose adapter could not be merged stops before the hours of training, not after.
+    """
+    import warnings
+
+    from peft.utils import get_peft_model_state_dict
+
+    name = peft_model.active_adapter
+    with warnings.catch_warnings():  # PEFT announces the embedding layers it will save; not news here
+        warnings.simplefilter("ignore")
+        state = get_peft_model_state_dict(peft_model, adapter_name=name)
+    as_json = lambda value: sorted(value) if isinstance(value, (set, frozenset)) else str(value)  # noqa: E731
+    config = json.loads(json.dumps(peft_model.peft_config[name].to_dict(), default=as_json))
+    return plan_adapter(config, {key: list(value.shape) for key, value in state.items()}, "the adapter to train")
+
+
+def read_plan(adapter_dir: Path) -> AdapterPlan:
+    """The merge plan of a saved adapter, from its config and file header (cheap: for --dry-run too)."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    return plan_adapter(config, _shapes(adapter_dir / "adapter_model.safetensors"), str(adapter_dir))
+
+
 def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
+    from safetensors import safe_open
+
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
-    pairs, scale = _lora_pairs(adapter_dir)
+    plan = read_plan(adapter_dir)
+    shards = _base_shards(base_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
-        merged: set[str] = set()
-        for shard in _base_shards(base_dir):
-            merge_shard(base_dir / shard, staging / shard, pairs, scale, merged)
-        missing = sorted(set(pairs) - merged)
-        if missing:
-            raise QuicktuneError(f"the adapter targets weights the base model does not have: {missing[:3]}")
-        for name in ("model.safetensors.index.json", *MODEL_FILES):
+        config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+        text_config = config.get("text_config") or {}
+        tied = config.get("tie_word_embeddings", text_config.get("tie_word_embeddings")) is not False
+        with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as adapter:
+            outputs, untie = _layout(plan, _tensor_names(base_dir, shards),
+                                     lambda one, other: adapter.get_tensor(one).equal(adapter.get_tensor(other)), tied)
+            for shard in shards:
+                merge_shard(base_dir / shard, staging / shard, outputs[shard], adapter.get_tensor)
+        _write_model_files(base_dir, staging, outputs, untie)
+        for name in MODEL_FILES:
             if (base_dir / name).is_file():
                 shutil.copy2(base_dir / name, staging / name)
         for name in TOKENIZER_FILES:
@@ -140,3 +424,18 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _write_model_files(base_dir: Path, staging: Path, outputs: dict[str, list[Output]], untie: bool) -> None:
+    """config.json and the shard index: the base's own, changed only where the lm_head was untied."""
+    index = base_dir / "model.safetensors.index.json"
+    for source in (base_dir / "config.json", index):
+        if source.is_file() and not untie:
+            shutil.copy2(source, staging / source.name)
+    if untie:
+        config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+        (staging / "config.json").write_text(json.dumps(_untied_config(config), indent=2) + "\n", encoding="utf-8")
+        if index.is_file():
+            data = json.loads(index.read_text(encoding="utf-8"))
+            data["weight_map"] = {out.name: shard for shard, outs in outputs.items() for out in outs}
+            (staging / index.name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

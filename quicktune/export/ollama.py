@@ -14,10 +14,16 @@ The format is then checked against the Jinja template on other conversations
 (multi-turn, with and without a system prompt); a template it does not fit is an
 error, never a guessed TEMPLATE. Tests render the Go template with Go's own
 text/template and compare it with the Jinja rendering.
+
+A template that trims each message (Llama 3.x, Gemma) cannot be matched by a Go template,
+which has no trim: the format records it (``trims``), and the checks send messages as a
+client must, edges stripped. Every Modelfile is read back with Ollama's parser rules
+(export/ollama_parse.py) before it is written: TEMPLATE, SYSTEM and stops must read as meant.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import string
@@ -26,6 +32,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from quicktune.errors import QuicktuneError
+from quicktune.export.ollama_parse import describe_characters, dropped_characters, read_modelfile
+from quicktune.export.renderer import JINJA, OllamaRenderer
 
 Render = Callable[..., str]  # render(messages, add_generation_prompt=...) -> str
 
@@ -55,6 +63,11 @@ class TurnFormat:
     after_answer: str
     generation: str  # after the last user message: the generation prompt
     bos: str = ""  # text the template opens with that llama.cpp adds itself as BOS (left out of TEMPLATE)
+    trims: bool = False  # the template strips message edges; Ollama's TEMPLATE cannot, so clients must
+
+    def client_messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """What a client must send Ollama to get the trained prompt: edges stripped when the template trims."""
+        return [{**m, "content": m["content"].strip()} for m in messages] if self.trims else messages
 
     @property
     def family(self) -> str:
@@ -181,7 +194,8 @@ def read_format(render: Render, *, bos: str | None = None, add_bos: bool = False
         if system[0] != head:
             raise _unsupported("the system prompt moves the conversation's opening")
 
-    fmt = TurnFormat(head, system_before, system_after, place, before_answer, after_answer, generation)
+    trims = _trims(render)
+    fmt = TurnFormat(head, system_before, system_after, place, before_answer, after_answer, generation, trims=trims)
     if add_bos and bos and fmt.head.startswith(bos) and (place == "last_user" or system_before.startswith(bos)):
         fmt = TurnFormat(
             head[len(bos) :],
@@ -192,9 +206,17 @@ def read_format(render: Render, *, bos: str | None = None, add_bos: bool = False
             after_answer,
             generation,
             bos=bos,
+            trims=trims,
         )
     _check(fmt, render)
     return fmt
+
+
+def _trims(render: Render) -> bool:
+    """Whether ``render`` strips the edges of a message's text (probed, not assumed per family)."""
+    edged = "  \n QtEdge \n "
+    rendered = render(_msgs(("user", edged)), add_generation_prompt=True)
+    return edged not in rendered and edged.strip() in rendered
 
 
 CHECK_CONVERSATIONS = [
@@ -209,13 +231,16 @@ CHECK_CONVERSATIONS = [
         ("assistant", "d"),
         ("user", "e"),
     ),
+    # Whitespace at a message's edges: trimmed by Llama 3.x's and Gemma's templates, never by Ollama's Go
+    # TEMPLATE; the check sends it as a client must (TurnFormat.client_messages).
+    _msgs(("system", " Be exact.\n"), ("user", "  hi  \n"), ("assistant", "\nhello "), ("user", "\tbye ")),
 ]
 
 
 def _check(fmt: TurnFormat, render: Render) -> None:
     for conversation in CHECK_CONVERSATIONS:
         expected = render(conversation, add_generation_prompt=True)
-        if fmt.render(conversation) != expected:
+        if fmt.render(fmt.client_messages(conversation)) != expected:
             raise _unsupported(
                 f"it renders a {len(conversation)}-message conversation differently than the format read off it"
             )
@@ -234,16 +259,31 @@ class ModelfileSettings:
     top_p: float
     num_ctx: int
     system: str | None = None
+    num_ctx_note: str = ""  # why this context size: a comment line above PARAMETER num_ctx
+    renderer: OllamaRenderer | None = None  # which renderer Ollama will use (export/renderer.py)
+    system_key: str = "export.system"  # the recipe key the system prompt came from, for messages
+
+
+class ModelfileValueError(QuicktuneError):
+    """A value Ollama's Modelfile parser would not read back as written."""
 
 
 def stop_tokens(end_of_turn: str | None, eos: str | None) -> list[str]:
-    stops = [token for token in (end_of_turn, eos) if token]
-    return list(dict.fromkeys(stops))
+    """The end-of-turn and eos tokens' texts: each one special token, which Ollama reads literally."""
+    stops = list(dict.fromkeys(token for token in (end_of_turn, eos) if token))
+    for stop in stops:
+        if any(c.isspace() for c in stop) or '"' in stop or dropped_characters(stop):
+            raise ModelfileValueError(
+                f"the stop token {stop!r} cannot be a PARAMETER stop that Ollama reads as written",
+                hint="A stop is one special token's text, without whitespace, quotes or control characters; "
+                "check the tokenizer's eos token and the chat template's end of turn.",
+            )
+    return stops
 
 
-def _quoted(text: str) -> str:
+def _quoted(text: str, what: str) -> str:
     if '"""' in text:
-        raise QuicktuneError('a Modelfile value cannot contain """ (TEMPLATE or SYSTEM)')
+        raise ModelfileValueError(f'{what} contains """, which ends a Modelfile value early')
     return f'"""{text}"""'
 
 
@@ -254,19 +294,74 @@ def modelfile_template() -> str:
 def render_modelfile(fmt: TurnFormat, settings: ModelfileSettings) -> str:
     if not settings.stops:
         raise QuicktuneError("no stop token: the model's end-of-turn token is unknown")
+    if settings.system and fmt.trims:  # trained without edge whitespace; Ollama inserts SYSTEM as it is
+        settings = dataclasses.replace(settings, system=settings.system.strip())
     values = {
         "name": settings.name,
         "modelfile": settings.modelfile_name,
         "family": fmt.family,
         "gguf": settings.gguf_name,
-        "template": _quoted(fmt.go_template()),
-        "stops": "\n".join(f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}" for stop in settings.stops),
+        "template": _quoted(fmt.go_template(), "TEMPLATE"),
+        "stops": "\n".join(f'PARAMETER stop "{stop}"' for stop in settings.stops),
         "temperature": _number(settings.temperature),
         "top_p": _number(settings.top_p),
         "num_ctx": str(settings.num_ctx),
-        "system": f"SYSTEM {_quoted(settings.system)}" if settings.system else "",
+        "num_ctx_comment": f"# num_ctx {settings.num_ctx}: {settings.num_ctx_note}\n" if settings.num_ctx_note else "",
+        "system": f"SYSTEM {_quoted(settings.system, settings.system_key)}" if settings.system else "",
+        "renderer_comment": _renderer_comment(settings.renderer),
+        "trim_comment": (
+            "# The chat template trims each message; this TEMPLATE (Go) cannot: send messages without\n"
+            "# leading or trailing whitespace (the model was trained on them stripped).\n"
+        )
+        if fmt.trims
+        else "",
     }
-    return string.Template(modelfile_template()).substitute(values).rstrip() + "\n"
+    text = string.Template(modelfile_template()).substitute(values).rstrip() + "\n"
+    _read_back(text, fmt, settings)
+    return text
+
+
+def _read_back(text: str, fmt: TurnFormat, settings: ModelfileSettings) -> None:
+    """Read the Modelfile as Ollama's parser will; anything it would change is an error, not a surprise."""
+    if settings.system and dropped_characters(settings.system):
+        dropped = dropped_characters(settings.system)
+        kept = "".join(c for c in settings.system if c not in dropped)
+        raise ModelfileValueError(
+            f"{settings.system_key}: Ollama's Modelfile parser drops {describe_characters(dropped)} from SYSTEM, "
+            f"so Ollama would serve {kept!r}, not the system prompt the model was trained with",
+            hint=f"Replace those characters in {settings.system_key} (a no-break space with a plain space) and "
+            f"train again, or set export.system to {kept!r} to serve that text knowingly.",
+        )
+    if dropped_characters(fmt.go_template()):
+        raise ModelfileValueError(
+            f"the TEMPLATE holds {describe_characters(dropped_characters(fmt.go_template()))}, "
+            "which Ollama's Modelfile parser drops",
+            hint="The characters come from the chat template; set model.chat_template to a family template.",
+        )
+    back = read_modelfile(text)
+    wrong = [
+        name
+        for name, read, meant in (
+            ("TEMPLATE", back.template, fmt.go_template()),
+            ("SYSTEM", back.system, settings.system or None),
+            ("PARAMETER stop", back.stops, settings.stops),
+        )
+        if read != meant
+    ]
+    if wrong:
+        raise ModelfileValueError(f"Ollama would read the Modelfile's {', '.join(wrong)} differently than written")
+
+
+def _renderer_comment(renderer: OllamaRenderer | None) -> str:
+    if renderer is None:
+        return ""
+    line = f"# Ollama renders prompts with: {renderer.label}.\n"
+    if renderer.renderer == JINJA:
+        line += (
+            "#   llama-server renders the chat template inside the GGUF (checked by quicktune against\n"
+            "#   training: see the export's fidelity check); TEMPLATE is used with OLLAMA_GO_TEMPLATE=1.\n"
+        )
+    return line
 
 
 def _number(value: float) -> str:
@@ -306,7 +401,7 @@ def go_parity(fmt: TurnFormat, render: Render, conversations: list[list[dict[str
     """'n/m conversations' rendered identically by Go and by the chat template, or why skipped."""
     conversations = CHECK_CONVERSATIONS + list(conversations)
     try:
-        rendered = go_render(fmt.go_template(), conversations)
+        rendered = go_render(fmt.go_template(), [fmt.client_messages(c) for c in conversations])
     except GoUnavailable as exc:
         return f"skipped: {exc}"
     expected = [render(c, add_generation_prompt=True) for c in conversations]

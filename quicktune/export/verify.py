@@ -8,9 +8,11 @@ On held-out prompts, rendered and tokenized exactly as in training:
 * **same top token**, for every GGUF (F16 and each quantization): fed the reference
   answer, how often the GGUF's most likely next token is the reference token;
 * **stops**: how many answers end with an end-of-turn/EOS token (the model learned to stop);
-* **prompt tokens**: the prompt as Ollama builds it from the Modelfile TEMPLATE,
-  tokenized by llama.cpp from the GGUF's own vocabulary, equals the training tokens;
-* **template parity** through Go's text/template, when ``go`` is installed.
+* **prompt tokens**: the prompt as Ollama builds it, tokenized by llama.cpp from the GGUF's
+  own vocabulary (BOS as llama-server adds it), equals the training tokens;
+* **template parity** for the renderer Ollama will use (export/renderer.py): the Modelfile
+  TEMPLATE through Go's text/template (when ``go`` is installed), or, when llama-server renders
+  the GGUF's own template, llama.cpp's chat-template engine (export/llama_template.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 from quicktune.data.check import stop_token_ids
 from quicktune.data.tokenizer import ChatTokenizer
 from quicktune.export import llamacpp
-from quicktune.export.ollama import TurnFormat, go_parity
+from quicktune.export.ollama import CHECK_CONVERSATIONS, TurnFormat, go_parity
+from quicktune.export.renderer import JINJA, OllamaRenderer
 
 
 @dataclass
@@ -35,13 +38,27 @@ class GgufFidelity:
 
 
 @dataclass
+class TrainedFidelity:
+    """The model as trained (the base loaded as training loaded it, 4-bit for QLoRA, plus the
+    adapter, through the training backend) against the merged model, the export's reference."""
+
+    base: str  # "4-bit" or "16-bit"
+    same_top_token: float  # fed the merged model's answer: share of positions with the same top token
+    greedy_agreement: float
+    identical_answers: int
+    stops: int
+
+
+@dataclass
 class Fidelity:
     prompts: int
     max_new_tokens: int
     reference_stops: int  # merged HF model's answers that ended with a stop token
-    prompt_tokens_equal: int  # prompts whose Ollama-built prompt tokenizes like training
+    prompt_tokens_equal: int | None  # prompts whose Ollama-built prompt tokenizes like training; None: not checked
     template_parity: str  # "n/n conversations" or why it was skipped
+    ollama_renderer: str = ""  # which renderer Ollama uses, e.g. "llama.cpp Jinja (template has tools)"
     ggufs: list[GgufFidelity] = field(default_factory=list)
+    trained: TrainedFidelity | None = None  # None: a full fine-tune (nothing merged) or not checked
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +96,32 @@ def _same_top_token(llm: Any, prompt: list[int], answer: list[int]) -> tuple[int
     return int((logits.argmax(axis=-1) == np.asarray(answer)).sum()), len(answer)
 
 
+def trained_vs_merged(
+    model, base: str, prompts: list[list[int]], reference: list[list[int]], stop_ids: set[int], max_new_tokens: int
+) -> TrainedFidelity:
+    """Same top token (fed the merged model's answers), then greedy answers compared with them."""
+    import torch
+
+    from quicktune.train.backend import greedy_answers
+
+    device = next(model.parameters()).device
+    same = total = 0
+    with torch.inference_mode():
+        for prompt, answer in zip(prompts, reference):
+            ids = torch.tensor([prompt + answer[:-1]], device=device)
+            top = model(input_ids=ids).logits[0, len(prompt) - 1 :].argmax(dim=-1).cpu()
+            same += int((top == torch.tensor(answer)).sum())
+            total += len(answer)
+    answers = greedy_answers(model, prompts, stop_ids, min(stop_ids), max_new_tokens, batch_size=1)
+    return TrainedFidelity(
+        base=base,
+        same_top_token=round(same / max(total, 1), 4),
+        greedy_agreement=round(sum(map(_agreement, reference, answers)) / len(prompts), 4),
+        identical_answers=sum(a == b for a, b in zip(reference, answers)),
+        stops=sum(bool(a) and a[-1] in stop_ids for a in answers),
+    )
+
+
 def _agreement(reference: list[int], other: list[int]) -> float:
     same = 0
     for a, b in zip(reference, other):
@@ -96,14 +139,25 @@ def check_fidelity(
     turn_format: TurnFormat | None,
     conversations: list[list[dict[str, str]]],
     add_bos: bool,
+    renderer: OllamaRenderer | None = None,
     max_new_tokens: int = 96,
     progress=lambda message: None,
+    load_trained=None,  # () -> (model as trained, "4-bit" | "16-bit"); None skips that row
 ) -> Fidelity:
     stop_ids = stop_token_ids(tokenizer)
     prompts = [tokenizer.encode_prompt(c) for c in conversations]
+    served, parity = None, "skipped: no TEMPLATE"
+    go_path = renderer is None or renderer.renderer != JINJA
+    if not go_path:
+        progress("the GGUF's chat template through llama.cpp's engine, as llama-server renders it")
+        served, parity = _llama_served(ggufs["f16"], tokenizer, turn_format, conversations)
 
     progress("greedy answers of the merged model (transformers)")
     reference = reference_answers(merged_dir, prompts, stop_ids, max_new_tokens)
+    trained = None
+    if load_trained is not None:
+        progress("the model as trained (base + adapter) against the merged model")
+        trained = trained_vs_merged(*load_trained(), prompts, reference, stop_ids, max_new_tokens)
     context = max(len(p) for p in prompts) + max_new_tokens + 8
 
     results = []
@@ -121,16 +175,22 @@ def check_fidelity(
             result.greedy_agreement = round(sum(map(_agreement, reference, answers)) / len(prompts), 4)
             result.identical_answers = sum(a == b for a, b in zip(reference, answers))
             result.stops = sum(bool(a) and a[-1] in stop_ids for a in answers)
-            if turn_format is not None:
+            if served is not None:  # llama-server: the rendered text, tokenized with add_special
+                for (text, bos), ids in zip(served, prompts):
+                    served_ids = None if text is None else llm.tokenize(text.encode("utf-8"), add_bos=bos, special=True)
+                    prompt_tokens_equal += served_ids == ids
+            elif go_path and turn_format is not None:
                 for conversation, ids in zip(conversations, prompts):
-                    text = turn_format.render(conversation).removeprefix(turn_format.bos)
+                    # as a client sends it: edges stripped when the template trims (README, Serving with Ollama)
+                    text = turn_format.render(turn_format.client_messages(conversation)).removeprefix(turn_format.bos)
                     ollama_ids = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
                     prompt_tokens_equal += ollama_ids == ids
+            elif not go_path:
+                prompt_tokens_equal = None  # llama.cpp's renderer could not be run: not checked
         results.append(result)
         del llm
 
-    parity = "skipped: no TEMPLATE"
-    if turn_format is not None:
+    if go_path and turn_format is not None:
         parity = go_parity(turn_format, tokenizer.render, conversations)
     return Fidelity(
         prompts=len(prompts),
@@ -138,5 +198,25 @@ def check_fidelity(
         reference_stops=sum(bool(a) and a[-1] in stop_ids for a in reference),
         prompt_tokens_equal=prompt_tokens_equal,
         template_parity=parity,
+        ollama_renderer=renderer.label if renderer is not None else "",
         ggufs=results,
+        trained=trained,
     )
+
+
+def _llama_served(
+    gguf: Path, tokenizer: ChatTokenizer, fmt: TurnFormat | None, conversations: list[list[dict[str, str]]]
+) -> tuple[list[tuple[str | None, bool]] | None, str]:
+    """llama-server's prompts for the held-out conversations (text, add BOS), and the parity of
+    llama.cpp's rendering with training over the check conversations + those."""
+    from quicktune.export.llama_template import CheckerUnavailable, jinja_parity, llama_render
+
+    checked = CHECK_CONVERSATIONS + list(conversations)
+    sent = [fmt.client_messages(c) for c in checked] if fmt is not None else checked  # as a client sends them
+    try:
+        rendering = llama_render(sent, gguf=gguf)
+    except CheckerUnavailable as exc:
+        return None, f"skipped: {exc}"
+    parity = jinja_parity(rendering, [tokenizer.render(c, add_generation_prompt=True) for c in checked])
+    offset = len(CHECK_CONVERSATIONS)
+    return [(rendering.prompts[offset + i], rendering.add_bos) for i in range(len(conversations))], parity

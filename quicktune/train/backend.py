@@ -91,7 +91,17 @@ class Backend:
             from unsloth import FastLanguageModel
 
             FastLanguageModel.for_inference(model)
-        return model.eval()
+        model.eval()
+        if self.device == "cpu":
+            _four_bit_as_trained(model)
+        return model
+
+    def load_trained(self, base_dir: str, adapter_dir: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str):
+        """The model as it was trained: the base loaded the way training loaded it (4-bit for
+        QLoRA), the adapter on top, ready to generate and score."""
+        model, _ = self.load_model(base_dir, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=dtype,
+                                   full=False)
+        return self.for_inference(model, adapter_dir)
 
     def load_adapter(self, model, adapter_dir: str, *, gradient_checkpointing: bool):
         """Continue training from a saved adapter (``--from``): its weights, trainable."""
@@ -101,6 +111,41 @@ class Backend:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+
+
+def _four_bit_as_trained(model) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer at its first forward pass in
+    eval mode and then multiplies in bfloat16 (activations and scales cast down), where training
+    de-quantized and multiplied in the compute dtype. A Linear4bit has no dropout or other
+    train-mode behaviour, so flagging it as training keeps inference on the path training took
+    (and its weight de-quantizable: the repacked layout is not)."""
+    if "bitsandbytes" not in sys.modules:
+        return  # nothing was loaded in 4 bits
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.training = True
+
+
+def four_bit_summary(model) -> dict[str, Any] | None:
+    """How the base was quantized, read off its 4-bit layers (None when none is 4-bit): for the manifest."""
+    if "bitsandbytes" not in sys.modules:
+        return None
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if not layers:
+        return None
+    state = layers[0].weight.quant_state
+    return {
+        "library": f"bitsandbytes {bnb.__version__}",
+        "layers": len(layers),
+        "quant_type": state.quant_type,
+        "blocksize": state.blocksize,
+        "double_quant": bool(state.nested),
+        "compute_dtype": str(layers[0].compute_dtype).removeprefix("torch."),
+    }
 
 
 def greedy_answers(model, prompts: list[list[int]], stops: set[int], pad_id: int | None, max_new_tokens: int,
@@ -172,9 +217,25 @@ def load_backend() -> Backend:
 
 
 def require_device_for(method: str, load_in_4bit: bool, backend: Backend) -> None:
-    if load_in_4bit and backend.device != "cuda":
+    """A 4-bit base needs bitsandbytes that can quantize on this device (GPU, or CPU in recent versions)."""
+    if not load_in_4bit:
+        return
+    hint = ("Install or upgrade bitsandbytes (0.50.2 runs NF4 on the CPU), "
+            "or train 16-bit weights with method: lora")
+    try:
+        import bitsandbytes.functional as bnb_functional
+        import torch
+    except Exception as exc:  # ImportError, or a broken native library raising at import
         raise QuicktuneError(
-            f"method {method} loads the base model in 4 bits, which needs a CUDA GPU (bitsandbytes); none was found",
-            hint="On CPU use a small model with method: lora (e.g. `quicktune run smollm2-demo`), "
-            "or run `quicktune doctor` to see why the GPU is not visible.",
-        )
+            f"method {method} loads the base model in 4 bits with bitsandbytes, which cannot be imported "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})",
+            hint=hint,
+        ) from None
+    try:
+        bnb_functional.quantize_4bit(torch.ones(64, 64, device=backend.device), quant_type="nf4")
+    except Exception as exc:  # an old bitsandbytes has no CPU kernels
+        raise QuicktuneError(
+            f"method {method}: bitsandbytes cannot quantize to 4 bits on the {backend.device} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})",
+            hint=hint,
+        ) from None

@@ -24,7 +24,7 @@ from quicktune.data.check import PreparedData, prepare_for_recipe
 from quicktune.errors import QuicktuneError
 from quicktune.recipe import Recipe
 from quicktune.train import runs
-from quicktune.train.backend import Backend, load_backend, require_device_for
+from quicktune.train.backend import Backend, four_bit_summary, load_backend, require_device_for
 
 PACKAGES = ("quicktune", "torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "datasets", "accelerate")
 
@@ -73,6 +73,8 @@ def _data_manifest(prepared: PreparedData) -> dict[str, Any]:
         "eval_source": prepared.report.eval_source,
         "removed_duplicates": prepared.report.removed_duplicates,
         "train_tokens": prepared.report.train_tokens.total_tokens if prepared.report.train_tokens else 0,
+        # what export and chat send as the system prompt (quicktune.data.system_prompt)
+        "system_prompt": prepared.report.system_prompt.to_dict() if prepared.report.system_prompt else None,
     }
 
 
@@ -158,6 +160,9 @@ def load_parent(parent_ref: str | None, runs_root: Path, recipe: Recipe) -> Path
         raise QuicktuneError(
             f"--from {parent_ref}: that run trained {parent_base}, this recipe trains {recipe.model.base}"
         )
+    from quicktune.export.merge import read_plan
+
+    read_plan(parent_dir / "adapter")  # training on top of an adapter the export cannot merge is refused now
     return parent_dir
 
 
@@ -222,6 +227,9 @@ def train(
     try:
         result = _fit(recipe, backend, base.load_from, prepared, run_dir, parent_dir, checkpoint, console,
                       extra_callbacks)
+    except KeyboardInterrupt:  # before the first step or a second Ctrl-C: resumable only from a saved checkpoint
+        runs.update_manifest(run_dir, status="interrupted")
+        raise
     except Exception as exc:
         runs.update_manifest(run_dir, status="failed", ended=runs.now(), error=f"{type(exc).__name__}: {exc}"[:500])
         _raise_friendly(exc, recipe)
@@ -259,6 +267,9 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
         dtype=recipe.model.dtype,
         full=recipe.method == "full",
     )
+    if recipe.model.load_in_4bit:  # how the base was quantized, as loaded (README: QLoRA on the CPU)
+        recorded = runs.read_manifest(run_dir).get("backend") or {}
+        runs.update_manifest(run_dir, backend={**recorded, "four_bit": four_bit_summary(model)})
     if recipe.model.chat_template != "auto":
         from quicktune.templates import FAMILY_TEMPLATES
 
@@ -280,6 +291,9 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
                 gradient_checkpointing=recipe.training.gradient_checkpointing,
                 seed=recipe.training.seed,
             )
+        from quicktune.export.merge import check_mergeable
+
+        check_mergeable(model)  # the export must be able to merge what is about to be trained
     train_rows = _rows(prepared.train_tokens)
     eval_rows = _rows(prepared.eval_tokens or [])
     total = planned_steps(recipe, len(train_rows))
@@ -305,6 +319,7 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
+    runs.describe_checkpoints(run_dir)
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{recipe.name} {run_dir.name}")
     if interrupt.requested:
         saved = runs.latest_checkpoint(run_dir)

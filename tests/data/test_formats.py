@@ -140,8 +140,79 @@ def test_undetectable_format_and_empty_and_missing_file(tmp_path):
         load_examples([str(write_jsonl(tmp_path / "x.txt", ["hello"]))])
 
 
-def test_explicit_format_mismatch_is_a_field_error(tmp_path):
+def test_explicit_format_mismatch_says_what_the_record_looks_like(tmp_path):
     path = write_jsonl(tmp_path / "m.jsonl", [chat("Hi", "Hello!")])
     with pytest.raises(DataError) as excinfo:
         load_examples([str(path)], fmt="alpaca")
-    assert excinfo.value.problems == [f"{path}:1: instruction: missing field"]
+    looks = "this record looks like messages (OpenAI)"
+    assert excinfo.value.problems == [f"{path}:1: instruction: missing field — {looks}"]
+    assert "data.format says alpaca" in excinfo.value.hint and "data.format: auto" in excinfo.value.hint
+
+
+def test_mismatch_hint_is_given_once_for_many_lines(tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": f"Q{i}"}, {"from": "gpt", "value": "A"}]} for i in range(60)]
+    path = write_jsonl(tmp_path / "shop_train.jsonl", rows)
+    with pytest.raises(DataError, match="60 problem") as excinfo:
+        load_examples([str(path)], fmt="messages")
+    shown = excinfo.value.problems
+    assert shown[0] == f"{path}:1: messages: missing field — this record looks like sharegpt (conversations)"
+    assert all("looks like sharegpt" in line for line in shown[:-1]) and shown[-1] == "... and 40 more"
+    hint = excinfo.value.hint
+    assert hint.count("data.format") == 3 and hint.count("\n") == 0  # one hint, not sixty
+    assert "60 of its records look like sharegpt" in hint and "{shop_train.jsonl: sharegpt}" in hint
+
+
+def test_a_file_mixing_formats_is_told_to_split(tmp_path):
+    rows = [chat("Hi", "Hello!"), {"instruction": "Hi", "output": "Hello!"}]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    with pytest.raises(DataError) as excinfo:
+        load_examples([str(path)])
+    looks = "this record looks like alpaca (instruction/output)"
+    assert excinfo.value.problems == [f"{path}:2: messages: missing field — {looks}"]
+    assert "its first record is messages" in excinfo.value.hint and "its own file" in excinfo.value.hint
+
+
+def test_each_file_has_its_own_format(tmp_path):
+    train = tmp_path / "shop_train.csv"
+    train.write_text("instruction,input,output\nPrice of tea?,,3 EUR\nTranslate,Bonjour,Hello\n")
+    held = write_jsonl(
+        tmp_path / "shop_eval.jsonl",
+        [{"conversations": [{"from": "user", "value": "Price of jam?"}, {"from": "assistant", "value": "4 EUR"}]}],
+    )
+    examples, files = load_examples([str(train), str(held)])
+    assert [(f.format, f.format_from) for f in files] == [("alpaca", "detected"), ("sharegpt", "detected")]
+    assert examples[2].messages == (Message("user", "Price of jam?"), Message("assistant", "4 EUR"))
+    # pinned per file: the mapping names the file; a file it does not name is detected
+    examples, files = load_examples([str(train), str(held)], fmt={str(train): "alpaca"})
+    assert [(f.format, f.format_from) for f in files] == [("alpaca", "data.format"), ("sharegpt", "detected")]
+    with pytest.raises(DataError) as excinfo:
+        load_examples([str(train), str(held)], fmt={str(held): "alpaca"})
+    assert excinfo.value.problems == [
+        f"{held}:1: instruction: missing field — this record looks like sharegpt (conversations)"
+    ]
+
+
+def test_sharegpt_unknown_speaker_lists_every_accepted_one(tmp_path):
+    row = {"conversations": [{"from": "customer", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}
+    with pytest.raises(DataError) as excinfo:
+        load_examples([str(write_jsonl(tmp_path / "s.jsonl", [row]))])
+    (problem,) = excinfo.value.problems
+    assert problem.endswith(
+        "conversations[0].from: unknown speaker 'customer'; "
+        "expected one of human, user, gpt, assistant, model, chatgpt, system (any case)"
+    )
+    upper = {"conversations": [{"from": "USER", "value": "Hi"}, {"from": "Assistant", "value": "Hello!"}]}
+    examples, _ = load_examples([str(write_jsonl(tmp_path / "u.jsonl", [upper]))])
+    assert examples[0].messages == EXPECTED
+
+
+def test_an_empty_file_is_reported_after_a_broken_one(tmp_path):
+    broken = write_jsonl(tmp_path / "broken.jsonl", ["{oops"])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError) as excinfo:
+        load_examples([str(broken), str(empty)])
+    assert excinfo.value.problems == [
+        f"{broken}:1: invalid JSON: Expecting property name enclosed in double quotes at column 2",
+        f"{empty}: no records found (the file is empty)",
+    ]

@@ -31,8 +31,10 @@ def test_eval_against_base_writes_the_report(trained_run):
     )
     assert result.exit_code == 0, result.output
     assert "json_fields" in result.output and "perplexity" in result.output
-    report = json.loads((trained_run.run_dir / "eval.json").read_text())
-    assert (trained_run.run_dir / "eval.png").stat().st_size > 0
+    [path] = (trained_run.run_dir / "eval").glob("base-*.json")  # against base, on these 2 rows
+    report = json.loads(path.read_text())
+    assert path.name == f"base-{report['data']['sha256'][:12]}.json" and report["against"] == "base"
+    assert path.with_suffix(".png").stat().st_size > 0
     assert [s["label"] for s in report["subjects"]] == ["base", "tiny-export/v1"]
     assert report["data"]["rows"] == 2 and len(report["data"]["sha256"]) == 64
     for subject in report["subjects"]:
@@ -59,13 +61,15 @@ def test_runs_compare_two_real_runs_on_the_same_rows(trained_run, second_run, wi
             main, ["eval", ref, *args[2:], "--limit", "2", "--max-new-tokens", "8", "--runs-dir", str(runs_root)]
         )
         assert done.exit_code == 0, done.output
-    report = json.loads((second_run.run_dir / "eval.json").read_text())
+    [path] = (second_run.run_dir / "eval").glob("tiny-export-v1-*.json")
+    report = json.loads(path.read_text())
     assert [s["label"] for s in report["subjects"]] == ["tiny-export/v1", "tiny-export/v2"]
 
     result = CliRunner().invoke(main, ["runs", "--runs-dir", str(runs_root), "compare", "tiny-export/v1", "v2"])
     assert result.exit_code == 0, result.output
     assert "training.learning_rate" in result.output and "0.005" in result.output and "0.001" in result.output
     assert "held-out rows" in result.output and "json_fields" in result.output
+    assert f"eval scores from tiny-export/v2/eval/{path.name}" in result.output  # the report that scored both
     assert "train.jsonl" in result.output  # the data files with their hashes
 
 

@@ -65,6 +65,10 @@ def test_export_writes_gguf_modelfile_and_fidelity(exported, trained_run):
     assert record["ggufs"]["f16"]["bytes"] == f16.stat().st_size
     assert record["fidelity"]["ggufs"][0]["identical_answers"] == 2
     assert record["metadata"]["pre_tokenizer"] == "smollm"
+    # SmolLM2's template has no tools or thinking: Ollama renders the TEMPLATE, checked with Go.
+    assert record["metadata"]["ollama_renderer"] == "go"
+    assert fidelity.ollama_renderer == "Go TEMPLATE (template has no tools or thinking)"
+    assert "# Ollama renders prompts with: Go TEMPLATE (template has no tools or thinking).\n" in modelfile
 
 
 def test_llama_cpp_loads_it_without_tokenizer_warnings(exported):
