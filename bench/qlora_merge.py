@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save_results, versions  # noqa: E402
 
 from quicktune.train.backend import greedy_answers, load_backend  # noqa: E402  (Unsloth first)
+from quicktune.export.verify import agreement  # noqa: E402
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "unsloth", "bitsandbytes")
 
@@ -68,15 +69,6 @@ def top_tokens(model, prompts, answers) -> list[list[int]]:
 def agreeing(ours: list[list[int]], theirs: list[list[int]]) -> tuple[int, int]:
     pairs = [(a, b) for x, y in zip(ours, theirs) for a, b in zip(x, y)]
     return sum(a == b for a, b in pairs), len(pairs)
-
-
-def agreement(reference: list[int], other: list[int]) -> float:
-    same = 0
-    for a, b in zip(reference, other):
-        if a != b:
-            break
-        same += 1
-    return same / max(len(reference), len(other), 1)
 
 
 def scores(tokenizer, answers, references, stops) -> dict[str, float]:

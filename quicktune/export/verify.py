@@ -116,13 +116,14 @@ def trained_vs_merged(
     return TrainedFidelity(
         base=base,
         same_top_token=round(same / max(total, 1), 4),
-        greedy_agreement=round(sum(map(_agreement, reference, answers)) / len(prompts), 4),
+        greedy_agreement=round(sum(map(agreement, reference, answers)) / len(prompts), 4),
         identical_answers=sum(a == b for a, b in zip(reference, answers)),
         stops=sum(bool(a) and a[-1] in stop_ids for a in answers),
     )
 
 
-def _agreement(reference: list[int], other: list[int]) -> float:
+def agreement(reference: list[int], other: list[int]) -> float:
+    """The share of ``reference`` that ``other`` reproduces before their first different token."""
     same = 0
     for a, b in zip(reference, other):
         if a != b:
@@ -172,7 +173,7 @@ def check_fidelity(
         result = GgufFidelity(name, round(same / max(total, 1), 4))
         if index == 0:  # the F16 file: generate, and check the prompt Ollama will build
             answers = [llamacpp.greedy(llm, p, stop_ids, max_new_tokens) for p in prompts]
-            result.greedy_agreement = round(sum(map(_agreement, reference, answers)) / len(prompts), 4)
+            result.greedy_agreement = round(sum(map(agreement, reference, answers)) / len(prompts), 4)
             result.identical_answers = sum(a == b for a, b in zip(reference, answers))
             result.stops = sum(bool(a) and a[-1] in stop_ids for a in answers)
             if served is not None:  # llama-server: the rendered text, tokenized with add_special
