@@ -197,6 +197,10 @@ def _space_after_special(converted, llama_ids: list[int], llama_tokenize) -> boo
         (token.content for token in backend.get_added_tokens_decoder().values() if token.special), key=len, reverse=True
     )
     parts = re.split("(" + "|".join(map(re.escape, specials)) + ")", converted.text)  # text, special, text, ...
+    # Phi-3's chat tokens also eat the whitespace after them in llama.cpp (their rstrip attribute,
+    # applied when general.name says phi3, as an export's does); the rest of the text gets the space.
+    strip = converted.arch.gguf_arch == "phi3"
+    parts = [part.lstrip() if strip and i % 2 == 0 and i > 0 else part for i, part in enumerate(parts)]
     spaced = "".join(" " + part if i % 2 == 0 and i > 0 and part else part for i, part in enumerate(parts))
     return llama_ids == backend.encode(spaced, add_special_tokens=False).ids
 
@@ -205,8 +209,8 @@ SPACE_AFTER_SPECIAL = (
     "llama.cpp's SentencePiece tokenizer (add_space_prefix, on since tokenizer_config.json has no "
     "add_prefix_space) puts a space before the text after each special token, as legacy=True tokenizers "
     "do; this one is legacy=False, transformers 5's default (Metaspace, prepend_scheme 'first'): "
-    "'<|user|>\\nWhat' is ['<|user|>', '<0x0A>', 'W', ...] in training, ['<|user|>', '▁', '<0x0A>', 'W', ...] "
-    "in llama.cpp",
+    "'<|user|>\\nWhat' is ['<|user|>', '<0x0A>', 'W', ...] in training; llama.cpp also drops the newline "
+    "after Phi-3's chat tokens (rstrip), giving ['<|user|>', '▁W', ...]",
     _space_after_special,
 )
 
