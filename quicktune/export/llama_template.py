@@ -99,7 +99,10 @@ def _release() -> str:
 
 
 def _binary_path(cache_root: Path) -> Path:
-    digest = hashlib.sha256(_driver_source().encode()).hexdigest()[:12]
+    # Keyed by the libraries it links to as well: a checker built against another environment's
+    # llama-cpp-python (a removed virtualenv) cannot load.
+    libraries = "|".join(str(path) for path in sorted(_wheel_libraries().values()))
+    digest = hashlib.sha256((_driver_source() + libraries).encode()).hexdigest()[:12]
     return cache_root / "llama-render" / f"llama-cpp-python-{_release()}-{digest}" / "llama_render"
 
 
