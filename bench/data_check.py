@@ -6,8 +6,10 @@ prompt leaks from train. Then times the real command end to end, as a child proc
 
     quicktune data check TRAIN --eval EVAL --recipe smollm2-demo --json
 
-once with an empty tokenizer cache (cold: the recipe's GGUF tokenizer is converted)
-and once with the cache that run filled (warm). The floor it is compared with is a
+once with an empty tokenizer cache (cold: the recipe's GGUF tokenizer is converted),
+once with the cache that run filled (warm), and once more warm with the opt-in semantic
+check (``--semantic-threshold 0.85``). ``--before DIR`` also times an older quicktune tree
+(warm), right before the warm run, so before and after share the machine's load. The floor it is compared with is a
 child Python that only reads and ``json.loads`` every line of the same files.
 Each child's wall time and its own CPU time and peak RSS (from ``os.wait4``) are
 reported; the counts in the JSON report are shown next to what was planted.
@@ -416,10 +418,16 @@ def timed_runs(files: Files, args: argparse.Namespace, script: str) -> dict:
     own_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     floor = run_child([sys.executable, "-c", _READ_FLOOR, str(files.train), str(files.evaluation)], files.env)
     cold = run_child(command, files.env)
+    before = None
+    if args.before:  # the same command on an older tree (git archive), warm cache, right before "warm"
+        old = [sys.executable, "-m", "quicktune", *command[1:]]
+        before = run_child(old, {**files.env, "PYTHONPATH": str(Path(args.before).resolve())})
     warm = run_child(command, files.env)
+    semantic = run_child([*command, "--semantic-threshold", "0.85"], files.env)  # the opt-in check, on top
     load_after = os.getloadavg()
     floor_info = json.loads(floor.stdout)
     cold_report, report = json.loads(cold.stdout), json.loads(warm.stdout)
+    semantic_report = json.loads(semantic.stdout)
     rows_read = args.rows + args.eval_rows
     planted = files.planted
 
@@ -428,7 +436,9 @@ def timed_runs(files: Files, args: argparse.Namespace, script: str) -> dict:
     runs = {
         "read + json.loads (floor)": floor,
         "quicktune data check, cold cache": cold,
+        **({f"before ({args.before}), warm cache": before} if before else {}),
         "quicktune data check, warm cache": warm,
+        "warm, --semantic-threshold 0.85": semantic,
     }
     for name, run in runs.items():
         print(
@@ -442,6 +452,8 @@ def timed_runs(files: Files, args: argparse.Namespace, script: str) -> dict:
         "exact duplicates": (planted.exact_duplicates, report["exact_duplicates"]),
         "near duplicates": (planted.near_duplicates, report["near_duplicates"]),
         "eval rows leaking from train": (planted.leaked_exact + planted.leaked_near, report["leakage"]),
+        "semantic pairs, 0.85 (none planted)": (0, semantic_report["semantic_duplicates"]),
+        "semantic leakage, 0.85 (none planted)": (0, semantic_report["semantic_leakage"]),
         "train rows kept": (args.rows - planted.exact_duplicates, report["train_rows"]),
         "eval rows": (args.eval_rows, report["eval_rows"]),
     }
@@ -469,6 +481,7 @@ def timed_runs(files: Files, args: argparse.Namespace, script: str) -> dict:
         "benchmark_process_peak_rss_mb": own_rss_mb,
         "reports_identical": cold_report == report,
         "report": {k: report[k] for k in report if k != "example"},
+        "semantic_report": {k: semantic_report[k] for k in semantic_report if k.startswith("semantic")},
         "target": target,
     }
 
@@ -483,6 +496,11 @@ def main() -> None:
         "--profile", action="store_true", help="instead of the timed child runs, profile one in-process warm run"
     )
     parser.add_argument("--keep", action="store_true", help="keep the generated files and cache, print where")
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also time an older quicktune: DIR holds its package (git archive HEAD quicktune | tar -x -C DIR)",
+    )
     args = parser.parse_args()
     if args.rows < 200 or args.eval_rows < 20:
         parser.error("use at least 200 rows and 20 eval rows, so every kind of planted row exists")

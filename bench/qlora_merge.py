@@ -138,8 +138,10 @@ def main() -> None:
                                    load_in_4bit=True, dtype=recipe.model.dtype)
     rows: dict[str, dict] = {}
     if args.generate:
+        started = time.perf_counter()
         reference = greedy_answers(trained, prompts, stops, min(stops), args.max_new_tokens, batch_size=1)
         rows["trained (4-bit + adapter)"] = {"answers": reference,
+                                             "generate_seconds": round(time.perf_counter() - started, 1),
                                              **scores(tokenizer, reference, eval_set.references, stops)}
     else:  # the held-out answers themselves, each with its end-of-turn token: the trained model's top tokens
         answers = [tokenizer.backend.encode(text, add_special_tokens=False).ids + [tokenizer.token_id(tokenizer.end_of_turn())]
@@ -170,8 +172,10 @@ def main() -> None:
         row = {"merge_seconds": round(merge_seconds, 1), "answers": []}
         if args.generate:
             same, total = same_top_token(model, prompts, reference)
+            started = time.perf_counter()
             answers = greedy_answers(model, prompts, stops, min(stops), args.max_new_tokens, batch_size=1)
-            row.update(greedy_agreement=sum(map(agreement, reference, answers)) / len(prompts),
+            row.update(generate_seconds=round(time.perf_counter() - started, 1),
+                       greedy_agreement=sum(map(agreement, reference, answers)) / len(prompts),
                        identical_answers=sum(a == b for a, b in zip(reference, answers)), answers=answers,
                        **scores(tokenizer, answers, eval_set.references, stops))
         else:
@@ -183,14 +187,16 @@ def main() -> None:
     what = (f"greedy, up to {args.max_new_tokens} new tokens; reference: the trained model's answers" if args.generate
             else "fed the reference answers; reference: the trained model's top tokens")
     print(f"\n{n} held-out rows of the demo data, {what}")
-    print(f"{'model':28} {'same top token':>15} {'greedy agreement':>17} {'identical':>10} {'json_fields':>12} {'exact':>7}")
+    print(f"{'model':28} {'same top token':>15} {'greedy agreement':>17} {'identical':>10} {'json_fields':>12} "
+          f"{'exact':>7} {'ends with EOS':>14}")
     for name, row in rows.items():
         same = f"{row['same_top_token']:.1%}" if "same_top_token" in row else "(reference)"
         agree = f"{row['greedy_agreement']:.1%}" if "greedy_agreement" in row else ""
         ident = f"{row['identical_answers']}/{n}" if "identical_answers" in row else ""
         fields = f"{row['json_fields']:.1%}" if "json_fields" in row else "-"
         exact = f"{row['exact_match']:.1%}" if "exact_match" in row else "-"
-        print(f"{name:28} {same:>15} {agree:>17} {ident:>10} {fields:>12} {exact:>7}")
+        eos = f"{row['ends_with_eos']:.1%}" if "ends_with_eos" in row else "-"
+        print(f"{name:28} {same:>15} {agree:>17} {ident:>10} {fields:>12} {exact:>7} {eos:>14}")
     print(f"bitsandbytes' CPU inference kernel (bfloat16) vs the float32 path training used: same top token "
           f"{packed['same_top_token']:.1%} of {packed['positions']} positions")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")

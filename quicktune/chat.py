@@ -53,7 +53,9 @@ def resolve_target(ref: str, runs_root: Path, quant: str | None, num_ctx: int | 
             return ChatTarget(path, num_ctx=num_ctx or _gguf_context(path), label=path.name)
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
     wanted = pick_quantization(run_dir, manifest, quant)
-    gguf = run_dir / ggufs[wanted]["file"]
+    from quicktune.train.runs import exported_gguf
+
+    gguf = exported_gguf(run_dir, manifest, wanted)
     from quicktune.data.system_prompt import served_prompt
     from quicktune.export.exporter import chat_context
 
@@ -80,6 +82,9 @@ def _modelfile_context(run_dir: Path, manifest: dict, quant: str) -> int | None:
 def _gguf_context(gguf: Path) -> int:
     """A GGUF no run exported: 4096 tokens, or less when the model was trained on less."""
     from quicktune.export.exporter import trained_context
+    from quicktune.export.llamacpp import check_gguf
+
+    check_gguf(gguf)  # a damaged file is named as such before its header is read for the context
 
     return min(4096, trained_context(gguf) or 4096)
 

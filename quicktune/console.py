@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager, redirect_stdout
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -18,12 +19,44 @@ console = Console(highlight=False, soft_wrap=True)  # paths and file:line stay o
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # file:line must stay on one line
 
 
+@contextmanager
+def stdout_to_stderr():
+    """Everything printed inside goes to stderr, Python's and C libraries' alike (a library's
+    banner, llama.cpp's log), so a ``--json`` command's stdout holds its JSON and nothing else."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's capture)
+        fd = None
+    saved = os.dup(fd) if fd is not None else None
+    if saved is not None:
+        os.dup2(sys.stderr.fileno(), fd)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
 def print_error(error: QuicktuneError) -> None:
     err_console.print(f"[bold red]error:[/] {escape(error.message)}")
     for problem in error.problems:
         err_console.print(f"  {escape(problem)}")
     if error.hint:
         err_console.print(f"[yellow]hint:[/] {escape(error.hint)}")
+
+
+def print_library_log(path, notices: list[str]) -> None:
+    """The end of a command whose libraries' output went to a log (quicktune/library_log.py)."""
+    for notice in notices:
+        console.print(f"[yellow]note:[/] {escape(notice)}")
+    console.print(f"[dim]other libraries' output (warnings, progress bars): {escape(str(path))}[/]")
 
 
 def print_recipe_table(recipes: list[Recipe]) -> None:
@@ -73,6 +106,20 @@ def print_data_report(report: DataReport) -> None:
         console.print(f"  [dim]duplicate[/] {escape(pair.first)} ≈ {escape(pair.second)} ({pair.similarity})")
     for pair in report.leakage_pairs:
         console.print(f"  [dim]leak[/] {escape(pair.first)} ≈ {escape(pair.second)} ({pair.similarity})")
+    if report.semantic_threshold is None:
+        console.print(
+            "[dim]semantic duplicates (same question in other words): not checked; "
+            "--semantic-threshold 0.85 or data.semantic_threshold turns it on[/]"
+        )
+    else:
+        console.print(
+            f"semantic duplicates (embedding cosine ≥ {report.semantic_threshold}, besides the above): "
+            f"{report.semantic_duplicates}   semantic leakage: {report.semantic_leakage}"
+        )
+        for pair in report.semantic_pairs:
+            console.print(f"  [dim]paraphrase[/] {escape(pair.first)} ≈ {escape(pair.second)} (cosine {pair.similarity})")
+        for pair in report.semantic_leakage_pairs:
+            console.print(f"  [dim]leak in other words[/] {escape(pair.first)} ≈ {escape(pair.second)} (cosine {pair.similarity})")
 
     if report.train_tokens is not None:
         tokens = Table(title="Tokens per row", title_justify="left")
@@ -98,6 +145,13 @@ def print_data_report(report: DataReport) -> None:
         for token, trained in example.tokens:
             text.append(token, style="bold green" if trained else "dim")
         console.rule(f"Rendered example ({escape(example.origin)}): [bold green]green[/] is trained, dim is context")
+        console.print(text)
+        console.rule()
+    if report.example_rejected is not None:  # a preference pair: the answer training pushes down
+        text = Text()
+        for token, trained in report.example_rejected.tokens:
+            text.append(token, style="bold red" if trained else "dim")
+        console.rule(f"The same prompt ({escape(report.example_rejected.origin)}): [bold red]red[/] is pushed down")
         console.print(text)
         console.rule()
 
@@ -267,3 +321,22 @@ def print_plan(plan, recipe_name: str, hardware: str = "") -> None:
         f"time: ~{plan.data_tokens:,} tokens per epoch (4 characters per token) → {duration} per epoch "
         f"(an estimate {plan.time_note})"
     )
+
+def print_axolotl_export(export, out) -> None:
+    console.print(f"[green]✓ wrote[/] {escape(str(out))} (Axolotl config)")
+    console.print("recipe keys with no exact Axolotl equivalent (kept under `quicktune:` for `recipes import`):")
+    for note in export.no_equivalent:
+        console.print(f"  {escape(note)}")
+    console.print(f"train it with: accelerate launch -m axolotl.cli.train {escape(str(out))}", highlight=False)
+
+
+def print_axolotl_import(imported, written) -> None:
+    console.print(f"[green]✓ wrote[/] {escape(str(written))} (quicktune recipe {escape(imported.recipe.name)})")
+    if imported.unmapped:
+        console.print(f"[yellow]not imported[/] ({len(imported.unmapped)} key(s) with no quicktune equivalent):")
+        for line in imported.unmapped:
+            console.print(f"  {escape(line)}")
+    if imported.defaults:
+        console.print("read as Axolotl reads them (keys left out take its defaults): "
+                      + escape(", ".join(imported.defaults)))
+    console.print(f"check it with: quicktune train {escape(str(written))} --dry-run", highlight=False)

@@ -364,9 +364,17 @@ def is_cpu_recipe(recipe) -> bool:
     return recipe.hardware.strip().lower().startswith("cpu")
 
 
-def settings_for(recipe, unsloth: bool = True) -> Settings:
+def optimizer_for(setting: str, device: str) -> str:
+    """The optimizer ``training.optimizer`` means on ``device``: auto is 8-bit AdamW on CUDA
+    (bitsandbytes), PyTorch's AdamW on the CPU. Training and the plan both use this."""
+    if setting != "auto":
+        return setting
+    return "adamw_8bit" if device == "cuda" else "adamw_torch"
+
+
+def settings_for(recipe, unsloth: bool = True, device: str = "cuda") -> Settings:
     t = recipe.training
-    optimizer = t.optimizer if t.optimizer != "auto" else ("adamw_8bit" if recipe.method == "qlora" else "adamw_torch")
+    optimizer = optimizer_for(t.optimizer, device)
     return Settings(
         recipe.method,
         t.batch_size,
@@ -394,7 +402,8 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
     """Plan for the GPU named, else for a GPU of ``vram`` GiB, else for the CPU when the recipe is
     a CPU recipe, else for the RTX 4090 the built-in GPU recipes are written for."""
     arch = find_arch(recipe.model.base)
-    settings = settings_for(recipe)
+    on_cpu = gpu is None and vram is None and is_cpu_recipe(recipe)
+    settings = settings_for(recipe, device="cpu" if on_cpu else "cuda")
     result = estimate(arch, settings)
     tokens = data_tokens(recipe)
     disk = disk_bytes(arch, settings, recipe.export.quantizations)

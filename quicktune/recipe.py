@@ -16,13 +16,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from quicktune.errors import RecipeError
 
 QUANTIZATIONS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16")
 TEMPLATE_FAMILIES = ("auto", "chatml", "llama3", "mistral", "gemma", "phi3")
-DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text")
+DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text", "preference")
+PREFERENCE_METHODS = ("dpo", "orpo")  # trained on prompt/chosen/rejected pairs (quicktune.train.preference)
+# TRL DPOTrainer loss types (trl 1.15 DPOConfig.loss_type); label_smoothing belongs to the two that read it.
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero",
+              "apo_down", "sigmoid_norm")
+_SMOOTHED_LOSSES = ("robust", "exo_pair")
 
 
 class _Section(BaseModel):
@@ -70,7 +84,15 @@ class DataSection(_Section):
     eval_fraction: float = Field(0.0, ge=0.0, lt=0.5)
     system_prompt: str | None = None
     train_on_responses_only: bool = True
-    dedupe: Literal["none", "exact", "near"] = "exact"
+    dedupe: Literal["none", "exact", "near", "semantic"] = "exact"
+    semantic_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Prompt-embedding cosine at or above which two rows (or a train and an eval prompt) count as "
+        "asking the same thing in other words (quicktune/data/semantic.py; 0.85 suggested); null, the default, "
+        "leaves the check off.",
+    )
 
     @field_validator("train", "eval", mode="before")
     @classmethod
@@ -102,6 +124,8 @@ class DataSection(_Section):
     def _one_eval_source(self) -> DataSection:
         if self.eval and self.eval_fraction:
             raise ValueError("set either data.eval (files) or data.eval_fraction, not both")
+        if self.dedupe == "semantic" and self.semantic_threshold is None:
+            raise ValueError("data.dedupe: semantic needs data.semantic_threshold (null turns the semantic check off)")
         return self
 
 
@@ -124,6 +148,33 @@ class TrainingSection(_Section):
     save_every: int | None = Field(None, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0)
     logging_every: int = Field(1, gt=0)
+    gpus: int | None = Field(
+        None, ge=1, le=64, description="Processes to train on, one per GPU, through accelerate launch (DDP); without "
+        "CUDA they are CPU processes. The global batch (batch_size x grad_accumulation) stays the same. "
+        "`train --gpus N` overrides it; null: one."
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits_over_gpus(self) -> TrainingSection:
+        from quicktune.errors import QuicktuneError
+        from quicktune.train.distributed import split_batch
+
+        try:
+            split_batch(self.batch_size, self.grad_accumulation, self.gpus or 1)
+        except QuicktuneError as exc:
+            raise ValueError(f"{exc.message}: {exc.hint}") from None
+        return self
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list,
+        description="Also send the training logs to TensorBoard or Weights & Biases, as the trainer reports them "
+        "(TensorBoard's event files go under RUN/checkpoints/runs/: `tensorboard --logdir RUN`); the package must "
+        "be installed (checked when training starts).",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _reporters(cls, value: Any) -> Any:
+        return [] if value in (None, "none") else _as_list(value)
 
 
 class ExportSection(_Section):
@@ -153,9 +204,24 @@ class ExportSection(_Section):
         return _as_list(value)
 
 
+class PreferenceSection(_Section):
+    """method dpo / orpo. The reference model of DPO is where training starts: the ``--from`` run's
+    adapter (a frozen copy), else the base model; ORPO has none."""
+
+    beta: float = Field(0.1, gt=0, description="dpo: how far from the reference (higher: closer); "
+                        "orpo: the weight of the odds-ratio term beside the SFT loss on the chosen answer.")
+    loss_type: Literal[DPO_LOSSES] = Field("sigmoid", description="dpo only: TRL's DPO loss (sigmoid is DPO).")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo with loss_type robust or exo_pair only.")
+
+
 class EvalSection(_Section):
     metric: Literal["exact_match", "normalized_match", "json_valid", "json_fields", "ends_with_eos"] = Field(
         "normalized_match", description="The headline metric of `quicktune eval` (all are reported)."
+    )
+    probes: list[Literal["general"]] = Field(
+        default_factory=list,
+        description="Probe sets `quicktune run` asks the base model and the trained run after training (the "
+        "forgetting check, as `quicktune eval RUN --probe general`); quicktune/evaluate/probes/ has them.",
     )
 
 
@@ -164,12 +230,13 @@ class Recipe(_Section):
     description: str = ""
     hardware: str = Field("", description="One line: the card it is for and the VRAM it needs.")
     extends: str | None = None
-    method: Literal["qlora", "lora", "full"] = "qlora"
+    method: Literal["qlora", "lora", "full", "dpo", "orpo"] = "qlora"
     model: ModelSection
     lora: LoraSection = Field(default_factory=LoraSection)
     data: DataSection
     training: TrainingSection = Field(default_factory=TrainingSection)
     export: ExportSection = Field(default_factory=ExportSection)
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
     eval: EvalSection = Field(default_factory=EvalSection)
 
     @model_validator(mode="after")
@@ -178,17 +245,40 @@ class Recipe(_Section):
             self.model.load_in_4bit = self.method == "qlora"
         elif self.method == "qlora" and not self.model.load_in_4bit:
             raise ValueError("method qlora trains on a 4-bit base: set model.load_in_4bit: true or method: lora")
-        elif self.method != "qlora" and self.model.load_in_4bit:
+        elif self.method not in ("qlora", *PREFERENCE_METHODS) and self.model.load_in_4bit:
             raise ValueError(f"method {self.method} trains 16-bit weights: set method: qlora for a 4-bit base")
+        return self
+
+    @model_validator(mode="after")
+    def _preference_keys_fit_method(self) -> Recipe:
+        section = self.preference
+        if self.method not in PREFERENCE_METHODS:
+            if section != PreferenceSection():
+                raise ValueError(f"preference: used only by method dpo or orpo (this recipe's method is {self.method})")
+            return self
+        if self.method == "orpo" and section.loss_type != "sigmoid":
+            raise ValueError("preference.loss_type: ORPO's loss is fixed (SFT loss + beta x odds ratio); "
+                             "loss_type is for method dpo")
+        if section.label_smoothing and (self.method == "orpo" or section.loss_type not in _SMOOTHED_LOSSES):
+            raise ValueError(f"preference.label_smoothing: read only by method dpo with loss_type "
+                             f"{' or '.join(_SMOOTHED_LOSSES)} (here: {self.method}, {section.loss_type})")
+        if not self.data.train_on_responses_only:
+            raise ValueError(f"data.train_on_responses_only: method {self.method} always trains on the answers of "
+                             "each pair only (the prompt is context); remove the key")
+        if self.training.packing is True:
+            raise ValueError(f"training.packing: method {self.method} trains prompt/answer pairs, which TRL does not "
+                             "pack; remove the key")
+        if section.loss_type == "exo_pair" and not section.label_smoothing:
+            raise ValueError("preference.label_smoothing: loss_type exo_pair needs a value above 0 (its paper: 1e-3)")
         return self
 
     @model_validator(mode="after")
     def _merge_target_fits_method(self) -> Recipe:
         export = self.export
         if export.merge_target is None:
-            quantized = self.method == "qlora" and not export.merge_base
+            quantized = bool(self.model.load_in_4bit) and not export.merge_base
             export.merge_target = "dequantized" if quantized else "original"
-        elif export.merge_target == "dequantized" and self.method != "qlora":
+        elif export.merge_target == "dequantized" and not self.model.load_in_4bit:
             raise ValueError(f"export.merge_target dequantized: method {self.method} trained no 4-bit weights; "
                              "use original")
         elif export.merge_target == "dequantized" and export.merge_base:
@@ -196,8 +286,31 @@ class Recipe(_Section):
                              "the adapter is merged into the de-quantized 4-bit base instead: set one of them")
         return self
 
+    # Where each key was set ("file:line" or "--set ..."), for errors found after validation.
+    _where: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
+    _source: str = PrivateAttr("<recipe>")
+
+    def __eq__(self, other: object) -> bool:  # the settings, not where they were written
+        return isinstance(other, Recipe) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  (mutable, as before)
+
+    def where(self, loc: tuple[str, ...]) -> str:
+        """The file and line (or --set flag) that set the key at ``loc``, or its nearest section."""
+        for end in range(len(loc), 0, -1):
+            if loc[:end] in self._where:
+                return self._where[loc[:end]]
+        return self._source
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        # A recipe that trains no preference pairs keeps the YAML (and the sha256 resume matches on) it always had.
+        unused = None if self.method in PREFERENCE_METHODS else {"preference"}
+        if self.method == "full":  # no LoRA settings: the resolved recipe of a full run must load again
+            unused = {*(unused or ()), "lora"}
+        data = self.model_dump(mode="json", exclude=unused)
+        if not data["training"]["report_to"]:  # likewise for a recipe that reports nowhere else
+            del data["training"]["report_to"]
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 # --------------------------------------------------------------------------- loading
@@ -333,7 +446,11 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> _Layer:
         return layer
     if not isinstance(parent_ref, str):
         raise RecipeError(f"{layer.lines.get(('extends',), path)}: extends: expected a recipe name or path")
-    parent = _load_chain(find_recipe_file(parent_ref, relative_to=path.parent), (*seen, path))
+    try:
+        parent_file = find_recipe_file(parent_ref, relative_to=path.parent)
+    except RecipeError as exc:
+        raise RecipeError(f"{layer.lines.get(('extends',), path)}: extends: {exc.message}", hint=exc.hint) from None
+    parent = _load_chain(parent_file, (*seen, path))
     parent.data.pop("name", None)  # a child is never named after its parent
     return _Layer(data=_deep_merge(parent.data, layer.data), lines={**parent.lines, **layer.lines})
 
@@ -380,16 +497,68 @@ def load_recipe(ref: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe
             value = _absolute_keys(value, Path.cwd())
         _apply_override(layer.data, keys, value, text)
         layer.lines[keys] = f"--set {text}"
+        for end in range(1, len(keys)):  # a section the flag made (--set typo.key=1) is the flag's too
+            layer.lines.setdefault(keys[:end], f"--set {text}")
     return validate_recipe(layer.data, lines=layer.lines, source=str(path))
 
 
 def validate_recipe(data: dict[str, Any], *, lines: dict | None = None, source: str = "<recipe>") -> Recipe:
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         found = [_describe(error, lines or {}, source) for error in exc.errors()]
         problems = [f"{where}: {text}" for where, text in sorted(found, key=lambda item: _line_order(item[0], source))]
         raise RecipeError(f"{source}: {len(problems)} problem(s) in the recipe", problems=problems) from None
+    recipe._where, recipe._source = dict(lines or {}), source
+    found = [(recipe.where(loc), f"{'.'.join(loc)}: {text}") for loc, text in _unhonoured_keys(recipe)]
+    if found:
+        problems = [f"{where}: {text}" for where, text in sorted(found, key=lambda item: _line_order(item[0], source))]
+        raise RecipeError(f"{source}: {len(problems)} problem(s) in the recipe", problems=problems)
+    return recipe
+
+
+def _unhonoured_keys(recipe: Recipe) -> list[tuple[tuple[str, ...], str]]:
+    """Keys that validate but that quicktune could not honour as written: refused, with the reason."""
+    found = []
+    if recipe.model.trust_remote_code:
+        found.append((("model", "trust_remote_code"),
+                      "quicktune trains only architectures transformers ships, which llama.cpp can convert to GGUF; "
+                      "a model that needs its own code could be trained but not exported: remove the key"))
+    if recipe.model.revision is not None and _local_model(recipe.model.base):
+        found.append((("model", "revision"),
+                      f"pins a commit of a hub model, and model.base ({recipe.model.base}) is a local file or folder, "
+                      "which has no revisions: remove the key"))
+    if recipe.training.early_stopping_patience and not (recipe.data.eval or recipe.data.eval_fraction):
+        found.append((("training", "early_stopping_patience"),
+                      "stops training when the eval loss stops improving, and the recipe has no eval data: "
+                      "set data.eval or data.eval_fraction, or remove the key"))
+    if (recipe.training.gpus or 1) > 1 and recipe.method in PREFERENCE_METHODS:
+        found.append((("training", "gpus"), f"method {recipe.method} trains on one process; several processes "
+                                            "(accelerate launch) train lora, qlora and full: remove the key"))
+    if recipe.method == "full":
+        for key in sorted(recipe.lora.model_fields_set):
+            found.append((("lora", key), "method full trains every weight, so LoRA settings do nothing: "
+                                         "remove the key, or train an adapter with method: lora"))
+    return found
+
+
+def _local_model(base: str) -> bool:
+    return base.startswith(("pkg://", "/", ".", "~")) or base.endswith(".gguf") or Path(base).expanduser().exists()
+
+
+def check_data_files(recipe: Recipe) -> None:
+    """Every data file the recipe names exists; else the recipe line (or --set) that named it is the error."""
+    problems = [
+        f"{recipe.where(('data', key))}: data.{key}: file not found: {path}"
+        for key in ("train", "eval")
+        for path in getattr(recipe.data, key)
+        if not Path(path).is_file()
+    ]
+    hint = "Data paths are relative to the recipe file that names them."
+    if len(problems) == 1:
+        raise RecipeError(problems[0], hint=hint)
+    if problems:
+        raise RecipeError(f"{len(problems)} data files not found", problems=problems, hint=hint)
 
 
 def _line_order(where: str, source: str) -> tuple[int, str, int]:

@@ -8,14 +8,15 @@ from quicktune.console import console, print_data_report
 from quicktune.recipe import Recipe, load_recipe
 
 
-def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None) -> None:
-    from quicktune.train.runs import find_resumable, next_run_dir
+def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None, new_run: bool = False) -> None:
+    from quicktune.train.runs import find_resumable, holder, next_run_dir
     from quicktune.train.trainer import load_parent, planned_steps, prepare_data, recipe_sha256
 
     report = prepare_data(recipe).report
     print_data_report(report)
     parent_dir = load_parent(parent, runs_root, recipe)
-    resumable = find_resumable(runs_root, recipe.name, recipe_sha256(recipe), str(parent_dir) if parent_dir else None)
+    resumable = None if new_run else find_resumable(
+        runs_root, recipe.name, recipe_sha256(recipe), str(parent_dir) if parent_dir else None)
     target = resumable or next_run_dir(runs_root, recipe.name)
     t = recipe.training
     console.print(f"[bold]plan[/]: {recipe.method} on {recipe.model.base}")
@@ -23,13 +24,25 @@ def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None) -> None:
         f"  {planned_steps(recipe, report.train_rows)} steps of {t.batch_size} x {t.grad_accumulation} rows, "
         f"lr {t.learning_rate}, max_seq_length {recipe.model.max_seq_length}, seed {t.seed}"
     )
+    if (t.gpus or 1) > 1:
+        from quicktune.plan import detect_vram_gib
+        from quicktune.train.distributed import describe_processes, split_batch
+
+        on_gpus = detect_vram_gib() is not None  # without torch; the launch itself counts the GPUs
+        batch, accumulation = split_batch(t.batch_size, t.grad_accumulation, t.gpus)
+        console.print(f"  on {describe_processes(t.gpus, int(on_gpus))}: {batch} x {accumulation} rows per process")
     console.print(f"  run folder: {target}{' (resumes its last checkpoint)' if resumable else ''}")
+    in_use = holder(resumable) if resumable else None
+    if in_use:
+        console.print(f"  [yellow]{target} is in use[/] ({in_use}): training now would be refused until it ends")
     if parent_dir:
-        console.print(f"  starts from the adapter of {parent_dir}")
+        what = "weights" if (parent_dir / "model").is_dir() else "adapter"
+        console.print(f"  starts from the {what} of {parent_dir}")
     console.print("[dim]dry run: no model was loaded[/]")
 
 
-def _same_command(command: str, recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None) -> str:
+def _same_command(command: str, recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None,
+                  allow_data_change: bool = False) -> str:
     import shlex
 
     words = ["quicktune", command, recipe_ref, *(f"--set={o}" for o in overrides)]
@@ -37,22 +50,37 @@ def _same_command(command: str, recipe_ref: str, overrides: list[str], runs_dir:
         words.append(f"--runs-dir={runs_dir}")
     if parent:
         words.append(f"--from={parent}")
+    if allow_data_change:
+        words.append("--allow-data-change")
     return shlex.join(words)
 
 
 def train_command(
-    recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool, command: str = "train"
+    recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool, command: str = "train",
+    *, allow_data_change: bool = False, new_run: bool = False,
 ):
     recipe = load_recipe(recipe_ref, overrides)
     runs_root = Path(runs_dir)
     if dry_run:
-        _dry_run(recipe, runs_root, parent)
+        _dry_run(recipe, runs_root, parent, new_run)
         return None
     from quicktune.train.trainer import train
 
-    again = _same_command(command, recipe_ref, overrides, runs_dir, parent)
+    # Resuming is what this command does again: without --new-run, which would start yet another run.
+    again = _same_command(command, recipe_ref, overrides, runs_dir, parent, allow_data_change)
+    from quicktune.library_log import library_output_to_log
+
     try:
-        result = train(recipe, runs_root=runs_root, parent_ref=parent, console=console)
+        if (recipe.training.gpus or 1) > 1:  # one process per GPU (CPU processes without CUDA): accelerate launch
+            from quicktune.train.distributed import launch
+
+            result = launch(recipe_ref, overrides, runs_dir, parent, recipe.training.gpus, console,
+                            allow_data_change=allow_data_change, new_run=new_run)
+        else:
+            with library_output_to_log(runs_root) as log:  # other libraries' output: into the run folder
+                result = train(recipe, runs_root=runs_root, parent_ref=parent, console=console,
+                               allow_data_change=allow_data_change, new_run=new_run)
+                log.move_into(result.run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training began: no new checkpoint
         console.print(f"[yellow]stopped[/] without a new checkpoint. Run again (resumes the last checkpoint, if any): {again}")
         raise
@@ -64,7 +92,8 @@ def train_command(
         return result
     m = result.metrics
     console.print(f"[green]✓ trained[/] {result.run_dir}: {m['steps']} steps in {m['seconds']} s, " + _losses(m))
-    console.print(f"  adapter: {result.adapter_dir}   loss curve: {result.run_dir / 'loss.png'}")
+    what = "model" if recipe.method == "full" else "adapter"
+    console.print(f"  {what}: {result.trained_dir}   loss curve: {result.run_dir / 'loss.png'}")
     if command == "train":
         run = _shown(result.run_dir)
         console.print("[bold]next[/]:", soft_wrap=True)
@@ -115,15 +144,25 @@ def check_plan(recipe_ref: str, overrides: list[str], force: bool) -> None:
     )
 
 
-def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool, force: bool = False):
+def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool, force: bool = False,
+                *, allow_data_change: bool = False, new_run: bool = False):
+    import contextlib
+
+    from quicktune.library_log import library_output_to_log
+
     if not dry_run:
         check_plan(recipe_ref, overrides, force)
-    result = train_command(recipe_ref, overrides, runs_dir, parent, dry_run, command="run")
-    if result is not None and result.status == "finished":
-        exported = _export(result.run_dir, [], verify=True, prompts=8, next_steps=False)
-        if _has_eval_data(result.run_dir):
-            _evaluate(result.run_dir, "base", [], None, None, None, Path(runs_dir), examples=0)
-        _print_next_steps(exported)
+    # train, export and eval share one log of the libraries' output, named at the end
+    with contextlib.nullcontext() if dry_run else library_output_to_log(Path(runs_dir)):
+        result = train_command(recipe_ref, overrides, runs_dir, parent, dry_run, command="run",
+                               allow_data_change=allow_data_change, new_run=new_run)
+        if result is not None and result.status == "finished":
+            exported = _export(result.run_dir, [], verify=True, prompts=8, next_steps=False)
+            if _has_eval_data(result.run_dir):
+                _evaluate(result.run_dir, "base", [], None, None, None, Path(runs_dir), examples=0)
+            for probe_set in load_recipe(str(result.run_dir / "recipe.yaml")).eval.probes:  # the forgetting check
+                _probe(result.run_dir, probe_set, "base", Path(runs_dir), None)
+            _print_next_steps(exported)
     return result
 
 
@@ -133,14 +172,63 @@ def _has_eval_data(run_dir: Path) -> bool:
     return bool((read_manifest(run_dir).get("data") or {}).get("eval_rows"))
 
 
-def eval_command(run_ref, against, data_files, limit, gguf, max_new_tokens, runs_dir):
+def eval_command(
+    run_ref, against, data_files, limit, gguf, max_new_tokens, runs_dir, *, judge=None, probe=None, threshold=None,
+    as_json=False,
+):
+    """The report (an EvalReport, or a ProbeReport with ``probe``); with ``as_json`` nothing is printed on stdout."""
+    from contextlib import nullcontext
+
+    from quicktune.console import stdout_to_stderr
+    from quicktune.evaluate.regression import DEFAULT_THRESHOLD
     from quicktune.train.runs import resolve_run
 
     run_dir = resolve_run(run_ref, Path(runs_dir))
-    return _evaluate(run_dir, None if against == "none" else against, data_files, limit, gguf, max_new_tokens, Path(runs_dir))
+    against = None if against == "none" else against
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    with stdout_to_stderr() if as_json else nullcontext():
+        if probe:
+            _refuse_with_probe(against, data_files, limit, gguf, max_new_tokens, judge)
+            return _probe(run_dir, probe, against, Path(runs_dir), threshold, quiet=as_json)
+        return _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, Path(runs_dir), judge=judge,
+                         threshold=threshold, examples=0 if as_json else 3, quiet=as_json)
 
 
-def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_root, examples: int = 3):
+def _refuse_with_probe(against, data_files, limit, gguf, max_new_tokens, judge) -> None:
+    from quicktune.errors import QuicktuneError
+    from quicktune.evaluate.fewshot import parse_against
+
+    given = [flag for flag, value in (("--data", data_files), ("--limit", limit), ("--gguf", gguf is not None),
+                                      ("--max-new-tokens", max_new_tokens), ("--judge", judge)) if value]
+    if against is None or parse_against(against) is not None:
+        given.append(f"--against {against or 'none'}")
+    if given:
+        raise QuicktuneError(
+            f"--probe asks the whole probe set of the run and of the base model (or --against another run); "
+            f"it does not take {', '.join(given)}",
+            hint="Run the probes and the held-out eval as two commands.",
+        )
+
+
+def _probe(run_dir, probe_set, against, runs_root, threshold, *, quiet=False):
+    from quicktune.evaluate.probes import evaluate_probes, write_probe_report
+    from quicktune.evaluate.regression import DEFAULT_THRESHOLD
+    from quicktune.evaluate.report import print_probe_report
+
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    with console.status("probing") as status:
+        report = evaluate_probes(run_dir, probe_set, against=against or "base", runs_root=runs_root,
+                                 threshold=threshold, progress=lambda m: status.update(f"probing: {m}"))
+    if not quiet:
+        print_probe_report(report, console)
+    path, replaced = write_probe_report(report)
+    console.print(f"report: {_shown(path)}" + (" [dim](replaces the earlier report of these probes)[/]" if replaced else ""))
+    return report
+
+
+def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_root, examples: int = 3, *, judge=None,
+              threshold=None, quiet=False):
+    from quicktune.evaluate.regression import DEFAULT_THRESHOLD
     from quicktune.evaluate.report import print_report, write_report
     from quicktune.evaluate.runner import evaluate_run
 
@@ -153,9 +241,12 @@ def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_ro
             gguf=gguf,
             max_new_tokens=max_new_tokens,
             runs_root=runs_root,
-            progress=lambda m: status.update(f"evaluating: {m} answers {limit or 'all'} held-out prompts"),
+            judge=judge,
+            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+            progress=lambda m: status.update(f"evaluating: {m} ({limit or 'all'} held-out prompts)"),
         )
-    print_report(report, console, examples=examples)
+    if not quiet:
+        print_report(report, console, examples=examples)
     json_path, png_path, replaced = write_report(report)
     console.print(
         f"report: {_shown(json_path)}" + (f"  chart: {_shown(png_path)}" if png_path else "")
@@ -164,7 +255,7 @@ def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_ro
     return report
 
 
-def compare_command(first: str, second: str, runs_dir: str):
+def compare_command(first: str, second: str, runs_dir: str, threshold: float | None = None):
     from rich.table import Table
 
     from quicktune.evaluate.compare import compare_runs
@@ -173,14 +264,23 @@ def compare_command(first: str, second: str, runs_dir: str):
     root = Path(runs_dir)
     a = resolve_run(first, root)
     b = resolve_run(second, root, a.parent.name)
-    comparison = compare_runs(a, b)
+    from quicktune.evaluate.regression import DEFAULT_THRESHOLD
+
+    comparison = compare_runs(a, b, DEFAULT_THRESHOLD if threshold is None else threshold)
     table = Table(title=f"{comparison.names[0]} vs {comparison.names[1]}", title_justify="left")
     for column in ("", "key", *comparison.names):
         table.add_column(column)
     for section, key, left, right in comparison.rows:
         style = "bold" if left != right else "dim"
-        table.add_row(section, key, f"[{style}]{left}[/]", f"[{style}]{right}[/]")
+        worse = section == "eval" and key in comparison.regressions
+        right_cell = f"[red]{right} ▼[/]" if worse else f"[{style}]{right}[/]"
+        table.add_row(section, key, f"[{style}]{left}[/]", right_cell)
     console.print(table)
+    if comparison.regressions:
+        console.print(
+            f"[red]{comparison.names[1]} is worse than {comparison.names[0]}[/] on {', '.join(comparison.regressions)} "
+            f"(a share down by more than {comparison.threshold:g} points, the loss up by more than {comparison.threshold:g}%)"
+        )
     for note in comparison.notes:
         console.print(f"[dim]{note}[/]")
     return comparison

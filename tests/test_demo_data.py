@@ -157,5 +157,6 @@ def test_built_in_recipes_default_to_the_shipped_demo_files() -> None:
     assert "smollm2-demo" in names
     for name in names:
         recipe = load_recipe(name)
-        assert [Path(p) for p in recipe.data.train] == [DEMO_DIR / "train.jsonl"], name
-        assert [Path(p) for p in recipe.data.eval] == [DEMO_DIR / "eval.jsonl"], name
+        prefix = "preference_" if recipe.method in ("dpo", "orpo") else ""  # the pairs built from the demo rows
+        assert [Path(p) for p in recipe.data.train] == [DEMO_DIR / f"{prefix}train.jsonl"], name
+        assert [Path(p) for p in recipe.data.eval] == [DEMO_DIR / f"{prefix}eval.jsonl"], name

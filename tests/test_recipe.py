@@ -221,3 +221,67 @@ def test_builtin_recipes_pin_nothing_a_users_data_must_undo(path):
     recipe = load_recipe(str(path))
     assert recipe.data.format == "auto"
     assert recipe.data.system_prompt is None and recipe.export.system is None
+
+
+# --- every key does what it says, or is refused with the reason (issue 17) ---------------------
+
+
+def test_a_missing_data_file_names_the_recipe_line(tmp_path):
+    from quicktune.recipe import check_data_files
+
+    path = write(tmp_path / "recipe.yaml", "model:\n  base: some/model\ndata:\n  eval: held.jsonl\n  train: /nonexistent/path/train.jsonl\n")
+    (tmp_path / "held.jsonl").write_text("{}\n")
+    recipe = load_recipe(path)  # loading is fine: an exported run's recipe loads without its data
+    with pytest.raises(RecipeError) as excinfo:
+        check_data_files(recipe)
+    assert str(excinfo.value).splitlines()[0] == f"{path}:5: data.train: file not found: /nonexistent/path/train.jsonl"
+    recipe = load_recipe(path, ["data.train=gone.jsonl"])
+    with pytest.raises(RecipeError, match=r"^--set data.train=gone.jsonl: data.train: file not found: .*gone.jsonl"):
+        check_data_files(recipe)
+
+
+def test_extends_an_unknown_recipe_names_file_and_line(tmp_path):
+    path = write(tmp_path / "child.yaml", "name: child\nextends: smollm2-dem\n")
+    with pytest.raises(RecipeError) as excinfo:
+        load_recipe(path)
+    assert str(excinfo.value.message) == f"{path}:2: extends: no recipe named 'smollm2-dem' and no such file"
+    assert "smollm2-demo" in excinfo.value.hint
+
+
+@pytest.mark.parametrize(
+    ("extra", "line", "key", "reason"),
+    [
+        ("model:\n  base: some/model\n  trust_remote_code: true\n", 3, "model.trust_remote_code",
+         "could be trained but not exported"),
+        ("model:\n  base: ./local-model\n  revision: v1.0\n", 3, "model.revision", "which has no revisions"),
+        ("model:\n  base: some/model\ntraining:\n  early_stopping_patience: 2\n", 4,
+         "training.early_stopping_patience", "the recipe has no eval data"),
+        ("method: full\nmodel:\n  base: some/model\nlora:\n  r: 8\n", 5, "lora.r", "LoRA settings do nothing"),
+    ],
+)
+def test_a_key_quicktune_cannot_honour_is_refused_with_its_line(tmp_path, extra, line, key, reason):
+    path = write(tmp_path / "r.yaml", extra + "data:\n  train: train.jsonl\n")
+    with pytest.raises(RecipeError) as excinfo:
+        load_recipe(path)
+    (problem,) = problems_of(excinfo)
+    assert problem.startswith(f"{path}:{line}: {key}: ") and reason in problem
+
+
+def test_honoured_settings_of_those_keys_load(tmp_path):
+    path = write(tmp_path / "r.yaml", "method: full\nmodel:\n  base: some/model\n  revision: 0123abc\n"
+                                      "data:\n  train: t.jsonl\n  eval_fraction: 0.1\ntraining:\n  early_stopping_patience: 2\n")
+    recipe = load_recipe(path)
+    assert recipe.model.revision == "0123abc" and recipe.training.early_stopping_patience == 2
+    # a full run's resolved recipe (what export reads back) has no lora section, and loads again
+    again = write(tmp_path / "resolved.yaml", recipe.to_yaml())
+    assert "lora" not in recipe.to_yaml() and load_recipe(again).to_yaml() == recipe.to_yaml()
+
+
+def test_plan_assumes_the_optimizer_training_uses():
+    from quicktune.plan import make_plan, optimizer_for
+
+    assert optimizer_for("auto", "cuda") == "adamw_8bit" and optimizer_for("auto", "cpu") == "adamw_torch"
+    assert optimizer_for("paged_adamw_8bit", "cpu") == "paged_adamw_8bit"
+    lora = load_recipe("smollm2-demo", ["training.optimizer=auto"])  # method lora, optimizer auto
+    assert make_plan(lora).settings.optimizer == "adamw_torch"  # the CPU recipe planned for the CPU
+    assert make_plan(lora, gpu="rtx 4090").settings.optimizer == "adamw_8bit"  # on CUDA: 8-bit Adam, as trained

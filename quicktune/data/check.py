@@ -84,11 +84,18 @@ class DataReport:
     duplicate_pairs: list[PairSummary]
     leakage: int
     leakage_pairs: list[PairSummary]
+    semantic_threshold: float | None = None  # None: the semantic check was off
+    semantic_duplicates: int = 0  # pairs not already exact or 5-gram duplicates
+    semantic_pairs: list[PairSummary] = field(default_factory=list)
+    semantic_leakage: int = 0  # eval rows whose prompt means the same as a train prompt (not already leakage)
+    semantic_leakage_pairs: list[PairSummary] = field(default_factory=list)
+    semantic_embeddings: str | None = None
     train_tokens: TokenStats | None = None
     eval_tokens: TokenStats | None = None
     system_prompt: SystemPrompts | None = None
     stop: StopToken | None = None
     example: RenderedExample | None = None
+    example_rejected: RenderedExample | None = None  # preference pairs: the rejected side of the example
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +149,7 @@ def prepare(
     system_prompt: str | None = None,
     export_system: str | None = None,
     dedupe: str = "exact",
+    semantic_threshold: float | None = None,
     seed: int = 3407,
     tokenizer: ChatTokenizer | None = None,
     max_seq_length: int = 2048,
@@ -159,6 +167,8 @@ def prepare(
         evaluation, edged_eval = strip_message_edges(evaluation)
         edged = edged_train + edged_eval
 
+    if dedupe == "semantic" and semantic_threshold is None:
+        raise DataError("data.dedupe: semantic needs data.semantic_threshold (it is null: the semantic check is off)")
     dialogues = [quality.normalise(quality.dialogue_text(e)) for e in loaded]
     exact = quality.exact_duplicates(dialogues, normalised=True)
     unique = quality.drop_duplicates(len(loaded), exact)
@@ -166,7 +176,19 @@ def prepare(
         quality.Pair(unique[p.first], unique[p.second], p.similarity)
         for p in quality.near_duplicate_pairs([dialogues[i] for i in unique], normalised=True)
     ]
-    dropping = {"none": [], "exact": exact, "near": exact + near}[dedupe]
+    semantic: list[quality.Pair] = []
+    prompts = None
+    if semantic_threshold is not None:  # rows that ask the same thing in other words
+        from quicktune.data.semantic import PromptVectors, similar_pairs
+
+        prompts = PromptVectors(loaded, quality.prompt_text)
+        known = {(p.first, p.second) for p in near}
+        semantic = [
+            quality.Pair(unique[p.first], unique[p.second], p.similarity)
+            for p in similar_pairs(prompts.rows(unique), semantic_threshold)
+            if (unique[p.first], unique[p.second]) not in known
+        ]
+    dropping = {"none": [], "exact": exact, "near": exact + near, "semantic": exact + near + semantic}[dedupe]
     train = [loaded[i] for i in quality.drop_duplicates(len(loaded), dropping)]
     removed = len(loaded) - len(train)
 
@@ -178,11 +200,29 @@ def prepare(
         train = [e for i, e in enumerate(train) if i not in held]
     eval_source = "files" if eval_paths else (f"fraction {eval_fraction}" if eval_fraction else "none")
 
-    leaks = quality.leakage_pairs([quality.prompt_text(e) for e in train], [quality.prompt_text(e) for e in evaluation])
+    train_prompts = [quality.prompt_text(e) for e in train]
+    eval_prompts = [quality.prompt_text(e) for e in evaluation]
+    leaks = quality.leakage_pairs(train_prompts, eval_prompts)
+    semantic_leaks: list[quality.Pair] = []
+    if prompts is not None and train and evaluation:
+        from quicktune.data.semantic import similar_pairs
+
+        known = {(p.first, p.second) for p in leaks}
+        vectors = np.concatenate([prompts.of(train), prompts.of(evaluation)])
+        semantic_leaks = [
+            quality.Pair(p.first, p.second - len(train), p.similarity)
+            for p in similar_pairs(vectors, semantic_threshold, split=len(train))
+            if (p.first, p.second - len(train)) not in known
+        ]
     warnings = []
-    if near and dedupe != "near":
+    if near and dedupe not in ("near", "semantic"):
         warnings.append(
             f"{len(near)} near-duplicate pair(s) kept; set data.dedupe: near to drop them"
+        )
+    if semantic and dedupe != "semantic":
+        warnings.append(
+            f"{len(semantic)} pair(s) of training rows ask the same thing in other words (prompt embedding cosine >= "
+            f"{semantic_threshold}); set data.dedupe: semantic to drop them"
         )
     if edged:
         warnings.append(
@@ -193,6 +233,11 @@ def prepare(
         warnings.append(
             f"{len(leaks)} eval example(s) have the same or nearly the same prompt as a training example: "
             "eval scores will overstate how well the model generalises"
+        )
+    if semantic_leaks:
+        warnings.append(
+            f"{len(semantic_leaks)} eval example(s) ask what a training example asks in other words (embedding "
+            f"cosine >= {semantic_threshold}): eval scores may overstate how well the model generalises"
         )
     report = DataReport(
         files=files,
@@ -212,6 +257,18 @@ def prepare(
             PairSummary(train[p.first].origin, evaluation[p.second].origin, round(p.similarity, 3))
             for p in leaks[:MAX_PAIRS_SHOWN]
         ],
+        semantic_threshold=semantic_threshold,
+        semantic_duplicates=len(semantic),
+        semantic_pairs=[
+            PairSummary(loaded[p.first].origin, loaded[p.second].origin, round(p.similarity, 3))
+            for p in semantic[:MAX_PAIRS_SHOWN]
+        ],
+        semantic_leakage=len(semantic_leaks),
+        semantic_leakage_pairs=[
+            PairSummary(train[p.first].origin, evaluation[p.second].origin, round(p.similarity, 3))
+            for p in semantic_leaks[:MAX_PAIRS_SHOWN]
+        ],
+        semantic_embeddings=prompts.name if prompts is not None else None,
         warnings=warnings,
     )
     report.system_prompt = summarise(
@@ -332,16 +389,29 @@ def check_data(
     recipe_ref: str | None = None,
     overrides: list[str] = (),
     eval_files: list[str] = (),
+    semantic_threshold: float | None | str = "default",
 ) -> DataReport:
-    """What ``quicktune data check`` reports: a recipe's settings applied to ``files``."""
+    """What ``quicktune data check`` reports: a recipe's settings applied to ``files``.
+
+    ``semantic_threshold`` (``--semantic-threshold``) replaces ``data.semantic_threshold``;
+    None turns the semantic check off."""
     if recipe_ref is None:
         if overrides:
             raise DataError("--set needs --recipe: there is no recipe to override")
         if not files:
             raise DataError("name the data file(s) to check, or a recipe with --recipe")
-        return prepare(files, eval_paths=eval_files).report
+        from quicktune.data.preference import holds_pairs, prepare_pairs
+
+        if holds_pairs(files[0]):  # prompt/chosen/rejected pairs: quicktune.data.preference
+            return prepare_pairs(files, eval_paths=eval_files).report
+        if semantic_threshold == "default":
+            semantic_threshold = None  # as data.semantic_threshold: off unless asked for
+        return prepare(files, eval_paths=eval_files, semantic_threshold=semantic_threshold).report
     from quicktune.recipe import load_recipe
 
+    if semantic_threshold != "default":
+        value = "null" if semantic_threshold is None else repr(float(semantic_threshold))
+        overrides = [*overrides, f"data.semantic_threshold={value}"]
     recipe = load_recipe(recipe_ref, overrides)
     return prepare_for_recipe(recipe, train_paths=files, eval_paths=eval_files).report
 
@@ -351,6 +421,14 @@ def prepare_for_recipe(
 ) -> PreparedData:
     """``prepare`` with a recipe's tokenizer and data settings; given files replace the recipe's."""
     from quicktune.data.tokenizer import load_chat_tokenizer
+    from quicktune.recipe import PREFERENCE_METHODS, check_data_files
+
+    if not train_paths and not eval_paths:
+        check_data_files(recipe)  # a missing file is named with the recipe line that names it
+    if recipe.method in PREFERENCE_METHODS:  # prompt/chosen/rejected pairs: quicktune.data.preference
+        from quicktune.data.preference import prepare_pairs_for_recipe
+
+        return prepare_pairs_for_recipe(recipe, train_paths=train_paths, eval_paths=eval_paths, tokenize=tokenize)
 
     section = recipe.data
     train_paths = list(train_paths or section.train)
@@ -368,6 +446,7 @@ def prepare_for_recipe(
         system_prompt=section.system_prompt,
         export_system=recipe.export.system,
         dedupe=section.dedupe,
+        semantic_threshold=section.semantic_threshold,
         seed=recipe.training.seed,
         tokenizer=tokenizer,
         max_seq_length=recipe.model.max_seq_length,

@@ -28,6 +28,7 @@ LOOKS = {
     "sharegpt": "sharegpt (conversations)",
     "alpaca": "alpaca (instruction/output)",
     "text": "text",
+    "preference": "preference pairs (prompt/chosen/rejected)",
 }
 _SHAREGPT_ROLES = {
     "human": "user",
@@ -47,6 +48,8 @@ class _Invalid(Exception):
 def detect_format(record: Any) -> str | None:
     if not isinstance(record, dict):
         return None
+    if "chosen" in record and "rejected" in record:  # TRL's preference format (quicktune.data.preference)
+        return "preference"
     if "messages" in record:
         return "messages"
     if "conversations" in record:
@@ -98,6 +101,11 @@ def normalise(
                     "or set data.format in the recipe.",
                 )
             fmt = detected
+        if fmt == "preference":
+            raise DataError(
+                f"{raw.origin}: a preference pair (prompt/chosen/rejected); this recipe trains on conversations",
+                hint="Preference pairs are trained with method: dpo or method: orpo (README, Preference training).",
+            )
         try:
             examples.append(_PARSERS[fmt](raw.value, raw.origin, system_prompt))
         except _Invalid as exc:

@@ -9,6 +9,7 @@ Parquet has no lines; its rows are numbered from 1 and read with pyarrow.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,8 +63,21 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
                 yield RawRecord(origin, value)
 
 
+def _decoded(path: Path) -> tuple[str | None, RawRecord | None]:
+    """The file as UTF-8 text, or the record that says on which line it is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return None, RawRecord(f"{path}:{line}", None, "not valid UTF-8")
+
+
 def _read_json(path: Path) -> Iterator[RawRecord]:
-    text = path.read_text(encoding="utf-8")
+    text, undecodable = _decoded(path)
+    if undecodable is not None:
+        yield undecodable
+        return
     decoder = json.JSONDecoder()
     index = _skip_space(text, 0)
     if index >= len(text) or text[index] != "[":
@@ -101,7 +115,11 @@ def _skip_space(text: str, index: int) -> int:
 
 
 def _read_csv(path: Path) -> Iterator[RawRecord]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    text, undecodable = _decoded(path)
+    if undecodable is not None:
+        yield undecodable
+        return
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         start = 2  # line 1 is the header
         for row in reader:

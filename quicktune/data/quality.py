@@ -65,7 +65,7 @@ def exact_duplicates(texts: list[str], *, normalised: bool = False) -> list[Pair
     return pairs
 
 
-def _shingle_hashes(normalised: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _shingle_hashes(normalised: list[str], sample: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Hashes of each text's 5-byte windows, concatenated, and where each text's run starts.
 
     Hashes are exact (base 257 over 5 bytes). Texts with at least ``_SAMPLE_FROM``
@@ -86,7 +86,10 @@ def _shingle_hashes(normalised: list[str]) -> tuple[np.ndarray, np.ndarray]:
     position = np.arange(count) - text_starts[owner]
     with np.errstate(over="ignore"):
         sampled = ((hashes * _GOLDEN) >> np.uint64(62)) == 0
-    keep = (position < windows_per_text[owner]) & (sampled | (windows_per_text[owner] < _SAMPLE_FROM) | (position == 0))
+    short = windows_per_text < _SAMPLE_FROM
+    if sample is not None:  # texts sampled although short (see near_duplicate_pairs)
+        short &= ~sample
+    keep = (position < windows_per_text[owner]) & (sampled | short[owner] | (position == 0))
     hashes, owner = hashes[keep], owner[keep]
     offsets = np.concatenate(([0], np.cumsum(np.bincount(owner, minlength=len(encoded)))[:-1])).astype(np.int64)
     return hashes, offsets
@@ -112,7 +115,19 @@ def near_duplicate_pairs(
     if len(texts) < 2:
         return []
     cleaned = texts if normalised else [normalise(t) for t in texts]
-    hashes, offsets = _shingle_hashes(cleaned)
+    # A text with _SAMPLE_FROM windows or more is hashed from a sample of its shingles, a shorter one from
+    # all of them, and two such signatures hardly agree: a pair straddling the boundary was never a
+    # candidate (the 6 leaks bench/data_check.py missed: a prompt just under it, the same prompt with
+    # "Thanks in advance." just over it). A text at J >= threshold has at least threshold x the other's
+    # windows, so every text in [threshold x _SAMPLE_FROM, _SAMPLE_FROM) is entered a second time, sampled.
+    windows = np.fromiter((len(t.encode("utf-8")) - SHINGLE + 1 for t in cleaned), dtype=np.int64, count=len(cleaned))
+    zone = np.flatnonzero((windows >= threshold * _SAMPLE_FROM) & (windows < _SAMPLE_FROM))
+    origin = np.concatenate((np.arange(len(cleaned)), zone))
+    sample = np.zeros(len(origin), dtype=bool)
+    sample[len(cleaned) :] = True
+    is_eval = (origin >= split) if split is not None else None
+    hashes, offsets = _shingle_hashes(cleaned + [cleaned[i] for i in zone], sample)
+    n = len(origin)
     rng = np.random.default_rng(1234)
     width = _BANDS * _ROWS
     # Multiply-shift hashing: (a * x + b) mod 2**64 with a random odd a, keeping the
@@ -120,7 +135,7 @@ def near_duplicate_pairs(
     a = rng.integers(0, np.iinfo(np.uint64).max, size=width, dtype=np.uint64) | np.uint64(1)
     b = rng.integers(0, np.iinfo(np.uint64).max, size=width, dtype=np.uint64)
     mix = rng.integers(0, np.iinfo(np.uint64).max, size=_ROWS, dtype=np.uint64) | np.uint64(1)
-    signatures = np.empty((len(texts), width), dtype=np.uint64)
+    signatures = np.empty((n, width), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for column in range(width):
             signatures[:, column] = np.minimum.reduceat((hashes * a[column] + b[column]) >> _SHIFT, offsets)
@@ -139,27 +154,28 @@ def near_duplicate_pairs(
         # in its bucket's signature order.
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
-        evals = np.arange(split, len(texts))
+        evals = np.flatnonzero(is_eval)
         for step in (*range(1, _NEIGHBOURS + 1), *range(-_NEIGHBOURS, 0)):
             at = rank[evals] + step
             inside = (at >= 0) & (at < len(order))
             other = order[at[inside]]
             mine = evals[inside]
-            good = (keys[other] == keys[mine]) & (other < split)
+            good = (keys[other] == keys[mine]) & ~is_eval[other]
             firsts.append(other[good])
             seconds.append(mine[good])
     if not firsts:
         return []
     first, second = np.concatenate(firsts), np.concatenate(seconds)
-    low, high = np.minimum(first, second), np.maximum(first, second)
-    codes = np.unique(low * len(texts) + high)
-    first, second = codes // len(texts), codes % len(texts)
     estimate = (signatures[first] == signatures[second]).mean(axis=1)
     # 32 hashes estimate J within about 0.07 (one standard deviation at J = 0.8).
     plausible = estimate >= threshold - 0.15
+    first, second = origin[first[plausible]], origin[second[plausible]]
+    low, high = np.minimum(first, second), np.maximum(first, second)
+    codes = np.unique(low[low != high] * len(texts) + high[low != high])
+    first, second = codes // len(texts), codes % len(texts)
     sets: dict[int, set[str]] = {}
     pairs = []
-    for i, j in zip(first[plausible].tolist(), second[plausible].tolist()):
+    for i, j in zip(first.tolist(), second.tolist()):
         one = sets[i] if i in sets else sets.setdefault(i, shingles(cleaned[i]))
         two = sets[j] if j in sets else sets.setdefault(j, shingles(cleaned[j]))
         similarity = jaccard(one, two)

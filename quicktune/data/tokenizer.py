@@ -223,14 +223,14 @@ def _from_hub(source: ModelSource, revision: str | None) -> ChatTokenizer:
     return _from_folder(folder, source.spec)
 
 
-def _gguf_cache_key(path: Path) -> str:
+def gguf_cache_key(path: Path) -> str:
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{_CONVERSION_VERSION}"
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def _from_gguf(source: ModelSource) -> ChatTokenizer:
-    folder = cache_dir() / "tokenizers" / _gguf_cache_key(source.path)
+    folder = cache_dir() / "tokenizers" / gguf_cache_key(source.path)
     if not (folder / "tokenizer_config.json").is_file():
         _convert_gguf_tokenizer(source.path, folder)
     return _from_folder(folder, source.spec)

@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+from quicktune.evaluate.regression import DEFAULT_THRESHOLD, LOSS, find_regressions
+from quicktune.evaluate.preference import PREFERENCE_METRICS, shown
+from quicktune.train.preference import LOGGED
 from quicktune.train.runs import EVAL_DIR, eval_reports, own_scores, read_manifest, run_label
 
 
@@ -22,6 +25,8 @@ class Comparison:
     names: tuple[str, str]
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # section, key, a, b
     notes: list[str] = field(default_factory=list)
+    regressions: list[str] = field(default_factory=list)  # eval keys B is worse on than A (evaluate/regression.py)
+    threshold: float = DEFAULT_THRESHOLD
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -69,9 +74,9 @@ def _shown(report_path: Path) -> str:
     return f"{run_label(run_dir)}/{report_path.relative_to(run_dir)}"
 
 
-def compare_runs(a: Path, b: Path) -> Comparison:
+def compare_runs(a: Path, b: Path, threshold: float = DEFAULT_THRESHOLD) -> Comparison:
     names = (run_label(a), run_label(b))
-    result = Comparison(names)
+    result = Comparison(names, threshold=threshold)
     recipes = [_flatten(yaml.safe_load((d / "recipe.yaml").read_text(encoding="utf-8"))) for d in (a, b)]
     for key in sorted(set(recipes[0]) | set(recipes[1])):
         if key in ("name", "description", "hardware"):
@@ -92,7 +97,8 @@ def compare_runs(a: Path, b: Path) -> Comparison:
     for key in ("parent", "seed"):
         result.rows.append(("run", key, _text(manifests[0].get(key)), _text(manifests[1].get(key))))
     metrics = [m.get("metrics") or {} for m in manifests]
-    for key in ("steps", "train_loss", "best_eval_loss", "seconds"):
+    logged = [key for key in LOGGED.values() if key in metrics[0] or key in metrics[1]]  # dpo / orpo runs
+    for key in ("steps", "train_loss", "best_eval_loss", "seconds", *logged):
         result.rows.append(("training", key, _text(metrics[0].get(key)), _text(metrics[1].get(key))))
 
     shared = _scores_on_the_same_rows(a, b)
@@ -108,8 +114,14 @@ def compare_runs(a: Path, b: Path) -> Comparison:
         sha, eval_a, eval_b, source = shared
         result.rows.append(("eval", "held-out rows (sha256)", sha[:12], sha[:12]))
         for key in eval_a["metrics"]:
+            if key in PREFERENCE_METRICS:  # a share and a margin in nats
+                result.rows.append(("eval", key, shown(key, eval_a["metrics"][key]), shown(key, eval_b["metrics"].get(key))))
+                continue
             result.rows.append(("eval", key, _share(eval_a["metrics"][key]), _share(eval_b["metrics"].get(key))))
-        result.rows.append(("eval", "loss on the answers", _text(eval_a.get("loss")), _text(eval_b.get("loss"))))
+        result.rows.append(("eval", LOSS, _text(eval_a.get("loss")), _text(eval_b.get("loss"))))
+        result.regressions = find_regressions(
+            eval_a["metrics"], eval_b["metrics"], eval_a.get("loss"), eval_b.get("loss"), threshold
+        )
         result.notes.append(f"eval scores from {source}")
     return result
 

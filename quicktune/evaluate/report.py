@@ -14,13 +14,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from quicktune.evaluate.metrics import METRICS
+from quicktune.evaluate import preference
+from quicktune.evaluate.regression import LOSS
 from quicktune.evaluate.runner import EvalReport
 
 CHART_METRICS = ("exact_match", "normalized_match", "json_valid", "json_fields", "ends_with_eos")
 
 
 def report_name(report: EvalReport) -> str:
-    against = (report.against or "alone").replace("/", "-")
+    against = (report.against or "alone").replace("/", "-").replace(":", "")  # fewshot:3 -> fewshot3
     return f"{against}{'+' + report.gguf if report.gguf else ''}-{report.eval_set.sha256[:12]}"
 
 
@@ -65,8 +67,15 @@ def _value(value) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _change(before, after) -> str:
+    return "-" if before is None or after is None else f"{(after - before) * 100:+.1f} pts"
+
+
 def print_report(report: EvalReport, console, *, examples: int = 3) -> None:
     subjects = report.subjects
+    run = report.run_subject()
+    comparators = report.comparators()
+    regressions = report.regressions()
     table = Table(
         title=f"Eval on {len(report.eval_set.examples)} held-out rows ({escape(report.eval_set.source)})",
         title_justify="left",
@@ -74,32 +83,80 @@ def print_report(report: EvalReport, console, *, examples: int = 3) -> None:
     table.add_column("metric")
     for subject in subjects:
         table.add_column(escape(subject.label), justify="right")
-    if len(subjects) >= 2:
-        table.add_column("change", justify="right")
+    for other in comparators:
+        table.add_column("change" if len(comparators) == 1 else f"vs {escape(other.label)}", justify="right")
+
+    def marked(text: str, other, name: str) -> str:
+        return f"[red]{text} ▼[/]" if name in regressions[other.label] else text
+
     for name in METRICS:
         values = [s.metrics.get(name) for s in subjects]
         if all(v is None for v in values):
             continue
         label = f"[bold]{name}[/] (headline)" if name == report.metric else name
-        row = [label, *map(_value, values)]
-        if len(subjects) >= 2:
-            first, last = values[0], values[1]
-            row.append("-" if first is None or last is None else f"{(last - first) * 100:+.1f} pts")
-        table.add_row(*row)
+        changes = [marked(_change(o.metrics.get(name), run.metrics.get(name)), o, name) for o in comparators]
+        table.add_row(label, *map(_value, values), *changes)
+    for name in preference.PREFERENCE_METRICS:  # held-out preference pairs
+        values = [s.metrics.get(name) for s in subjects]
+        if any(v is not None for v in values):
+            table.add_row(name, *(preference.shown(name, v) for v in values),
+                          *(preference.change(name, o.metrics.get(name), run.metrics.get(name)) for o in comparators))
     losses = [s.loss for s in subjects]
-    row = ["loss on the answers", *("-" if v is None else f"{v:.3f}" for v in losses)]
-    if len(subjects) >= 2:
-        row.append("-" if None in losses[:2] else f"{losses[1] - losses[0]:+.3f}")
-    table.add_row(*row)
+    changes = [
+        marked("-" if o.loss is None or run.loss is None else f"{run.loss - o.loss:+.3f}", o, LOSS) for o in comparators
+    ]
+    table.add_row(LOSS, *("-" if v is None else f"{v:.3f}" for v in losses), *changes)
     row = ["perplexity", *("-" if s.perplexity is None else f"{s.perplexity:.2f}" for s in subjects)]
-    table.add_row(*(row + ([""] if len(subjects) >= 2 else [])))
+    table.add_row(*(row + [""] * len(comparators)))
+    if report.fewshot:
+        row = ["prompt tokens (mean)", *("-" if s.prompt_tokens is None else f"{s.prompt_tokens:.0f}" for s in subjects)]
+        table.add_row(*(row + [""] * len(comparators)))
     console.print(table)
-    if len(subjects) >= 2 and examples:
+    fell = {label: names for label, names in regressions.items() if names}
+    if fell:
+        console.print(
+            f"[red]regressions[/] (a share down by more than {report.threshold:g} points, the loss up by more than "
+            f"{report.threshold:g}%): "
+            + "; ".join(f"{escape(run.label)} vs {escape(label)}: {', '.join(names)}" for label, names in fell.items())
+        )
+    if report.fewshot:
+        _print_fewshot(report, console)
+    if report.judge:
+        print_judge(report.judge, console)
+    if comparators and examples:
         _print_differences(report, console, examples)
 
 
+def _print_fewshot(report: EvalReport, console) -> None:
+    info = report.fewshot
+    without, with_shots = info["prompt_tokens"]["without"], info["prompt_tokens"]["with"]
+    shown = ", ".join(escape(Path(origin).name) for origin in info["examples"])
+    console.print(
+        f"few-shot prompt: the base model with {info['k']} training examples as earlier turns ({shown}); "
+        f"{with_shots:.0f} prompt tokens a question against {without:.0f} for the run "
+        f"(+{with_shots - without:.0f}, {with_shots / without:.1f}x)"
+    )
+
+
+def print_judge(judge: dict, console) -> None:
+    agreement = "-" if judge["agreement"] is None else f"{judge['agreement']:.0%}"
+    chose_a = "-" if judge["chose_a"] is None else f"{judge['chose_a']:.0%}"
+    console.print(
+        f"[bold]Judged[/] by {escape(Path(judge['model']).name)}, each row in both orders: "
+        f"{escape(judge['run'])} vs {escape(judge['against'])}: "
+        f"[green]{judge['win']} win[/] / {judge['tie']} tie / [red]{judge['loss']} loss[/] of {judge['rows']} rows"
+    )
+    console.print(
+        f"  the judge gave the same verdict in both orders on {agreement} of {judge['judged']} judged rows "
+        f"(it chose the first answer {chose_a} of the time; {judge['identical']} rows had identical answers and "
+        "count as ties)"
+        + (" [yellow]- low agreement: the verdicts say more about answer order than quality[/]"
+           if judge["agreement"] is not None and judge["agreement"] < 0.5 else "")
+    )
+
+
 def _print_differences(report: EvalReport, console, limit: int) -> None:
-    first, second = report.subjects[0], report.subjects[1]
+    first, second = report.comparators()[-1], report.run_subject()
     shown = 0
     for index, (a, b) in enumerate(zip(first.answers, second.answers)):
         if a.text.strip() == b.text.strip():
@@ -118,3 +175,46 @@ def _print_differences(report: EvalReport, console, limit: int) -> None:
         shown += 1
         if shown >= limit:
             break
+
+
+def print_probe_report(report, console, *, shown: int = 10) -> None:
+    """The forgetting check (evaluate/probes): pass rate per category, and the probes that dropped."""
+    from quicktune.evaluate.probes import by_category
+
+    before, after = report.models[0], report.models[-1]
+    cats_before, cats_after = by_category(report.probes, before.passed), by_category(report.probes, after.passed)
+    fell = set(report.fell())
+    table = Table(
+        title=f"General-ability probes ({report.probe_set}, {len(report.probes)} probes with exact answers)",
+        title_justify="left",
+    )
+    for column in ("probes", escape(before.label), escape(after.label), "change"):
+        table.add_column(column, justify="left" if column == "probes" else "right")
+
+    def row(name: str, count: int, b: float, a: float) -> None:
+        change = _change(b, a)
+        table.add_row(f"{name} ({count})", f"{b:.0%}", f"{a:.0%}", f"[red]{change} ▼[/]" if name in fell else change)
+
+    for name in cats_before:
+        row(name, sum(p.category == name for p in report.probes), cats_before[name], cats_after[name])
+    row("all probes", len(report.probes), before.score, after.score)
+    losses = [m.loss for m in (before, after)]
+    table.add_row(
+        "loss on the answers", *("-" if v is None else f"{v:.3f}" for v in losses),
+        "-" if None in losses else f"{losses[1] - losses[0]:+.3f}",
+    )
+    console.print(table)
+    dropped, gained = report.dropped(), report.gained()
+    if not dropped:
+        console.print(f"[green]no probe dropped[/]: {escape(after.label)} answers every probe {escape(before.label)} answered"
+                      + (f", and {len(gained)} more" if gained else ""))
+        return
+    console.print(f"[red]{len(dropped)} probe(s) dropped[/] (right for {escape(before.label)}, wrong for "
+                  f"{escape(after.label)}){f'; {len(gained)} gained' if gained else ''}:")
+    index = {p.id: i for i, p in enumerate(report.probes)}
+    for probe in dropped[:shown]:
+        got = after.answers[index[probe.id]].strip().replace("\n", " ")
+        console.print(f"  {probe.id}: {escape(probe.prompt)}  expected {escape(probe.answer)!r}, "
+                      f"got {escape(got[:80])!r}")
+    if len(dropped) > shown:
+        console.print(f"  ... and {len(dropped) - shown} more (in the report)")

@@ -19,7 +19,10 @@ from typing import Any
 from quicktune.data.check import stop_token_ids
 from quicktune.data.heldout import EvalSet, load_eval_set
 from quicktune.errors import QuicktuneError
+from quicktune.evaluate import fewshot
 from quicktune.evaluate.metrics import METRICS, Answer, score_all
+from quicktune.evaluate.preference import pair_metrics
+from quicktune.evaluate.regression import DEFAULT_THRESHOLD, find_regressions
 
 MAX_NEW_TOKENS_CAP = 512
 
@@ -32,6 +35,7 @@ class SubjectResult:
     loss: float | None
     answers: list[Answer] = field(default_factory=list)
     seconds: float = 0.0
+    prompt_tokens: float | None = None  # mean prompt length in tokens: what each question costs
 
     @property
     def perplexity(self) -> float | None:
@@ -45,6 +49,7 @@ class SubjectResult:
             "perplexity": self.perplexity,
             "metrics": self.metrics,
             "seconds": self.seconds,
+            "prompt_tokens": self.prompt_tokens,
             "answers": [{"text": a.text, "stopped": a.stopped} for a in self.answers],
         }
 
@@ -60,6 +65,27 @@ def _answer_budget(tokenizer, references: list[str]) -> int:
 def evaluate_hf(
     label: str, model_dir: str, adapter_dir: str | None, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int
 ) -> SubjectResult:
+    return evaluate_hf_views(model_dir, adapter_dir, recipe, tokenizer, eval_set, max_new_tokens, [View.plain(label, tokenizer, eval_set, recipe)])[0]
+
+
+@dataclass
+class View:
+    """One way of asking the held-out questions of a model: the prompts' token ids, and the
+    token ids with labels on the reference answers (the loss)."""
+
+    label: str
+    prompts: list[list[int]]
+    tokenized: list  # items with .input_ids and .labels
+
+    @classmethod
+    def plain(cls, label: str, tokenizer, eval_set: EvalSet, recipe) -> View:
+        return cls(label, [tokenizer.encode_prompt(p) for p in eval_set.prompts], _tokenized(tokenizer, eval_set, recipe))
+
+
+def evaluate_hf_views(
+    model_dir: str, adapter_dir: str | None, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int, views: list[View]
+) -> list[SubjectResult]:
+    """Load one model (base, or base + adapter) once and answer every view's prompts with it."""
     from quicktune.train.backend import greedy_answers, load_backend
 
     backend = load_backend()
@@ -73,15 +99,28 @@ def evaluate_hf(
     )
     model = backend.for_inference(model, adapter_dir)
     stops = stop_token_ids(tokenizer)
-    prompts = [tokenizer.encode_prompt(p) for p in eval_set.prompts]
-    generated = greedy_answers(model, prompts, stops, tokenizer.pad_id, max_new_tokens)
-    answers = []
-    for tokens in generated:
-        ids, stopped = _cut(tokens, stops)
-        answers.append(Answer(tokenizer.backend.decode(ids, skip_special_tokens=False), stopped))
-    loss = _loss_hf(model, _tokenized(tokenizer, eval_set, recipe))
+    results = []
+    pair_scores = pair_metrics(model, tokenizer, eval_set)  # held-out preference pairs, when there are any
+    for view in views:
+        generated = greedy_answers(model, view.prompts, stops, tokenizer.pad_id, max_new_tokens)
+        answers = []
+        for tokens in generated:
+            ids, stopped = _cut(tokens, stops)
+            answers.append(Answer(tokenizer.backend.decode(ids, skip_special_tokens=False), stopped))
+        loss = _loss_hf(model, view.tokenized)
+        results.append(
+            SubjectResult(
+                view.label, "hf", {**score_all(answers, eval_set.references), **pair_scores}, loss, answers,
+                round(time.perf_counter() - start, 1), _mean_length(view.prompts),
+            )
+        )
+        start = time.perf_counter()
     del model
-    return SubjectResult(label, "hf", score_all(answers, eval_set.references), loss, answers, round(time.perf_counter() - start, 1))
+    return results
+
+
+def _mean_length(prompts: list[list[int]]) -> float | None:
+    return round(sum(map(len, prompts)) / len(prompts), 1) if prompts else None
 
 
 def _tokenized(tokenizer, eval_set: EvalSet, recipe):
@@ -151,7 +190,10 @@ def evaluate_gguf(label: str, gguf: Path, recipe, tokenizer, eval_set: EvalSet, 
             count += int(keep.sum())
     del llm
     loss = round(total / count, 5) if count else None
-    return SubjectResult(label, "gguf", score_all(answers, eval_set.references), loss, answers, round(time.perf_counter() - start, 1))
+    return SubjectResult(
+        label, "gguf", score_all(answers, eval_set.references), loss, answers, round(time.perf_counter() - start, 1),
+        _mean_length(prompts),
+    )
 
 
 # --- the comparison ------------------------------------------------------------------------------
@@ -164,8 +206,33 @@ class EvalReport:
     metric: str
     subjects: list[SubjectResult]
     created: str = ""
-    against: str | None = None  # "base", another run's label (recipe/vN), or None: the run alone
+    against: str | None = None  # "base", "fewshot:K", another run's label (recipe/vN), or None: the run alone
     gguf: str | None = None  # the quantization scored through llama.cpp, if any
+    fewshot: dict[str, Any] | None = None  # K, the examples' origins, the system prompt (evaluate/fewshot.py)
+    judge: dict[str, Any] | None = None  # the judged comparison (evaluate/judge.py)
+    threshold: float = DEFAULT_THRESHOLD  # a metric that fell by more than this (points) is a regression
+
+    @property
+    def run_label(self) -> str:
+        from quicktune.train.runs import run_label
+
+        return run_label(self.run_dir)
+
+    def run_subject(self) -> SubjectResult:
+        return next(s for s in self.subjects if s.label == self.run_label and s.kind == "hf")
+
+    def comparators(self) -> list[SubjectResult]:
+        """What the run is compared with: every subject before it (base, few-shot base, another run)."""
+        subjects = [s for s in self.subjects if s.kind == "hf"]
+        return subjects[: subjects.index(self.run_subject())]
+
+    def regressions(self) -> dict[str, list[str]]:
+        """For each comparator, the run's metrics that fell by more than the threshold."""
+        run = self.run_subject()
+        return {
+            other.label: find_regressions(other.metrics, run.metrics, other.loss, run.loss, self.threshold)
+            for other in self.comparators()
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -178,6 +245,9 @@ class EvalReport:
             "prompts": [p[-1]["content"] for p in self.eval_set.prompts],
             "references": self.eval_set.references,
             "subjects": [s.to_json() for s in self.subjects],
+            "fewshot": self.fewshot,
+            "judge": self.judge,
+            "regressions": {"threshold_points": self.threshold, "run": self.run_label, "fell": self.regressions()},
         }
 
 
@@ -190,6 +260,8 @@ def evaluate_run(
     gguf: str | None = None,
     max_new_tokens: int | None = None,
     runs_root: Path = Path("runs"),
+    judge: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
     progress=lambda message: None,
 ) -> EvalReport:
     from quicktune.data.tokenizer import load_chat_tokenizer
@@ -197,6 +269,10 @@ def evaluate_run(
     from quicktune.train.base_model import base_folder
     from quicktune.train.runs import now, pick_quantization, read_manifest, resolve_run, run_label, trained_dir
 
+    shots_k = fewshot.parse_against(against)
+    if judge is not None and not against:
+        raise QuicktuneError("--judge compares two answers per row: it needs --against (base, fewshot or a run)")
+    judge_path = _judge_file(judge) if judge is not None else None
     manifest = read_manifest(run_dir)
     if manifest.get("status") != "finished":
         raise QuicktuneError(f"{run_dir} is not finished (status: {manifest.get('status')})")
@@ -207,11 +283,36 @@ def evaluate_run(
     label = run_label(run_dir)
     subjects = []
     against_label = None
+    fewshot_info = None
 
     if against == "base":
         against_label = "base"
         progress("the base model")
         subjects.append(evaluate_hf("base", base_folder(manifest, recipe), None, recipe, tokenizer, eval_set, budget))
+    elif shots_k is not None:
+        from quicktune.data.check import prepare_for_recipe
+
+        against_label = f"{fewshot.NAME}:{shots_k}"
+        served = ((manifest.get("data") or {}).get("system_prompt") or {}).get("served")
+        shots = fewshot.pick_shots(prepare_for_recipe(recipe, tokenize=False).train, eval_set, shots_k, recipe.training.seed)
+        shot_set = fewshot.with_shots(eval_set, shots, served)
+        views = [
+            View.plain("base", tokenizer, eval_set, recipe),
+            View(
+                fewshot.label(shots_k),
+                [tokenizer.encode_prompt(p) for p in shot_set.prompts],
+                fewshot.held_out_answer_tokens(tokenizer, shot_set.examples, shots),
+            ),
+        ]
+        progress(f"the base model, alone and with {shots_k} examples in the prompt")
+        subjects += evaluate_hf_views(base_folder(manifest, recipe), None, recipe, tokenizer, eval_set, budget, views)
+        fewshot_info = {
+            "k": shots_k,
+            "examples": [shot.origin for shot in shots],
+            "chosen_by": f"training rows ranked by sha256(seed {recipe.training.seed} + row), none like a held-out prompt",
+            "system_prompt": served,
+            "prompt_tokens": {"without": subjects[0].prompt_tokens, "with": subjects[1].prompt_tokens},
+        }
     elif against:
         other = resolve_run(against, runs_root, run_dir.parent.name)
         against_label = run_label(other)
@@ -223,9 +324,34 @@ def evaluate_run(
     if gguf is not None:
         quant = pick_quantization(run_dir, manifest, gguf or None)
         progress(f"{label} {quant} (GGUF)")
-        gguf_file = run_dir / manifest["export"]["ggufs"][quant]["file"]
+        from quicktune.train.runs import exported_gguf
+
+        gguf_file = exported_gguf(run_dir, manifest, quant)
         subjects.append(evaluate_gguf(f"{label} {quant}", gguf_file, recipe, tokenizer, eval_set, budget))
-    return EvalReport(run_dir, eval_set, recipe.eval.metric, subjects, created=now(), against=against_label, gguf=quant)
+    report = EvalReport(
+        run_dir, eval_set, recipe.eval.metric, subjects, created=now(), against=against_label, gguf=quant,
+        fewshot=fewshot_info, threshold=threshold,
+    )
+    if judge_path is not None:
+        from quicktune.evaluate.judge import judge_pair
+
+        other = report.comparators()[-1]
+        progress(f"the judge ({judge_path.name}): {label} vs {other.label}, both orders")
+        report.judge = judge_pair(judge_path, eval_set, other, report.run_subject())
+    return report
+
+
+def _judge_file(judge: str) -> Path:
+    """The judge's GGUF: a path, or ``pkg://`` like model.base."""
+    from quicktune.models import PACKAGE_SCHEME, resolve_model
+
+    path = resolve_model(judge).path if judge.startswith(PACKAGE_SCHEME) else Path(judge).expanduser()
+    if path is None or not path.is_file() or path.suffix != ".gguf":
+        raise QuicktuneError(
+            f"--judge {judge}: {'not a .gguf file' if path is not None and path.is_file() else 'no such file'}",
+            hint="Give a local GGUF chat model (any one llama.cpp runs), e.g. --judge ~/models/qwen2.5-7b-instruct-q4_k_m.gguf",
+        )
+    return path.resolve()
 
 
 def _run_subject(run_dir: Path, eval_set: EvalSet, tokenizer, budget: int) -> SubjectResult:
@@ -238,4 +364,8 @@ def _run_subject(run_dir: Path, eval_set: EvalSet, tokenizer, budget: int) -> Su
     if manifest.get("method") == "full":
         return evaluate_hf(run_label(run_dir), str(trained_dir(run_dir, manifest)), None, recipe, tokenizer, eval_set, budget)
     adapter = str(trained_dir(run_dir, manifest))
-    return evaluate_hf(run_label(run_dir), base_folder(manifest, recipe), adapter, recipe, tokenizer, eval_set, budget)
+    base = base_folder(manifest, recipe)
+    from quicktune.export.merge import check_adapter_base
+
+    check_adapter_base(Path(adapter), Path(base))  # an adapter of another model: an error, not a traceback
+    return evaluate_hf(run_label(run_dir), base, adapter, recipe, tokenizer, eval_set, budget)

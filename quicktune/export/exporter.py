@@ -44,6 +44,7 @@ class ExportResult:
     reused: list[str] = field(default_factory=list)
     fidelity: Any = None
     gate: Any = None  # export/gate.py GateResult, when fidelity was checked
+    merge_source: Path | None = None  # the 16-bit weights the adapter is merged into
 
 
 def export_name(run_dir: Path, recipe_name: str) -> str:
@@ -64,6 +65,20 @@ def export_run(
     max_new_tokens: int = 96,
     console=None,
 ) -> ExportResult:
+    """Export a finished run, holding its folder (one export or training at a time): what a killed
+    export left behind is removed first, and every file is reused or written whole."""
+    from quicktune.train import runs
+
+    with runs.lock_run(run_dir, "quicktune export"):
+        for stale in runs.remove_stale(run_dir):
+            if console is not None:
+                console.print(f"[dim]removed {stale.relative_to(run_dir)}, left by an export that was stopped[/]")
+        return _export_locked(run_dir, quants, verify=verify, prompts=prompts, max_new_tokens=max_new_tokens,
+                              console=console)
+
+
+def _export_locked(run_dir: Path, quants: list[str] | None, *, verify: bool, prompts: int, max_new_tokens: int,
+                   console) -> ExportResult:
     from quicktune.recipe import load_recipe
     from quicktune.train.runs import read_manifest, trained_dir
 
@@ -96,6 +111,7 @@ def export_run(
         what = MERGE_TARGETS[recipe.export.merge_target]
         with _step(result, "merge", console, f"merging the adapter into {what}"):
             with _merge_into(recipe, manifest, console, export_dir) as base:
+                result.merge_source = Path(base)
                 merge_adapter(base, trained, merged)
         say(f"[green]✓[/] merged into {what}: {merged} ({result.timings['merge']:.1f} s)")
 
@@ -160,8 +176,43 @@ def _step(result: ExportResult, key: str, console, message: str):
     with console.status(message) if console is not None else contextlib.nullcontext() as status:
         try:
             yield status
+        except Exception as exc:
+            if key != "verify":  # a write: a full disk is named with the space it needs
+                from quicktune.train.runs import disk_full_error
+
+                target = result.merged if key == "merge" else gguf_path(result.export_dir, result.name, key)
+                error = disk_full_error(exc, target, _space_needed(result, key), suspect=True)
+                if error is not None:
+                    error.hint = f"Free some space there and run `quicktune export {result.run_dir}` again: " \
+                                 "what is already exported is kept."
+                    raise error from None
+            raise
         finally:
             result.timings[key] = round(time.perf_counter() - start, 2)
+
+
+# A quantization's size against the F16 GGUF's (measured on SmolLM2-135M exports, rounded up:
+# its k-quants fall back to Q5_0/Q5_1/Q8_0 tensors, README "What q4_k_m and q5_k_m are").
+_SIZE_VS_F16 = {"f16": 1.0, "bf16": 1.0, "q8_0": 0.55, "q5_k_m": 0.4, "q4_k_m": 0.37}
+
+
+def _space_needed(result: ExportResult, key: str) -> int:
+    """About how many bytes a step writes: the merge, the base's weights in its own dtype; a
+    converted GGUF, 2 bytes per weight twice over (the converter's file and the rewritten one)."""
+    def weights(folder: Path) -> int:
+        return sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+
+    if key == "merge":
+        return weights(result.merge_source) if result.merge_source else 0
+    merged = weights(result.merged)
+    dtype = "float32"
+    if (result.merged / "config.json").is_file():
+        config = json.loads((result.merged / "config.json").read_text(encoding="utf-8"))
+        dtype = config.get("torch_dtype") or config.get("dtype") or dtype
+    f16 = merged // 2 if dtype == "float32" else merged
+    if key in CONVERTED:
+        return 2 * f16
+    return int(f16 * _SIZE_VS_F16.get(key, 1.0))
 
 
 @contextlib.contextmanager

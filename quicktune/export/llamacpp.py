@@ -254,18 +254,67 @@ def quantize(source: Path, final: Path, quant: str, threads: int | None = None) 
 # --- inference --------------------------------------------------------------------------------
 
 
+def check_gguf(path: Path) -> None:
+    """A file llama.cpp can load: GGUF's magic, a header that parses, tensors that fit the file.
+    llama.cpp itself says only "Failed to load model from file"; this says what is wrong."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise QuicktuneError(f"{path}: no such GGUF file")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    hint = "Export it again (quicktune export RUN), or copy the file again."
+    if magic != b"GGUF":
+        raise QuicktuneError(f"{path}: not a GGUF file (it starts with {magic!r}, a GGUF with b'GGUF')", hint=hint)
+    try:
+        reader = GGUFReader(str(path))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as exc:  # the reader raises ValueError/IndexError/struct errors on a damaged header
+        raise QuicktuneError(f"{path}: a damaged or truncated GGUF ({size:,} bytes): {exc}", hint=hint) from None
+    if end > size or not reader.tensors:
+        raise QuicktuneError(f"{path}: a truncated GGUF: its tensors need {end:,} bytes, the file has {size:,}",
+                             hint=hint)
+
+
 def load(path: Path, n_ctx: int = 2048, logits_all: bool = False, threads: int | None = None) -> Any:
     """A ``llama_cpp.Llama`` on the GGUF, quiet, on the GPU when llama.cpp was built with one."""
     import llama_cpp
 
-    return llama_cpp.Llama(
+    check_gguf(path)
+    try:
+        return llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_gpu_layers=-1,
+            logits_all=logits_all,
+            n_threads=threads,
+            verbose=False,
+        )
+    except ValueError as exc:  # "Failed to load model from file": an architecture this llama.cpp lacks, ...
+        raise QuicktuneError(f"{path}: llama.cpp could not load it ({exc})",
+                             hint="`quicktune doctor` shows the llama.cpp build; a newer one may support it.") from None
+
+
+def embed(path: Path, texts: list[str], n_ctx: int = 512, threads: int | None = None) -> Any:
+    """Unit-length, mean-pooled last hidden states of the GGUF's model for each text (numpy rows).
+
+    Used by bench/semantic.py to measure a base model's own embeddings for duplicate search."""
+    import llama_cpp
+    import numpy as np
+
+    llm = llama_cpp.Llama(
         model_path=str(path),
+        embedding=True,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
         n_ctx=n_ctx,
-        n_gpu_layers=-1,
-        logits_all=logits_all,
+        n_batch=n_ctx,
+        n_ubatch=n_ctx,
         n_threads=threads,
         verbose=False,
     )
+    return np.asarray(llm.embed(texts, normalize=True, truncate=True), dtype=np.float32)
 
 
 def greedy(llm: Any, prompt: list[int], stop_ids: set[int], max_new_tokens: int) -> list[int]:

@@ -389,10 +389,37 @@ def read_plan(adapter_dir: Path) -> AdapterPlan:
     return plan_adapter(config, _shapes(adapter_dir / "adapter_model.safetensors"), str(adapter_dir))
 
 
+def check_adapter_base(adapter_dir: Path, base_dir: Path) -> None:
+    """The adapter fits the base model's weights (names and shapes, read from the file headers):
+    an adapter trained on another model is refused before anything loads or is written."""
+    adapter_dir, base_dir = Path(adapter_dir), Path(base_dir)
+    plan = read_plan(adapter_dir)
+    pieces = _shapes(adapter_dir / "adapter_model.safetensors")
+    base = {name: shape for shard in _base_shards(base_dir) for name, shape in _shapes(base_dir / shard).items()}
+    problems = []
+    for name, update in sorted(plan.updates.items()):
+        if name not in base:
+            if name != HEAD:  # a tied head is read from the embedding (see _layout)
+                problems.append(f"{name}: not a weight of the base model")
+            continue
+        lora = update.lora
+        if lora is not None and lora.layout == "linear" and lora.A in pieces and lora.B in pieces:
+            change = [pieces[lora.B][0], pieces[lora.A][-1]]
+            if change != list(base[name]):
+                problems.append(f"{name}: the adapter's change is {change}, the base weight {list(base[name])}")
+    if problems:
+        raise QuicktuneError(
+            f"{adapter_dir}: this adapter was trained on another model than {base_dir}",
+            problems=problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else []),
+            hint="Use the run folder the adapter came from, or export.merge_base naming the model it was trained on.",
+        )
+
+
 def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     from safetensors import safe_open
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    check_adapter_base(adapter_dir, base_dir)
     plan = read_plan(adapter_dir)
     shards = _base_shards(base_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

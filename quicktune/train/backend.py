@@ -47,6 +47,10 @@ class Backend:
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
             )
+            if self.device == "cuda":  # quantized onto this process's GPU (one per process in a multi-GPU run)
+                import torch
+
+                kwargs["device_map"] = {"": torch.cuda.current_device()}
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
         if self.device == "cuda" and not load_in_4bit:
             model = model.to("cuda")
@@ -193,13 +197,21 @@ def _torch_dtype(name: str, device: str):
     return torch.float32  # exact, and what the GGUF export and fidelity check compare against
 
 
-def load_backend() -> Backend:
-    """Import the training stack once, Unsloth first. Call before importing transformers."""
+def load_backend(unsloth: bool = True) -> Backend:
+    """Import the training stack once, Unsloth first. Call before importing transformers.
+
+    ``unsloth=False``: plain transformers + peft, for the processes of a multi-GPU run
+    (quicktune.train.distributed), which Unsloth's patches are not made for."""
     global _BACKEND
     if _BACKEND is not None:
         return _BACKEND
     late = [name for name in ("transformers", "trl", "peft") if name in sys.modules and "unsloth" not in sys.modules]
     notice = None
+    if not unsloth:
+        import torch
+
+        _BACKEND = Backend(name="transformers", device="cuda" if torch.cuda.is_available() else "cpu")
+        return _BACKEND
     try:
         import unsloth  # noqa: F401  (patches transformers/trl/peft; must come first)
 

@@ -34,7 +34,33 @@ def prepare_base(spec: str, revision: str | None = None) -> BaseModel:
         return BaseModel(spec, str(_converted_gguf(source)), "gguf", f"sha256:{sha256_file(source.path)}")
     if source.kind == "dir":
         return BaseModel(spec, str(source.path), "dir", None)
+    if revision is not None:  # model.revision pins the weights too: the files of that commit, loaded by path
+        return BaseModel(spec, str(_snapshot(spec, revision)), "hub", revision)
     return BaseModel(spec, spec, "hub", revision)
+
+
+# What training loads from a hub snapshot: weights, configs, tokenizer and chat template files.
+SNAPSHOT_FILES = ["*.safetensors", "*.json", "*.model", "*.jinja", "*.txt"]
+
+
+def _snapshot(repo: str, revision: str) -> Path:
+    """The folder of ``repo`` at ``revision`` (downloaded once into the hub cache, offline after)."""
+    from huggingface_hub import snapshot_download
+
+    from quicktune.errors import QuicktuneError
+
+    try:
+        try:  # already in the cache: no network at all (a commit hash is otherwise listed online)
+            return Path(snapshot_download(repo, revision=revision, allow_patterns=SNAPSHOT_FILES, local_files_only=True))
+        except Exception:
+            return Path(snapshot_download(repo, revision=revision, allow_patterns=SNAPSHOT_FILES))
+    except Exception as exc:  # offline without that commit cached, an unknown revision, no network, ...
+        raise QuicktuneError(
+            f"model.revision {revision}: could not get {repo} at that revision "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+            hint="Check the revision (a branch, tag or commit of the model's hub repository) and the network; "
+            "offline, only a revision already in the hub cache loads.",
+        ) from None
 
 
 def base_folder(manifest: dict, recipe) -> str:
@@ -69,7 +95,11 @@ def _converted_gguf(source: ModelSource) -> Path:
         model.save_pretrained(str(staging))
         for item in Path(tokenizer.source_folder).iterdir():
             shutil.copy2(item, staging / item.name)
-        os.replace(staging, folder)
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process converted the same GGUF meanwhile: use its (whole) folder
+            if not (folder / "config.json").is_file():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -32,7 +32,7 @@ class LiveProgress(TrainerCallback):
         self.console = console
         self.progress: Progress | None = None
         self.task = None
-        self.fields = {"loss": "-", "eval": "-", "tps": "-", "mem": ""}
+        self.fields = {"loss": "-", "eval": "-", "tps": "-", "mem": "", "pref": ""}
         self._last_tokens: tuple[float, float] | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -40,7 +40,8 @@ class LiveProgress(TrainerCallback):
             TextColumn("[bold]training"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  eval {task.fields[eval]}  {task.fields[tps]} tok/s{task.fields[mem]}"),
+            TextColumn("loss {task.fields[loss]}  eval {task.fields[eval]}{task.fields[pref]}  {task.fields[tps]} tok/s"
+                       "{task.fields[mem]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -60,6 +61,9 @@ class LiveProgress(TrainerCallback):
             self.fields["loss"] = f"{logs['loss']:.4f}"
         if "eval_loss" in logs:
             self.fields["eval"] = f"{logs['eval_loss']:.4f}"
+        if "rewards/accuracies" in logs:  # dpo / orpo: how often chosen beats rejected, and by how much
+            self.fields["pref"] = (f"  pref acc {logs['rewards/accuracies']:.0%}"
+                                   f"  margin {logs.get('rewards/margins', float('nan')):.3f}")
         if "num_tokens" in logs:
             now = time.perf_counter()
             if self._last_tokens is not None and now > self._last_tokens[1]:

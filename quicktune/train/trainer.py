@@ -10,6 +10,7 @@ Run folders, resume and lineage:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import platform
@@ -22,7 +23,7 @@ from typing import Any
 
 from quicktune.data.check import PreparedData, prepare_for_recipe
 from quicktune.errors import QuicktuneError
-from quicktune.recipe import Recipe
+from quicktune.recipe import PREFERENCE_METHODS, Recipe
 from quicktune.train import runs
 from quicktune.train.backend import Backend, four_bit_summary, load_backend, require_device_for
 
@@ -35,10 +36,16 @@ class TrainResult:
     status: str  # "finished" or "interrupted"
     metrics: dict[str, Any] = field(default_factory=dict)
     resumed_from: str | None = None
+    method: str = "lora"
 
     @property
     def adapter_dir(self) -> Path:
         return self.run_dir / "adapter"
+
+    @property
+    def trained_dir(self) -> Path:
+        """What the run trained: ``model/`` for full fine-tuning, else ``adapter/``."""
+        return self.run_dir / ("model" if self.method == "full" else "adapter")
 
 
 def recipe_sha256(recipe: Recipe) -> str:
@@ -98,25 +105,28 @@ def _packing(setting: bool | str, backend: Backend) -> bool:
     return bool(setting)
 
 
-def _sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool, total_steps: int):
+def _sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool, total_steps: int, ranks=None):
     from trl import SFTConfig
 
+    from quicktune.train.distributed import process_args
+
     t = recipe.training
+    batch, accumulation, ddp = process_args(t, ranks)  # the recipe's global batch, split over the processes
     eval_every = t.eval_every or max(1, total_steps // 5)
     # Keeping the best checkpoint needs a save at every evaluation.
     save_every = eval_every if has_eval else (t.save_every or max(1, total_steps // 5))
-    optimizer = t.optimizer
-    if optimizer == "auto":
-        optimizer = "adamw_8bit" if backend.device == "cuda" else "adamw_torch"
+    from quicktune.plan import optimizer_for
+
+    optimizer = optimizer_for(t.optimizer, backend.device)  # what `quicktune plan` assumes, too
     on_cuda = backend.device == "cuda"
     import torch
 
     bf16 = on_cuda and torch.cuda.is_bf16_supported()
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accumulation,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
@@ -137,7 +147,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool,
         greater_is_better=False if has_eval else None,
         max_length=recipe.model.max_seq_length,
         packing=_packing(t.packing, backend),
-        report_to=[],
+        report_to=list(t.report_to),  # TrainingArguments' own integrations; logs also go to metrics.jsonl
         disable_tqdm=True,
         use_cpu=not on_cuda,
         bf16=bf16,
@@ -145,25 +155,92 @@ def _sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool,
         gradient_checkpointing=False,  # handled by Unsloth / backend.add_lora
         dataloader_num_workers=0,
         save_only_model=False,
+        **ddp,
     )
 
 
+# training.report_to: the package each integration needs (transformers' TensorBoardCallback uses
+# torch.utils.tensorboard, which imports the tensorboard package).
+REPORTER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def check_reporters(recipe: Recipe) -> None:
+    """Refuse ``training.report_to`` naming an integration whose package is not installed."""
+    import importlib.util
+
+    missing = [name for name in recipe.training.report_to if importlib.util.find_spec(REPORTER_PACKAGES[name]) is None]
+    if missing:
+        packages = " ".join(REPORTER_PACKAGES[name] for name in missing)
+        raise QuicktuneError(
+            f"{recipe.where(('training', 'report_to'))}: training.report_to: {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed, so the trainer could not report there",
+            hint=f"pip install {packages}, or remove it from training.report_to (metrics.jsonl and "
+            "`quicktune ui` keep every logged step either way).",
+        )
+
+
 def load_parent(parent_ref: str | None, runs_root: Path, recipe: Recipe) -> Path | None:
+    """The run ``--from`` names, checked: finished, the same base model, and something this recipe
+    can continue. An adapter run continues its adapter (lora/qlora); a full fine-tune's weights
+    are the base of the new run (full, or a new adapter on top)."""
     if parent_ref is None:
         return None
     parent_dir = runs.resolve_run(parent_ref, runs_root, recipe.name)
     manifest = runs.read_manifest(parent_dir)
-    if not (parent_dir / "adapter" / "adapter_config.json").is_file():
-        raise QuicktuneError(f"--from {parent_ref}: {parent_dir} has no finished adapter (status {manifest.get('status')})")
+    trained = runs.trained_dir(parent_dir, manifest)
+    marker = "config.json" if manifest.get("method") == "full" else "adapter_config.json"
+    if manifest.get("status") != "finished" or not (trained / marker).is_file():
+        raise QuicktuneError(
+            f"--from {parent_ref}: {parent_dir} has no finished {trained.name}/ (status {manifest.get('status')})"
+        )
     parent_base = manifest.get("base_model", {}).get("spec")
     if parent_base != recipe.model.base:
         raise QuicktuneError(
             f"--from {parent_ref}: that run trained {parent_base}, this recipe trains {recipe.model.base}"
         )
+    if manifest.get("method") == "full":
+        return parent_dir
+    if recipe.method == "full":
+        raise QuicktuneError(
+            f"--from {parent_ref}: method full trains every weight of a model; {runs.run_label(parent_dir)} "
+            "trained an adapter, which a full fine-tune cannot continue",
+            hint=f"Export it (quicktune export {parent_dir}) and set model.base to its export/merged folder, "
+            "or continue it with method: lora.",
+        )
     from quicktune.export.merge import read_plan
 
     read_plan(parent_dir / "adapter")  # training on top of an adapter the export cannot merge is refused now
     return parent_dir
+
+
+def _parent_is_full(parent_dir: Path | None) -> bool:
+    return parent_dir is not None and runs.read_manifest(parent_dir).get("method") == "full"
+
+
+def _claim_run(runs_root: Path, recipe: Recipe, sha: str, parent: str | None, new_run: bool,
+               held: contextlib.ExitStack) -> tuple[Path, Path | None, list[Path]]:
+    """The run folder this process trains in, locked for it: the newest unfinished run of the
+    same recipe (resumed from its last complete checkpoint), else a new ``vN``.
+
+    A run another live process holds is refused (``RunInUse``), never resumed twice. What a
+    killed process left there (temp files, a checkpoint cut short) is removed first."""
+    candidate = None if new_run else runs.find_resumable(runs_root, recipe.name, sha, parent, need_checkpoint=False)
+    if candidate is not None:
+        with contextlib.ExitStack() as attempt:
+            attempt.enter_context(runs.lock_run(candidate, "quicktune train"))
+            # It may have finished, or been resumed and stopped, while we looked: look again, holding it.
+            if runs.find_resumable(runs_root, recipe.name, sha, parent, need_checkpoint=False) == candidate:
+                runs.restore_final(candidate, "model" if recipe.method == "full" else "adapter")
+                removed = runs.remove_stale(candidate)
+                checkpoint = runs.latest_checkpoint(candidate)
+                if checkpoint is None:  # killed before its first checkpoint: it starts again, in the same folder
+                    (candidate / "metrics.jsonl").unlink(missing_ok=True)
+                    shutil.rmtree(candidate / "checkpoints", ignore_errors=True)
+                held.enter_context(attempt.pop_all())
+                return candidate, checkpoint, removed
+    run_dir = runs.create_run_dir(runs_root, recipe.name)
+    held.enter_context(runs.lock_run(run_dir, "quicktune train"))
+    return run_dir, None, []
 
 
 def train(
@@ -173,7 +250,17 @@ def train(
     parent_ref: str | None = None,
     console=None,
     extra_callbacks: tuple = (),
+    allow_data_change: bool = False,
+    new_run: bool = False,
+    ranks=None,
 ) -> TrainResult:
+    """Train ``recipe`` into a run folder under ``runs_root`` (see the module docstring).
+
+    ``allow_data_change``: resume even when a data file changed since the run started (the
+    change is recorded in the manifest); ``new_run``: never resume, start a new ``vN``.
+    ``ranks``: this process's place in a multi-process run (quicktune.train.distributed); only the
+    main process writes the run folder."""
+    check_reporters(recipe)  # before anything slow: a missing package is the user's to install
     backend = load_backend()  # first: Unsloth must be imported before transformers/trl/peft
     say = console.print if console is not None else (lambda *a, **k: None)
     if backend.notice:
@@ -182,18 +269,54 @@ def train(
         raise QuicktuneError("method full cannot train a 4-bit model")
     require_device_for(recipe.method, bool(recipe.model.load_in_4bit), backend)
 
-    prepared = prepare_data(recipe)
+    from quicktune.train.base_model import prepare_base
+    from quicktune.train.distributed import main_first, on_main
+
+    with main_first(ranks):  # converted tokenizers and GGUF bases land in the cache once
+        prepared = prepare_data(recipe)
+        base = prepare_base(recipe.model.base, recipe.model.revision)
     parent_dir = load_parent(parent_ref, runs_root, recipe)
     parent = str(parent_dir) if parent_dir else None
     sha = recipe_sha256(recipe)
-    run_dir = runs.find_resumable(runs_root, recipe.name, sha, parent)
-    checkpoint = runs.latest_checkpoint(run_dir) if run_dir else None
+    main = ranks is None or ranks.is_main
+    load_from = str(runs.trained_dir(parent_dir, {"method": "full"})) if _parent_is_full(parent_dir) else base.load_from
+    data = _data_manifest(prepared)
+    with contextlib.ExitStack() as held:
+        def claim() -> tuple[Path, Path | None]:
+            run_dir, checkpoint, removed = _claim_run(runs_root, recipe, sha, parent, new_run, held)
+            for path in removed:
+                say(f"[dim]removed {path.relative_to(run_dir)}, left by a run that was stopped[/]")
+            _start_or_resume(recipe, run_dir, checkpoint, sha, parent, base, load_from, data, backend,
+                             allow_data_change, say)
+            if ranks is not None:
+                runs.update_manifest(run_dir, distributed=ranks.describe(recipe.training))
+            return run_dir, checkpoint
 
-    from quicktune.train.base_model import prepare_base
+        run_dir, checkpoint = on_main(ranks, claim)  # the main process claims; the others train in its folder
+        try:
+            result = _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, console,
+                          extra_callbacks, ranks)
+        except KeyboardInterrupt:  # before the first step or a second Ctrl-C: resumable only from a saved checkpoint
+            if main:
+                runs.update_manifest(run_dir, status="interrupted")
+            raise
+        except Exception as exc:
+            if main:
+                try:
+                    runs.update_manifest(run_dir, status="failed", ended=runs.now(),
+                                         error=f"{type(exc).__name__}: {exc}"[:500])
+                except OSError:  # a full disk: the manifest stays as it was (running, resumable), the error says why
+                    pass
+            _raise_friendly(exc, recipe, run_dir)
+            raise
+    result.resumed_from = checkpoint.name if checkpoint else None
+    return result
 
-    base = prepare_base(recipe.model.base, recipe.model.revision)
-    if run_dir is None:
-        run_dir = runs.create_run_dir(runs_root, recipe.name)
+
+def _start_or_resume(recipe, run_dir, checkpoint, sha, parent, base, load_from, data, backend, allow_data_change,
+                     say) -> None:
+    """Write a new run's recipe and manifest, or record a resume (refusing one on changed data)."""
+    if checkpoint is None:
         runs.write_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
         runs.write_manifest(
             run_dir,
@@ -207,9 +330,9 @@ def train(
                 "parent": parent,
                 "seed": recipe.training.seed,
                 "method": recipe.method,
-                "base_model": {"spec": base.spec, "kind": base.kind, "loaded_from": base.load_from,
+                "base_model": {"spec": base.spec, "kind": base.kind, "loaded_from": load_from,
                                "fingerprint": base.fingerprint},
-                "data": _data_manifest(prepared),
+                "data": data,
                 "backend": {"name": backend.name, "device": backend.device},
                 "packages": package_versions(),
                 "resumes": [],
@@ -217,28 +340,37 @@ def train(
             },
         )
         say(f"run folder: [bold]{run_dir}[/]")
-    else:
-        manifest = runs.read_manifest(run_dir)
-        runs.update_manifest(run_dir, status="running", resumes=manifest.get("resumes", []) + [
-            {"at": runs.now(), "checkpoint": checkpoint.name}
-        ])
-        say(f"resuming [bold]{run_dir}[/] from {checkpoint.name}")
+        return
+    manifest = runs.read_manifest(run_dir)
+    changes = runs.data_changes(manifest.get("data"), data)
+    if changes and not allow_data_change:
+        raise QuicktuneError(
+            f"{runs.run_label(run_dir)} cannot resume: its data changed since it started "
+            "(the rest of the run would train on other data than the manifest records)",
+            problems=[_describe_change(change) for change in changes],
+            hint="Resume on the data as it is now with --allow-data-change (the change is recorded in the run's "
+            "manifest), put the old file back, or start a separate run with --new-run.",
+        )
+    resume = {"at": runs.now(), "checkpoint": checkpoint.name}
+    changed = {}
+    if changes:
+        resume["data_changed"] = changes
+        changed = {"data": data, "data_at_start": manifest.get("data_at_start") or manifest.get("data")}
+        for change in changes:
+            say(f"[yellow]warning:[/] resuming on changed data: {_describe_change(change)}")
+    runs.update_manifest(run_dir, status="running", resumes=manifest.get("resumes", []) + [resume], **changed)
+    runs.trim_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
+    say(f"resuming [bold]{run_dir}[/] from {checkpoint.name}")
 
-    try:
-        result = _fit(recipe, backend, base.load_from, prepared, run_dir, parent_dir, checkpoint, console,
-                      extra_callbacks)
-    except KeyboardInterrupt:  # before the first step or a second Ctrl-C: resumable only from a saved checkpoint
-        runs.update_manifest(run_dir, status="interrupted")
-        raise
-    except Exception as exc:
-        runs.update_manifest(run_dir, status="failed", ended=runs.now(), error=f"{type(exc).__name__}: {exc}"[:500])
-        _raise_friendly(exc, recipe)
-        raise
-    result.resumed_from = checkpoint.name if checkpoint else None
-    return result
+
+def _describe_change(change: dict[str, Any]) -> str:
+    if change["sha256_was"] is None:
+        return f"{change['path']}: not among the files the run started with"
+    rows = "" if change["rows_was"] == change["rows_now"] else f", {change['rows_was']} -> {change['rows_now']} rows"
+    return f"{change['path']}: changed (sha256 {change['sha256_was'][:12]} -> {change['sha256_now'][:12]}{rows})"
 
 
-def _raise_friendly(exc: Exception, recipe: Recipe) -> None:
+def _raise_friendly(exc: Exception, recipe: Recipe, run_dir: Path | None = None) -> None:
     text = str(exc)
     if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
         t = recipe.training
@@ -252,10 +384,9 @@ def _raise_friendly(exc: Exception, recipe: Recipe) -> None:
         ) from None
 
 
-def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, console, extra_callbacks) -> TrainResult:
-    from datasets import Dataset
-    from transformers import EarlyStoppingCallback, PrinterCallback
-    from trl import SFTTrainer
+def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, console, extra_callbacks,
+         ranks=None) -> TrainResult:
+    from transformers import PrinterCallback
 
     from quicktune.train.callbacks import LiveProgress, MetricsLog, StopOnInterrupt
     from quicktune.train.plot import plot_losses
@@ -267,7 +398,8 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
         dtype=recipe.model.dtype,
         full=recipe.method == "full",
     )
-    if recipe.model.load_in_4bit:  # how the base was quantized, as loaded (README: QLoRA on the CPU)
+    main = ranks is None or ranks.is_main
+    if recipe.model.load_in_4bit and main:  # how the base was quantized, as loaded (README: QLoRA on the CPU)
         recorded = runs.read_manifest(run_dir).get("backend") or {}
         runs.update_manifest(run_dir, backend={**recorded, "four_bit": four_bit_summary(model)})
     if recipe.model.chat_template != "auto":
@@ -275,11 +407,18 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
 
         # Saved with the adapter: export and chat must use the template training rendered with.
         hf_tokenizer.chat_template = FAMILY_TEMPLATES[recipe.model.chat_template]
+    if recipe.method == "full" and recipe.training.gradient_checkpointing:
+        # Unsloth's full fine-tuning path (and plain transformers) leave it off; LoRA gets it in add_lora.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if recipe.method != "full":
-        if parent_dir is not None:
+        if parent_dir is not None and not _parent_is_full(parent_dir):
             model = backend.load_adapter(model, str(parent_dir / "adapter"),
                                          gradient_checkpointing=recipe.training.gradient_checkpointing)
         else:
+            if backend.name != "unsloth":  # the same LoRA initialisation on 1 process or N (Unsloth seeds its own)
+                from transformers import set_seed
+
+                set_seed(recipe.training.seed)
             model = backend.add_lora(
                 model,
                 r=recipe.lora.r,
@@ -294,20 +433,69 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
         from quicktune.export.merge import check_mergeable
 
         check_mergeable(model)  # the export must be able to merge what is about to be trained
+    if ranks is None:
+        interrupt = StopOnInterrupt()
+    else:
+        from quicktune.train.distributed import stop_on_interrupt_callback
+
+        interrupt = stop_on_interrupt_callback(ranks)
+    callbacks = [*([MetricsLog(run_dir / "metrics.jsonl")] if main else []), interrupt, *extra_callbacks]
+    if console is not None:
+        callbacks.append(LiveProgress(console))
+    make_trainer, placement = _sft_trainer, {}
+    if ranks is not None:
+        placement = {"ranks": ranks}
+    if recipe.method in PREFERENCE_METHODS:  # DPO / ORPO on preference pairs
+        from quicktune.train.preference import preference_trainer as make_trainer
+    trainer = make_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, callbacks, **placement)
+    trainer.remove_callback(PrinterCallback)  # LiveProgress and metrics.jsonl report instead
+    started = time.perf_counter()
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except Exception as exc:
+        _raise_if_disk_full(exc, run_dir, _checkpoint_bytes(run_dir, trainer.model, recipe.method))
+        raise
+    seconds = time.perf_counter() - started
+    if not main:  # the main process writes the run folder; wait until the adapter is there
+        ranks.wait()
+        status = "interrupted" if interrupt.requested else "finished"
+        return TrainResult(run_dir, status, _final_metrics(trainer, output, seconds), method=recipe.method)
+    runs.describe_checkpoints(run_dir)
+    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{recipe.name} {run_dir.name}")
+    if interrupt.requested:
+        saved = runs.latest_checkpoint(run_dir)
+        runs.update_manifest(run_dir, status="interrupted", interrupted_at_step=trainer.state.global_step)
+        if ranks is not None:
+            ranks.wait()
+        return TrainResult(run_dir, "interrupted", {"steps": trainer.state.global_step,
+                                                     "checkpoint": saved.name if saved else None})
+    try:
+        _save_final(trainer, hf_tokenizer, run_dir, recipe.method)
+    except Exception as exc:
+        _raise_if_disk_full(exc, run_dir, _weight_bytes(trainer.model, recipe.method))
+        raise
+    metrics = _final_metrics(trainer, output, seconds)
+    runs.update_manifest(run_dir, status="finished", ended=runs.now(), metrics=metrics)
+    if ranks is not None:
+        ranks.wait()
+    return TrainResult(run_dir, "finished", metrics, method=recipe.method)
+
+
+def _sft_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, callbacks, ranks=None):
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
     train_rows = _rows(prepared.train_tokens)
     eval_rows = _rows(prepared.eval_tokens or [])
     total = planned_steps(recipe, len(train_rows))
-    args = _sft_config(recipe, run_dir, backend, bool(eval_rows), total)
-    interrupt = StopOnInterrupt()
-    callbacks = [MetricsLog(run_dir / "metrics.jsonl"), interrupt, *extra_callbacks]
-    if console is not None:
-        callbacks.append(LiveProgress(console))
+    args = _sft_config(recipe, run_dir, backend, bool(eval_rows), total, ranks)
     if eval_rows and recipe.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.training.early_stopping_patience))
     trainer_class = SFTTrainer
     if backend.name != "unsloth" and backend.device == "cpu":
         trainer_class = _cpu_trainer_class(SFTTrainer)
-    trainer = trainer_class(
+    return trainer_class(
         model=model,
         processing_class=hf_tokenizer,
         train_dataset=Dataset.from_list(train_rows),
@@ -315,21 +503,6 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
         args=args,
         callbacks=callbacks,
     )
-    trainer.remove_callback(PrinterCallback)  # LiveProgress and metrics.jsonl report instead
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    seconds = time.perf_counter() - started
-    runs.describe_checkpoints(run_dir)
-    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{recipe.name} {run_dir.name}")
-    if interrupt.requested:
-        saved = runs.latest_checkpoint(run_dir)
-        runs.update_manifest(run_dir, status="interrupted", interrupted_at_step=trainer.state.global_step)
-        return TrainResult(run_dir, "interrupted", {"steps": trainer.state.global_step,
-                                                     "checkpoint": saved.name if saved else None})
-    _save_final(trainer, hf_tokenizer, run_dir, recipe.method)
-    metrics = _final_metrics(trainer, output, seconds)
-    runs.update_manifest(run_dir, status="finished", ended=runs.now(), metrics=metrics)
-    return TrainResult(run_dir, "finished", metrics)
 
 
 def _cpu_trainer_class(sft_trainer):
@@ -345,15 +518,52 @@ def _cpu_trainer_class(sft_trainer):
 
 
 def _save_final(trainer, hf_tokenizer, run_dir: Path, method: str) -> None:
-    """The adapter (or full model) appears at its final path whole, or not at all."""
+    """The adapter (or full model) appears at its final path whole, or not at all; one already
+    there (a run killed after this and resumed) is swapped out in one step (runs.swap_in)."""
     final = run_dir / ("model" if method == "full" else "adapter")
     staging = run_dir / f".{final.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    trainer.model.save_pretrained(str(staging))
-    hf_tokenizer.save_pretrained(str(staging))
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
+    try:
+        trainer.model.save_pretrained(str(staging))
+        hf_tokenizer.save_pretrained(str(staging))
+        runs.swap_in(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _weight_bytes(model, method: str) -> int:
+    """What saving the trained weights writes: every weight (full) or the trainable ones (an adapter)."""
+    params = [p for p in model.parameters() if method == "full" or p.requires_grad]
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def _checkpoint_bytes(run_dir: Path, model, method: str) -> int:
+    """A checkpoint's size: the last complete one when there is one, else the weights with
+    Adam's two float32 states per trainable weight."""
+    last = runs.latest_checkpoint(run_dir)
+    if last is not None:
+        return sum(f.stat().st_size for f in last.rglob("*") if f.is_file())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return _weight_bytes(model, method) + trainable * 8
+
+
+def _raise_if_disk_full(exc: BaseException, run_dir: Path, needed: int) -> None:
+    """A write that ran out of space: the cut-short files go (so the disk is not left full) and the
+    error names the path and the space needed; the run resumes from its last complete checkpoint."""
+    cut_short = [p for p in runs._checkpoints(run_dir) if not runs.checkpoint_complete(p)]
+    cut_short += [p for p in (run_dir / ".adapter.partial", run_dir / ".model.partial") if p.exists()]
+    # a failed save (something cut short) with less room than it needs is the disk, however torch words it
+    error = runs.disk_full_error(exc, cut_short[0] if cut_short else run_dir, needed, suspect=bool(cut_short))
+    if error is None:
+        return
+    for path in cut_short:
+        shutil.rmtree(path, ignore_errors=True)
+    last = runs.latest_checkpoint(run_dir)
+    error.hint = (f"Free some space there and run the same command again: it resumes from {last.name}."
+                  if last else "Free some space there and run the same command again (no checkpoint was complete yet: "
+                  "it starts again).")
+    raise error from None
 
 
 def _final_metrics(trainer, output, seconds: float) -> dict[str, Any]:
@@ -373,6 +583,9 @@ def _final_metrics(trainer, output, seconds: float) -> dict[str, Any]:
         "tokens": int(tokens),
         "tokens_per_second": round(tokens / seconds, 1) if seconds and tokens else None,
     }
+    from quicktune.train.preference import logged_metrics
+
+    metrics.update(logged_metrics(history))  # dpo / orpo: preference accuracy and reward margin
     import torch
 
     if torch.cuda.is_available():

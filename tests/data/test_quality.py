@@ -74,3 +74,18 @@ def test_eval_fraction_split_is_deterministic_and_disjoint(tmp_path):
     assert not {e.origin for e in first.eval} & {e.origin for e in first.train}
     other = prepare([str(train)], eval_fraction=0.2, seed=2)
     assert [e.origin for e in other.eval] != [e.origin for e in first.eval]
+
+
+def test_pair_straddling_the_sampling_length_is_found():
+    # One text just under _SAMPLE_FROM windows (all shingles hashed), its copy with a thank-you just over it
+    # (a sample hashed): the 6 leaks bench/data_check.py used to miss were such pairs.
+    short = (
+        "What's the best way to clean a wifi router before a long trip? I live near the coast, so the water is "
+        "very hard, and I've had it for about 3 weeks. It's a second-hand one I got from my aunt, who bought it "
+        "online last year in a sale."
+    )
+    longer = short + " Any help is much appreciated, thanks."
+    windows = [len(quality.normalise(t)) - quality.SHINGLE + 1 for t in (short, longer)]
+    assert windows[0] < quality._SAMPLE_FROM <= windows[1]
+    assert [(p.first, p.second) for p in quality.near_duplicate_pairs([short, longer])] == [(0, 1)]
+    assert [(p.first, p.second) for p in quality.leakage_pairs(SENTENCES + [short], [longer])] == [(5, 0)]

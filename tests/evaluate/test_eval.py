@@ -90,3 +90,39 @@ def test_an_unknown_metric_is_a_recipe_error_with_its_line(tmp_path, tiny_data):
     result = CliRunner().invoke(main, ["train", str(recipe), "--dry-run"])
     assert result.exit_code == 2
     assert "r.yaml:7: eval.metric" in result.output and "json_fields" in result.output
+
+
+def test_runs_compare_marks_the_metrics_that_got_worse(trained_run, second_run, wide_console):
+    from quicktune.evaluate.compare import compare_runs
+    from quicktune.evaluate.regression import LOSS
+
+    runs_root = trained_run.run_dir.parent.parent
+    if not list((second_run.run_dir / "eval").glob("tiny-export-v1-*.json")):  # when run on its own
+        done = CliRunner().invoke(main, ["eval", str(second_run.run_dir), "--against", "v1", "--limit", "2",
+                                         "--max-new-tokens", "8", "--runs-dir", str(runs_root)])
+        assert done.exit_code == 0, done.output
+    [path] = (second_run.run_dir / "eval").glob("tiny-export-v1-*.json")
+    report = json.loads(path.read_text())
+    v1, v2 = report["subjects"]
+    assert report["regressions"]["run"] == "tiny-export/v2" and report["regressions"]["threshold_points"] == 2.0
+    assert set(report["regressions"]["fell"]) == {"tiny-export/v1"}
+
+    forward = compare_runs(trained_run.run_dir, second_run.run_dir, threshold=0)
+    backward = compare_runs(second_run.run_dir, trained_run.run_dir, threshold=0)
+    for name, before in v1["metrics"].items():
+        after = v2["metrics"][name]
+        assert (name in forward.regressions) == (before is not None and after is not None and after < before)
+        assert (name in backward.regressions) == (before is not None and after is not None and before < after)
+    assert (LOSS in forward.regressions) == (v2["loss"] > v1["loss"])
+    assert (LOSS in backward.regressions) == (v1["loss"] > v2["loss"])
+    assert compare_runs(trained_run.run_dir, second_run.run_dir, threshold=100).regressions == []
+
+    worse_first = forward if forward.regressions else backward
+    a, b = (trained_run, second_run) if worse_first is forward else (second_run, trained_run)
+    assert worse_first.regressions  # the two runs differ in loss at least
+    result = CliRunner().invoke(main, ["runs", "--runs-dir", str(runs_root), "compare", str(a.run_dir), str(b.run_dir),
+                                       "--threshold", "0"])
+    assert result.exit_code == 0, result.output
+    assert "▼" in result.output and f"is worse than" in result.output
+    for name in worse_first.regressions:
+        assert name in result.output.split("is worse than")[1]

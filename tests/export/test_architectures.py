@@ -168,6 +168,23 @@ def gemma_spm(folder: Path, _sources: Sources) -> Path:
     )
 
 
+def gemma_spm_published(folder: Path, sources: Sources) -> Path:
+    """gemma_spm with tokenizer_config.json's added_tokens_decoder put back, as Google's Gemma 2
+    folders carry it (every special and turn marker ``special: true``): the case where llama.cpp's
+    converter keeps <start_of_turn> one token (GEMMA_START_OF_TURN is the case without it)."""
+    from tokenizers import Tokenizer
+
+    gemma_spm(folder, sources)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    flags = dict(lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+    markers = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>")
+    config["added_tokens_decoder"] = {str(backend.token_to_id(t)): {"content": t, **flags} for t in markers}
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return folder
+
+
 def phi3_spm(folder: Path, _sources: Sources) -> Path:
     # Phi-3's layout: a Llama 2 SentencePiece vocabulary, the chat tokens added after it; saved by
     # transformers 5, so legacy=False (Metaspace, prepend_scheme 'first'): see SPACE_AFTER_SPECIAL.

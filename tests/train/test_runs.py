@@ -37,13 +37,20 @@ def test_write_atomic_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
 
+def _checkpoint(run_dir, step, files=(*runs.CHECKPOINT_FILES, "adapter_model.safetensors")):
+    folder = run_dir / "checkpoints" / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).write_text("{}")
+    return folder
+
+
 def _fake_run(root, version, status, sha="abc", parent=None, checkpoint=True):
     run_dir = root / "demo" / version
     run_dir.mkdir(parents=True)
     runs.write_manifest(run_dir, {"status": status, "recipe_sha256": sha, "parent": parent, "metrics": {"steps": 3}})
     if checkpoint:
-        (run_dir / "checkpoints" / "checkpoint-3").mkdir(parents=True)
-        (run_dir / "checkpoints" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+        _checkpoint(run_dir, 3)
     return run_dir
 
 

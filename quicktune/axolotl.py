@@ -1,0 +1,575 @@
+"""Recipes to and from Axolotl's YAML config (``quicktune recipes export --axolotl`` / ``recipes import``).
+
+The mapping follows Axolotl 0.19.0's pydantic schema (``axolotl/utils/schemas/*.py``): the
+top-level ``AxolotlInputConfig`` and the ``SFTDataset`` entries of ``datasets`` /
+``test_datasets``. That schema ignores keys it does not know (pydantic's default), so a typo
+passes its validation silently: the tests check every key written here against its field
+names as well.
+
+Recipe values Axolotl cannot express (the export section, the eval metric, a GGUF base, a
+system prompt inserted into rows, ...) are listed when exporting and kept under a top-level
+``quicktune:`` key, which Axolotl drops when it validates; ``recipes import`` reads them back,
+so recipe -> Axolotl -> recipe gives the same resolved recipe. No torch here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from quicktune.errors import QuicktuneError, RecipeError
+from quicktune.recipe import PREFERENCE_METHODS, LoraSection, Recipe, validate_recipe
+
+AXOLOTL_SCHEMA_VERSION = "0.19.0"
+BLOCK = "quicktune"
+
+_DS_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_SHAREGPT_ROLES = {"user": ["human", "user"], "assistant": ["gpt", "assistant", "model", "chatgpt"],
+                   "system": ["system"]}
+_LAYOUTS = {  # quicktune chat format -> Axolotl chat_template dataset fields
+    "messages": {"field_messages": "messages", "message_property_mappings": {"role": "role", "content": "content"}},
+    "sharegpt": {"field_messages": "conversations", "message_property_mappings": {"role": "from", "content": "value"},
+                 "roles": _SHAREGPT_ROLES},
+}
+_OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+# Axolotl's names for the same update rule, read back as quicktune's.
+_OPTIMIZERS_IN = {**_OPTIMIZERS, "adamw_torch_fused": "adamw_torch", "adamw_bnb_8bit": "adamw_8bit"}
+_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+# Axolotl's own defaults (0.19.0 schema) for the keys imported here, used when a config leaves one out.
+AXOLOTL_DEFAULTS = {
+    "sequence_len": 512, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "num_epochs": 1.0,
+    "lr_scheduler": "cosine", "optimizer": "adamw_torch_fused", "weight_decay": 0.0, "lora_dropout": 0.0,
+    "gradient_checkpointing": False, "warmup_ratio": 0.0, "seed": 42,
+}
+
+
+# Every recipe key, and where the export puts it: an Axolotl key, the `quicktune:` block, or a refusal.
+# tests/test_axolotl.py compares this with the recipe schema, so a new recipe key gets a decision here.
+RECIPE_KEYS = {
+    "name": "kept", "description": "kept", "hardware": "kept", "extends": "resolved: the export is the whole recipe",
+    "method": "adapter", "model.base": "base_model", "model.max_seq_length": "sequence_len",
+    "model.load_in_4bit": "load_in_4bit", "model.chat_template": "chat_template, chat_template_jinja",
+    "model.trust_remote_code": "trust_remote_code", "model.revision": "kept", "model.dtype": "bf16, fp16",
+    "lora.r": "lora_r", "lora.alpha": "lora_alpha", "lora.dropout": "lora_dropout",
+    "lora.target_modules": "lora_target_modules", "lora.use_dora": "peft_use_dora", "lora.use_rslora": "peft_use_rslora",
+    "data.train": "datasets", "data.eval": "test_datasets", "data.format": "datasets[].type, kept when pinned",
+    "data.eval_fraction": "val_set_size", "data.system_prompt": "kept",
+    "data.train_on_responses_only": "roles_to_train, train_on_eos, train_on_inputs",
+    "data.dedupe": "dataset_exact_deduplication", "data.semantic_threshold": "kept",
+    "training.epochs": "num_epochs", "training.max_steps": "max_steps", "training.learning_rate": "learning_rate",
+    "training.lr_scheduler": "lr_scheduler", "training.warmup_ratio": "warmup_ratio",
+    "training.weight_decay": "weight_decay", "training.optimizer": "optimizer", "training.batch_size": "micro_batch_size",
+    "training.grad_accumulation": "gradient_accumulation_steps", "training.seed": "seed",
+    "training.packing": "sample_packing", "training.gradient_checkpointing": "gradient_checkpointing",
+    "training.eval_every": "eval_steps", "training.save_every": "save_steps",
+    "training.early_stopping_patience": "early_stopping_patience", "training.logging_every": "logging_steps",
+    "training.gpus": "kept (accelerate launch --num_processes)", "training.report_to": "kept",
+    "export": "kept", "eval": "kept", "preference": "refused: dpo/orpo are not mapped",
+}
+
+
+# --------------------------------------------------------------------------- recipe -> Axolotl
+
+
+@dataclass
+class AxolotlExport:
+    config: dict[str, Any]
+    no_equivalent: list[str] = field(default_factory=list)  # "recipe.key: why", for the user
+
+
+def _file_format(recipe: Recipe, path: str) -> str:
+    from quicktune.data.formats import detect_format, format_for
+    from quicktune.data.load import read_records
+
+    fmt = format_for(recipe.data.format, path)
+    if fmt != "auto":
+        return fmt
+    first = next((r for r in read_records(path) if r.error is None), None)
+    found = detect_format(first.value) if first else None
+    if found is None:
+        raise QuicktuneError(f"{path}: cannot tell its data format from the first record",
+                             hint="Pin it with data.format, or run `quicktune data check` on the file.")
+    return found
+
+
+def _dataset(path: str, fmt: str, responses_only: bool) -> dict[str, Any]:
+    suffix = Path(path).suffix.lower()
+    entry: dict[str, Any] = {"path": path, "ds_type": _DS_TYPES.get(suffix, "json")}
+    if fmt in _LAYOUTS:
+        entry["type"] = "chat_template"
+        entry.update(copy.deepcopy(_LAYOUTS[fmt]))  # no YAML anchors between datasets
+        entry["roles_to_train"] = ["assistant"] if responses_only else ["system", "user", "assistant"]
+        entry["train_on_eos"] = "turn" if responses_only else "all"
+    elif fmt == "alpaca":
+        entry["type"] = "alpaca"
+    else:
+        entry.update(type="completion", field="text")
+    return entry
+
+
+def _base_model(spec: str) -> tuple[str, str | None]:
+    """What Axolotl loads for a recipe's base, and why it differs from model.base when it does."""
+    from quicktune.models import resolve_model
+
+    source = resolve_model(spec)
+    if source.kind == "dir":
+        return str(source.path), None
+    if source.kind == "hub":
+        return spec, None
+    from quicktune.data.tokenizer import cache_dir, gguf_cache_key
+
+    folder = cache_dir() / "models" / gguf_cache_key(source.path)
+    state = "exists" if (folder / "config.json").is_file() else "is written by the first `quicktune train` of it"
+    return str(folder), (f"a GGUF file; Axolotl loads Hugging Face weights, so base_model is the folder quicktune "
+                         f"converts it into ({state})")
+
+
+def to_axolotl(recipe: Recipe) -> AxolotlExport:
+    """The Axolotl config that trains what ``recipe`` trains, as far as Axolotl can say it."""
+    m, lo, d, t = recipe.model, recipe.lora, recipe.data, recipe.training
+    if recipe.method in PREFERENCE_METHODS:
+        raise QuicktuneError(f"method {recipe.method}: the Axolotl export maps supervised recipes (lora, qlora, full); "
+                             "preference training (Axolotl's rl: dpo / orpo) is not mapped yet")
+    keep: dict[str, Any] = {"name": recipe.name, "description": recipe.description, "hardware": recipe.hardware,
+                            "export": recipe.export.model_dump(mode="json"), "eval": recipe.eval.model_dump(mode="json")}
+    lossy: list[dict[str, Any]] = []
+    notes = ["name, description, hardware, export.*, eval.*: quicktune's own (GGUF export, Ollama, eval metric)"]
+
+    def lossy_value(key: str, value: Any, written: dict[str, Any], why: str) -> None:
+        lossy.append({"key": key, "value": value, "axolotl": written})
+        notes.append(f"{key}: {why}")
+
+    base, why = _base_model(m.base)
+    config: dict[str, Any] = {"base_model": base}
+    if why:
+        lossy_value("model.base", m.base, {"base_model": base}, why)
+    if m.trust_remote_code:
+        config["trust_remote_code"] = True
+    if m.revision:  # Axolotl's loaders read cfg.revision_of_model, but its schema drops the key
+        keep["model"] = {"revision": m.revision}
+        notes.append("model.revision: Axolotl 0.19's schema has no revision key (revision_of_model is dropped)")
+    if recipe.method != "full":
+        config["adapter"] = recipe.method
+    config["load_in_4bit"] = bool(m.load_in_4bit)
+    config.update({"auto": {"bf16": "auto"}, "bfloat16": {"bf16": True}, "float16": {"fp16": True},
+                   "float32": {"bf16": False, "fp16": False}}[m.dtype])
+    config["sequence_len"] = m.max_seq_length
+    if m.chat_template == "auto":
+        config["chat_template"] = "tokenizer_default"
+    else:
+        from quicktune.templates import FAMILY_TEMPLATES
+
+        config["chat_template"] = "jinja"  # quicktune's family template, word for word
+        config["chat_template_jinja"] = FAMILY_TEMPLATES[m.chat_template]
+    if recipe.method != "full":
+        config.update(lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, lora_target_modules=list(lo.target_modules))
+        if lo.use_dora:
+            config["peft_use_dora"] = True
+        if lo.use_rslora:
+            config["peft_use_rslora"] = True
+
+    formats = {path: _file_format(recipe, path) for path in (*d.train, *d.eval)}
+    config["datasets"] = [_dataset(p, formats[p], d.train_on_responses_only) for p in d.train]
+    if d.eval:
+        config["test_datasets"] = [_dataset(p, formats[p], d.train_on_responses_only) for p in d.eval]
+    config["val_set_size"] = d.eval_fraction
+    config["train_on_inputs"] = not d.train_on_responses_only
+    if d.format != "auto":
+        keep.setdefault("data", {})["format"] = d.format
+    for path, fmt in formats.items():
+        if fmt == "alpaca":
+            notes.append(f"data ({Path(path).name}, alpaca): Axolotl's alpaca type renders its own Alpaca prompt, "
+                         "not the chat template quicktune renders these rows with")
+        elif fmt == "sharegpt":
+            notes.append(f"data ({Path(path).name}, sharegpt): a row's top-level `system` field is read by quicktune "
+                         "only; Axolotl matches speaker names case-sensitively")
+    if d.system_prompt is not None:
+        keep.setdefault("data", {})["system_prompt"] = d.system_prompt
+        notes.append("data.system_prompt: inserted into every row without one; Axolotl has no such key "
+                     "(default_system_message only changes ChatML's default)")
+    config["dataset_exact_deduplication"] = d.dedupe != "none"
+    if d.dedupe in ("near", "semantic"):
+        lossy_value("data.dedupe", d.dedupe, {"dataset_exact_deduplication": True},
+                    "Axolotl removes exact duplicates only")
+    keep.setdefault("data", {})["semantic_threshold"] = d.semantic_threshold
+    notes.append("data.semantic_threshold: quicktune's check for rows that say the same thing in other words")
+
+    config["num_epochs"] = t.epochs
+    if t.max_steps:
+        config["max_steps"] = t.max_steps
+    config.update(learning_rate=t.learning_rate, lr_scheduler=t.lr_scheduler, warmup_ratio=t.warmup_ratio,
+                  weight_decay=t.weight_decay)
+    if t.optimizer == "auto":
+        config["optimizer"] = "adamw_8bit"
+        lossy_value("training.optimizer", "auto", {"optimizer": "adamw_8bit"},
+                    "auto picks adamw_8bit on a GPU and adamw_torch on the CPU; written as adamw_8bit")
+    else:
+        config["optimizer"] = _OPTIMIZERS[t.optimizer]
+    from quicktune.train.distributed import split_batch
+
+    # Axolotl's micro_batch_size and gradient_accumulation_steps are per process (GPU).
+    batch, accumulation = split_batch(t.batch_size, t.grad_accumulation, t.gpus or 1)
+    config.update(micro_batch_size=batch, gradient_accumulation_steps=accumulation, seed=t.seed)
+    if t.gpus:
+        keep.setdefault("training", {})["gpus"] = t.gpus
+        notes.append(f"training.gpus: Axolotl takes the process count from `accelerate launch --num_processes "
+                     f"{t.gpus}`; micro_batch_size and gradient_accumulation_steps are per process")
+        if batch != t.batch_size:
+            lossy.append({"key": "training.batch_size", "value": t.batch_size, "axolotl": {"micro_batch_size": batch}})
+        if accumulation != t.grad_accumulation:
+            lossy.append({"key": "training.grad_accumulation", "value": t.grad_accumulation,
+                          "axolotl": {"gradient_accumulation_steps": accumulation}})
+    if t.packing == "auto":
+        keep.setdefault("training", {})["packing"] = "auto"
+        notes.append("training.packing: auto packs on CUDA with Unsloth only; Axolotl's sample_packing is left unset")
+    else:
+        config["sample_packing"] = bool(t.packing)
+    config["gradient_checkpointing"] = t.gradient_checkpointing
+    for ours, theirs in (("eval_every", "eval_steps"), ("save_every", "save_steps"),
+                         ("early_stopping_patience", "early_stopping_patience")):
+        if getattr(t, ours) is not None:
+            config[theirs] = getattr(t, ours)
+    config["logging_steps"] = t.logging_every
+    if t.report_to:
+        keep.setdefault("training", {})["report_to"] = list(t.report_to)
+        notes.append("training.report_to: Axolotl reports through its own keys (wandb_project, use_tensorboard)")
+    config["output_dir"] = f"./outputs/{recipe.name}"
+    config[BLOCK] = {"recipe": keep, "as_written": lossy}
+    return AxolotlExport(config, notes)
+
+
+def axolotl_yaml(export: AxolotlExport, source: str) -> str:
+    header = [f"# Axolotl config written by `quicktune recipes export {source} --axolotl` (Axolotl "
+              f"{AXOLOTL_SCHEMA_VERSION} schema).", "# Recipe keys with no exact Axolotl equivalent:"]
+    header += [f"#   {note}" for note in export.no_equivalent]
+    header.append(f"# `{BLOCK}:` keeps them for `quicktune recipes import`; Axolotl drops keys it does not know.")
+    return "\n".join(header) + "\n" + yaml.safe_dump(export.config, sort_keys=False, allow_unicode=True, width=120)
+
+
+def write_new(path: Path, text: str, force: bool) -> None:
+    """Never replace a file that is there unless asked; the file appears whole or not at all."""
+    from quicktune.train.runs import write_atomic
+
+    if path.exists() and not force:
+        raise QuicktuneError(f"{path} already exists", hint="Choose another name, or add --force to replace it.")
+    write_atomic(path, text)
+
+
+def export_axolotl(recipe: Recipe, out: Path, source: str, force: bool = False) -> AxolotlExport:
+    export = to_axolotl(recipe)
+    write_new(out, axolotl_yaml(export, source), force)
+    return export
+
+
+# --------------------------------------------------------------------------- Axolotl -> recipe
+
+
+@dataclass
+class AxolotlImport:
+    recipe: Recipe
+    yaml_text: str
+    unmapped: list[str] = field(default_factory=list)  # "file:line: key: why"
+    defaults: list[str] = field(default_factory=list)  # keys left to Axolotl's defaults, or read as Axolotl reads them
+
+
+class _Reader:
+    """An Axolotl config with the line of every key, and what has been consumed from it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        text = path.read_text(encoding="utf-8")
+        try:
+            node = yaml.compose(text)
+            self.data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise RecipeError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(self.data, dict):
+            raise RecipeError(f"{path}:1: an Axolotl config is a mapping of keys (base_model:, datasets:, ...)")
+        self.lines: dict[tuple, int] = {}
+        self._walk(node, ())
+        self.unmapped: list[str] = []
+
+    def _walk(self, node, prefix: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                self.lines[(*prefix, str(key.value))] = key.start_mark.line + 1
+                self._walk(value, (*prefix, str(key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.lines[(*prefix, index)] = item.start_mark.line + 1
+                self._walk(item, (*prefix, index))
+
+    def where(self, *keys) -> str:
+        for end in range(len(keys), 0, -1):
+            if keys[:end] in self.lines:
+                return f"{self.path}:{self.lines[keys[:end]]}"
+        return str(self.path)
+
+    def skip(self, keys: tuple, why: str) -> None:
+        dotted = "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if i else str(k)) for i, k in enumerate(keys))
+        self.unmapped.append(f"{self.where(*keys)}: {dotted}: {why}")
+
+
+def _dataset_in(entry: Any, index: int, key: str, reader: _Reader, base_dir: Path) -> tuple[str, str, bool | None] | None:
+    """(path, format, responses_only or None) of one dataset entry, or None when it cannot be mapped."""
+    at = (key, index)
+    if not isinstance(entry, dict):
+        reader.skip(at, "expected a mapping with path and type")
+        return None
+    known = {"path", "ds_type", "type", "field_messages", "message_property_mappings", "roles", "roles_to_train",
+             "train_on_eos", "field", "split", "message_field_role", "message_field_content"}
+    for extra in entry:
+        if extra not in known and entry[extra] is not None:
+            reader.skip((*at, extra), "no quicktune equivalent")
+    raw = entry.get("path")
+    if not isinstance(raw, str):
+        reader.skip((*at, "path"), "missing: quicktune trains on local files")
+        return None
+    path = Path(raw).expanduser()
+    path = path if path.is_absolute() else (base_dir / path)
+    if not path.is_file():
+        reader.skip((*at, "path"), f"{raw} is not a local file (a hub dataset?): quicktune trains on local files; "
+                                   "download it and point data.train at the file")
+        return None
+    if entry.get("split") not in (None, "train"):
+        reader.skip((*at, "split"), "a local file is read whole")
+    kind = entry.get("type")
+    responses_only = None
+    if kind == "chat_template":
+        mapping = entry.get("message_property_mappings") or {
+            "role": entry.get("message_field_role") or "role", "content": entry.get("message_field_content") or "content"}
+        if not isinstance(mapping, dict):
+            reader.skip((*at, "message_property_mappings"), "expected a mapping of role and content to fields")
+            return None
+        layout = (entry.get("field_messages") or "messages", mapping.get("role"), mapping.get("content"))
+        fmt = {("messages", "role", "content"): "messages", ("conversations", "from", "value"): "sharegpt"}.get(layout)
+        if fmt is None:
+            reader.skip((*at, "field_messages"), f"messages under {layout[0]!r} with role {layout[1]!r} and content "
+                                                  f"{layout[2]!r}: quicktune reads messages (role/content) or "
+                                                  "conversations (from/value)")
+            return None
+        roles = entry.get("roles")
+        if roles is not None and fmt == "sharegpt" and roles != _SHAREGPT_ROLES:
+            reader.skip((*at, "roles"), "quicktune maps speakers human/user, gpt/assistant/model/chatgpt, system")
+        trained = entry.get("roles_to_train")
+        if isinstance(trained, list):
+            responses_only = list(trained) == ["assistant"]
+            if not responses_only and "assistant" not in trained:
+                reader.skip((*at, "roles_to_train"), "quicktune trains the answers, or every token")
+    elif kind == "alpaca":
+        fmt = "alpaca"
+    elif kind == "completion" and entry.get("field") in (None, "text"):
+        fmt = "text"
+    else:
+        reader.skip((*at, "type"), f"dataset type {kind!r}: quicktune maps chat_template, alpaca and completion")
+        return None
+    return str(path.resolve()), fmt, responses_only
+
+
+def from_axolotl(path: Path) -> AxolotlImport:
+    """A quicktune recipe from an Axolotl config; every key it cannot map is listed with its line."""
+    from quicktune.data.formats import detect_format
+    from quicktune.data.load import read_records
+
+    reader = _Reader(path)
+    cfg = reader.data
+    used: set[str] = {BLOCK}
+    lines: dict[tuple[str, ...], str] = {}
+    defaults: list[str] = []
+
+    def take(key: str, target: tuple[str, ...] | None = None):
+        used.add(key)
+        if target is not None:
+            lines[target] = reader.where(key)
+        if cfg.get(key) is None and key in AXOLOTL_DEFAULTS:
+            defaults.append(f"{key}: {AXOLOTL_DEFAULTS[key]!r}")
+            return AXOLOTL_DEFAULTS[key]
+        return cfg.get(key)
+
+    block = cfg.get(BLOCK) if isinstance(cfg.get(BLOCK), dict) else {}
+    recipe: dict[str, Any] = {"model": {}, "lora": {}, "data": {}, "training": {}}
+    model, lora, data, training = recipe["model"], recipe["lora"], recipe["data"], recipe["training"]
+
+    model["base"] = take("base_model", ("model", "base"))
+    model["max_seq_length"] = take("sequence_len", ("model", "max_seq_length"))
+    if take("trust_remote_code") is not None:
+        model["trust_remote_code"] = cfg["trust_remote_code"]
+    adapter = take("adapter", ("method",))
+    four_bit = bool(take("load_in_4bit", ("model", "load_in_4bit")))
+    if take("load_in_8bit"):
+        reader.skip(("load_in_8bit",), "quicktune loads 16-bit (lora) or 4-bit (qlora) weights")
+    if isinstance(adapter, str) and adapter in ("lora", "qlora"):
+        recipe["method"] = "qlora" if adapter == "qlora" or four_bit else "lora"
+    elif adapter is None:
+        recipe["method"] = "full"
+    else:
+        recipe["method"] = "qlora" if four_bit else "lora"
+        reader.skip(("adapter",), f"adapter {adapter!r}: quicktune trains lora or qlora adapters")
+    model["load_in_4bit"] = four_bit
+    bf16, fp16 = take("bf16"), take("fp16")
+    model["dtype"] = ("float16" if fp16 else "bfloat16" if bf16 is True
+                      else "float32" if bf16 is False and fp16 is False else "auto")
+    template, jinja = take("chat_template", ("model", "chat_template")), take("chat_template_jinja")
+    template = template if isinstance(template, str) or template is None else repr(template)
+    model["chat_template"] = "auto"
+    if template == "jinja" or (template is None and jinja):
+        from quicktune.templates import FAMILY_TEMPLATES
+
+        family = next((name for name, text in FAMILY_TEMPLATES.items() if text == jinja), None)
+        if family:
+            model["chat_template"] = family
+        else:
+            reader.skip(("chat_template_jinja",), "a custom template: quicktune uses a family template or the "
+                                                  "tokenizer's own; put it in the tokenizer's chat_template")
+    elif template not in (None, "tokenizer_default"):
+        reader.skip(("chat_template",), f"Axolotl's built-in {template!r} template is not one of quicktune's; "
+                                        "using the tokenizer's own (model.chat_template: auto)")
+
+    if recipe["method"] != "full":
+        for theirs, ours in (("lora_r", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"),
+                             ("lora_target_modules", "target_modules"), ("peft_use_dora", "use_dora"),
+                             ("peft_use_rslora", "use_rslora")):
+            value = take(theirs, ("lora", ours))
+            if value is not None:
+                lora[ours] = value
+        if take("lora_target_linear") and "target_modules" not in lora:
+            lora["target_modules"] = LoraSection().target_modules
+            defaults.append("lora_target_linear: read as the 7 attention and MLP projections of a Llama-style model")
+
+    datasets: dict[str, list[tuple[str, str, bool | None]]] = {"datasets": [], "test_datasets": []}
+    for key in datasets:
+        entries = take(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            reader.skip((key,), "expected a list of datasets")
+            continue
+        for index, entry in enumerate(entries):
+            found = _dataset_in(entry, index, key, reader, path.parent)
+            if found:
+                datasets[key].append(found)
+    data["train"] = [p for p, _, _ in datasets["datasets"]]
+    data["eval"] = [p for p, _, _ in datasets["test_datasets"]]
+    lines[("data", "train")] = reader.where("datasets")
+    lines[("data", "eval")] = reader.where("test_datasets")
+    split = take("val_set_size", ("data", "eval_fraction"))
+    if split:
+        if isinstance(split, (int, float)) and split >= 1:
+            reader.skip(("val_set_size",), "a row count: quicktune takes a fraction (data.eval_fraction)")
+        else:
+            data["eval_fraction"] = split
+    inputs = take("train_on_inputs")
+    per_dataset = {r for _, _, r in (*datasets["datasets"], *datasets["test_datasets"]) if r is not None}
+    if len(per_dataset) > 1:
+        reader.skip(("datasets",), "roles_to_train differs between datasets: quicktune has one setting for all")
+    data["train_on_responses_only"] = per_dataset.pop() if len(per_dataset) == 1 else not inputs
+    dedupe = take("dataset_exact_deduplication")
+    data["dedupe"] = "exact" if dedupe else "none"
+    pinned = {p: f for p, f, _ in (*datasets["datasets"], *datasets["test_datasets"])
+              if f != detect_format(next((r.value for r in read_records(p) if r.error is None), None))}
+    data["format"] = pinned or "auto"
+
+    training["epochs"] = take("num_epochs", ("training", "epochs"))
+    if take("max_steps") is not None:
+        training["max_steps"] = cfg["max_steps"]
+        lines[("training", "max_steps")] = reader.where("max_steps")
+    training["learning_rate"] = take("learning_rate", ("training", "learning_rate"))
+    scheduler = take("lr_scheduler", ("training", "lr_scheduler"))
+    if isinstance(scheduler, str) and scheduler in _SCHEDULERS:
+        training["lr_scheduler"] = scheduler
+    else:
+        reader.skip(("lr_scheduler",), f"{scheduler!r}: quicktune schedules {', '.join(_SCHEDULERS)}")
+    if take("warmup_steps") is not None:
+        reader.skip(("warmup_steps",), "quicktune takes warmup as a fraction of the steps (training.warmup_ratio)")
+    training["warmup_ratio"] = take("warmup_ratio", ("training", "warmup_ratio"))
+    training["weight_decay"] = take("weight_decay", ("training", "weight_decay"))
+    optimizer = take("optimizer", ("training", "optimizer"))
+    if isinstance(optimizer, str) and optimizer in _OPTIMIZERS_IN:
+        training["optimizer"] = _OPTIMIZERS_IN[optimizer]
+    else:
+        reader.skip(("optimizer",), f"{optimizer!r}: quicktune trains with {', '.join(_OPTIMIZERS)}")
+    training["batch_size"] = take("micro_batch_size", ("training", "batch_size"))
+    training["grad_accumulation"] = take("gradient_accumulation_steps", ("training", "grad_accumulation"))
+    training["seed"] = take("seed", ("training", "seed"))
+    packing = take("sample_packing", ("training", "packing"))
+    if packing is not None:
+        training["packing"] = bool(packing)
+    checkpointing = take("gradient_checkpointing", ("training", "gradient_checkpointing"))
+    if isinstance(checkpointing, bool):
+        training["gradient_checkpointing"] = checkpointing
+    else:
+        reader.skip(("gradient_checkpointing",), f"{checkpointing!r}: quicktune checkpoints on the device (true/false)")
+    for theirs, ours in (("eval_steps", "eval_every"), ("save_steps", "save_every"),
+                         ("early_stopping_patience", "early_stopping_patience"), ("logging_steps", "logging_every")):
+        value = take(theirs, ("training", ours))
+        if isinstance(value, float) and not value.is_integer():
+            reader.skip((theirs,), "a fraction of the run: quicktune counts steps")
+        elif value is not None:  # anything but a number is reported at its line by the recipe's validation
+            training[ours] = int(value) if isinstance(value, float) else value
+    if cfg.get("output_dir") is not None:
+        reader.skip(("output_dir",), "quicktune writes each run to runs/<recipe>/vN")
+        used.add("output_dir")
+
+    _apply_block(recipe, block, cfg, reader)
+    recipe.setdefault("name", _name_from(path))
+    for key, value in cfg.items():
+        if key not in used and value is not None:
+            reader.skip((key,), "no quicktune equivalent")
+    loaded = validate_recipe(recipe, lines=lines, source=str(path))
+    text = loaded.to_yaml()
+    return AxolotlImport(loaded, text, sorted(reader.unmapped, key=_by_line), defaults)
+
+
+def _apply_block(recipe: dict[str, Any], block: dict[str, Any], cfg: dict[str, Any], reader: _Reader) -> None:
+    """Values quicktune kept for itself: taken as they are, or, for those Axolotl has a lossy
+    translation of, only while the Axolotl keys still hold what quicktune wrote."""
+    from quicktune.recipe import _deep_merge
+
+    kept = block.get("recipe") if isinstance(block.get("recipe"), dict) else {}
+    recipe.update(_deep_merge(recipe, kept))
+    written_as = block.get("as_written")
+    for item in written_as if isinstance(written_as, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+            continue
+        written = item.get("axolotl") or {}
+        if all(cfg.get(k) == v for k, v in written.items()):
+            node = recipe
+            *parents, last = item["key"].split(".")
+            for part in parents:
+                node = node.setdefault(part, {}) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node[last] = item.get("value")
+        else:
+            changed = ", ".join(k for k, v in written.items() if cfg.get(k) != v)
+            reader.skip((BLOCK,), f"{item['key']}: kept as {changed} now says, not quicktune's {item.get('value')!r}")
+
+
+def _name_from(path: Path) -> str:
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._") or "imported"
+    return name if name[0].isalnum() else f"x{name}"
+
+
+def _by_line(text: str) -> tuple[int, str]:
+    where = text.split(": ", 1)[0]
+    line = where.rpartition(":")[2]
+    return (int(line) if line.isdigit() else 0, text)
+
+
+def import_axolotl(path: Path, out: Path | None, force: bool = False) -> tuple[AxolotlImport, Path]:
+    if not path.is_file():
+        raise QuicktuneError(f"no such Axolotl config: {path}")
+    imported = from_axolotl(path)
+    target = out or Path(f"{imported.recipe.name}.yaml")
+    header = (f"# quicktune recipe imported from the Axolotl config {path} by `quicktune recipes import`.\n"
+              + "".join(f"# not imported: {line}\n" for line in imported.unmapped)
+              + "".join(f"# read as Axolotl reads it: {line}\n" for line in imported.defaults))
+    write_new(target, header + imported.yaml_text, force)
+    return imported, target
+
