@@ -162,26 +162,23 @@ def arch_from_config(config: dict, source: str) -> Arch:
 
 
 def arch_from_gguf(path: Path) -> Arch:
-    from gguf import GGUFReader
+    from quicktune.models import read_gguf_header
 
-    fields = GGUFReader(str(path)).fields
-
-    def value(key):
-        return fields[key].contents() if key in fields else None
-
-    arch = value("general.architecture")
-    heads = value(f"{arch}.attention.head_count")
-    hidden = value(f"{arch}.embedding_length")
+    header = read_gguf_header(path, tensors=True)
+    fields = header.fields
+    arch = fields.get("general.architecture")
+    heads = fields.get(f"{arch}.attention.head_count")
+    hidden = fields.get(f"{arch}.embedding_length")
     return Arch(
         arch,
-        value(f"{arch}.block_count"),
+        fields.get(f"{arch}.block_count"),
         hidden,
-        value(f"{arch}.feed_forward_length"),
+        fields.get(f"{arch}.feed_forward_length"),
         heads,
-        value(f"{arch}.attention.head_count_kv") or heads,
-        value(f"{arch}.attention.key_length") or hidden // heads,
-        len(fields["tokenizer.ggml.tokens"].data),
-        "output.weight" not in {t.name for t in GGUFReader(str(path)).tensors},
+        fields.get(f"{arch}.attention.head_count_kv") or heads,
+        fields.get(f"{arch}.attention.key_length") or hidden // heads,
+        len(fields["tokenizer.ggml.tokens"]),
+        "output.weight" not in {t.name for t in header.tensors},
         f"{path.name} metadata",
     )
 

@@ -10,8 +10,9 @@ from quicktune.recipe import Recipe, load_recipe
 
 def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None, new_run: bool = False) -> None:
     from quicktune.train.runs import find_resumable, holder, next_run_dir
-    from quicktune.train.trainer import load_parent, planned_steps, prepare_data, recipe_sha256
+    from quicktune.train.trainer import check_reporters, load_parent, planned_steps, prepare_data, recipe_sha256
 
+    check_reporters(recipe)  # a dry run refuses what the real one would
     report = prepare_data(recipe).report
     print_data_report(report)
     parent_dir = load_parent(parent, runs_root, recipe)

@@ -257,7 +257,7 @@ def quantize(source: Path, final: Path, quant: str, threads: int | None = None) 
 def check_gguf(path: Path) -> None:
     """A file llama.cpp can load: GGUF's magic, a header that parses, tensors that fit the file.
     llama.cpp itself says only "Failed to load model from file"; this says what is wrong."""
-    from gguf import GGUFReader
+    from quicktune.models import read_gguf_header
 
     path = Path(path)
     if not path.is_file():
@@ -269,11 +269,11 @@ def check_gguf(path: Path) -> None:
     if magic != b"GGUF":
         raise QuicktuneError(f"{path}: not a GGUF file (it starts with {magic!r}, a GGUF with b'GGUF')", hint=hint)
     try:
-        reader = GGUFReader(str(path))
-        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as exc:  # the reader raises ValueError/IndexError/struct errors on a damaged header
+        tensors = read_gguf_header(path, prefix="general.", tensors=True).tensors
+        end = max((t.offset + t.n_bytes for t in tensors), default=0)
+    except ValueError as exc:
         raise QuicktuneError(f"{path}: a damaged or truncated GGUF ({size:,} bytes): {exc}", hint=hint) from None
-    if end > size or not reader.tensors:
+    if end > size or not tensors:
         raise QuicktuneError(f"{path}: a truncated GGUF: its tensors need {end:,} bytes, the file has {size:,}",
                              hint=hint)
 

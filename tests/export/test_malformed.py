@@ -51,7 +51,8 @@ def test_a_truncated_gguf(run_copy, tmp_path):
     loose = tmp_path / "cut.gguf"
     loose.write_bytes(whole[: len(whole) // 3])
     code, output = _quicktune("chat", str(loose), "--prompt", "hi")
-    assert code == 2 and f"{loose}: a damaged or truncated GGUF" in output
+    assert code == 2 and f"{loose}: a truncated GGUF: its tensors need {len(whole):,} bytes, the file has" \
+        f" {len(whole) // 3:,}" in output
     gguf.write_bytes(whole[: len(whole) // 3])  # the run's own file, cut short
     code, output = _quicktune("chat", str(run_copy), "--prompt", "hi")
     assert code == 2 and f"{gguf} is not the file the export wrote: {len(whole) // 3:,} bytes, the manifest records" \

@@ -36,6 +36,19 @@ def test_a_reporter_that_is_not_installed_is_refused_before_any_model_loads(make
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+def test_a_dry_run_refuses_a_missing_reporter_too(make_recipe, tmp_path):
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    from click.testing import CliRunner
+
+    from quicktune.cli import main
+
+    make_recipe(extra="  report_to: [wandb]\n")
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "tiny.yaml"), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert "training.report_to: wandb is not installed" in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.slow
 def test_tensorboard_receives_the_training_loss(make_recipe, tmp_path):
     pytest.importorskip("tensorboard")
