@@ -340,3 +340,16 @@ def print_axolotl_import(imported, written) -> None:
         console.print("read as Axolotl reads them (keys left out take its defaults): "
                       + escape(", ".join(imported.defaults)))
     console.print(f"check it with: quicktune train {escape(str(written))} --dry-run", highlight=False)
+
+
+def shell_path(path) -> str:
+    """A path as the user would type it in a shell started here: relative to the current folder
+    when inside it, quoted for the shell."""
+    import shlex
+    from pathlib import Path
+
+    try:
+        text = str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        text = str(path)
+    return shlex.quote(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quicktune.console import console, print_data_report
+from quicktune.console import console, print_data_report, shell_path
 from quicktune.recipe import Recipe, load_recipe
 
 
@@ -96,7 +96,7 @@ def train_command(
     what = "model" if recipe.method == "full" else "adapter"
     console.print(f"  {what}: {result.trained_dir}   loss curve: {result.run_dir / 'loss.png'}")
     if command == "train":
-        run = _shown(result.run_dir)
+        run = shell_path(result.run_dir)
         console.print("[bold]next[/]:", soft_wrap=True)
         console.print(f"  quicktune export {run}      GGUF files and Ollama Modelfiles", highlight=False)
         if _has_eval_data(result.run_dir):
@@ -223,7 +223,7 @@ def _probe(run_dir, probe_set, against, runs_root, threshold, *, quiet=False):
     if not quiet:
         print_probe_report(report, console)
     path, replaced = write_probe_report(report)
-    console.print(f"report: {_shown(path)}" + (" [dim](replaces the earlier report of these probes)[/]" if replaced else ""))
+    console.print(f"report: {shell_path(path)}" + (" [dim](replaces the earlier report of these probes)[/]" if replaced else ""))
     return report
 
 
@@ -250,7 +250,7 @@ def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_ro
         print_report(report, console, examples=examples)
     json_path, png_path, replaced = write_report(report)
     console.print(
-        f"report: {_shown(json_path)}" + (f"  chart: {_shown(png_path)}" if png_path else "")
+        f"report: {shell_path(json_path)}" + (f"  chart: {shell_path(png_path)}" if png_path else "")
         + (" [dim](replaces the earlier report of this same comparison on these rows)[/]" if replaced else "")
     )
     return report
@@ -324,20 +324,11 @@ def _print_next_steps(result) -> None:
     console.print("[bold]Ollama[/]:")
     for quant, modelfile in result.modelfiles.items():
         tag = ollama_tag(result.name, quant)
-        console.print(f"  ollama create {tag} -f {_shown(modelfile)}", soft_wrap=True, highlight=False)
+        console.print(f"  ollama create {tag} -f {shell_path(modelfile)}", soft_wrap=True, highlight=False)
         console.print(f"  ollama run {tag}", soft_wrap=True, highlight=False)
-    console.print(f"[bold]here[/]: quicktune chat {_shown(result.run_dir)}", soft_wrap=True, highlight=False)
+    console.print(f"[bold]here[/]: quicktune chat {shell_path(result.run_dir)}", soft_wrap=True, highlight=False)
 
 
-def _shown(path: Path) -> str:
-    """A path as the user would type it: relative to the current folder when inside it."""
-    import shlex
-
-    try:
-        text = str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        text = str(path)
-    return shlex.quote(text)
 
 
 def chat_command(

@@ -6,7 +6,6 @@ it and training consumes it, so what the check shows is what the model learns.
 
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,13 +168,8 @@ def prepare(
 
     if dedupe == "semantic" and semantic_threshold is None:
         raise DataError("data.dedupe: semantic needs data.semantic_threshold (it is null: the semantic check is off)")
-    dialogues = [quality.normalise(quality.dialogue_text(e)) for e in loaded]
-    exact = quality.exact_duplicates(dialogues, normalised=True)
-    unique = quality.drop_duplicates(len(loaded), exact)
-    near = [
-        quality.Pair(unique[p.first], unique[p.second], p.similarity)
-        for p in quality.near_duplicate_pairs([dialogues[i] for i in unique], normalised=True)
-    ]
+    found = quality.find_duplicates([quality.normalise(quality.dialogue_text(e)) for e in loaded])
+    exact, near, unique = found.exact, found.near, found.unique
     semantic: list[quality.Pair] = []
     prompts = None
     if semantic_threshold is not None:  # rows that ask the same thing in other words
@@ -193,11 +187,7 @@ def prepare(
     removed = len(loaded) - len(train)
 
     if eval_fraction and not evaluation:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        held = set(order[: max(1, round(len(train) * eval_fraction))])
-        evaluation = [e for i, e in enumerate(train) if i in held]
-        train = [e for i, e in enumerate(train) if i not in held]
+        train, evaluation = quality.hold_out(train, eval_fraction, seed)
     eval_source = "files" if eval_paths else (f"fraction {eval_fraction}" if eval_fraction else "none")
 
     train_prompts = [quality.prompt_text(e) for e in train]

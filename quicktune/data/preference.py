@@ -21,7 +21,6 @@ so TRL never re-renders or re-tokenizes anything.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,22 +316,13 @@ def prepare_pairs(
     if dedupe == "semantic":
         raise DataError("data.dedupe: semantic compares conversations; preference pairs are de-duplicated "
                         "exact or near (set data.dedupe: exact or near)")
-    keys = [quality.normalise(_dedupe_key(p)) for p in loaded]
-    exact = quality.exact_duplicates(keys, normalised=True)
-    unique = quality.drop_duplicates(len(loaded), exact)
-    near = [
-        quality.Pair(unique[p.first], unique[p.second], p.similarity)
-        for p in quality.near_duplicate_pairs([keys[i] for i in unique], normalised=True)
-    ]
+    found = quality.find_duplicates([quality.normalise(_dedupe_key(p)) for p in loaded])
+    exact, near = found.exact, found.near
     dropping = {"none": [], "exact": exact, "near": exact + near}[dedupe]
     train = [loaded[i] for i in quality.drop_duplicates(len(loaded), dropping)]
     removed = len(loaded) - len(train)
     if eval_fraction and not held:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        chosen_for_eval = set(order[: max(1, round(len(train) * eval_fraction))])
-        held = [p for i, p in enumerate(train) if i in chosen_for_eval]
-        train = [p for i, p in enumerate(train) if i not in chosen_for_eval]
+        train, held = quality.hold_out(train, eval_fraction, seed)
     eval_source = "files" if eval_paths else (f"fraction {eval_fraction}" if eval_fraction else "none")
     leaks = quality.leakage_pairs([_prompt_key(p) for p in train], [_prompt_key(p) for p in held])
     if near and dedupe != "near":

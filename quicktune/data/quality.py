@@ -225,3 +225,31 @@ def drop_duplicates(count: int, pairs: list[Pair]) -> list[int]:
         if a != b:
             parent[max(a, b)] = min(a, b)
     return [i for i in range(count) if root(i) == i]
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    exact: list[Pair]  # indices into the rows given
+    near: list[Pair]  # among the rows left after the exact ones, mapped back to the rows given
+    unique: list[int]  # the rows left after the exact duplicates
+
+
+def find_duplicates(keys: list[str]) -> Duplicates:
+    """Exact and near-duplicate rows among normalised keys (one per row)."""
+    exact = exact_duplicates(keys, normalised=True)
+    unique = drop_duplicates(len(keys), exact)
+    near = [
+        Pair(unique[p.first], unique[p.second], p.similarity)
+        for p in near_duplicate_pairs([keys[i] for i in unique], normalised=True)
+    ]
+    return Duplicates(exact, near, unique)
+
+
+def hold_out(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, eval): ``fraction`` of the rows, chosen reproducibly by ``seed``, held out for eval."""
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[: max(1, round(len(rows) * fraction))])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]

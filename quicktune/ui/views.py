@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from quicktune.console import shell_path
 from quicktune.errors import QuicktuneError
 from quicktune.train.runs import (
     eval_reports,
@@ -114,13 +114,6 @@ def lineage(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [node(name) for name in children.get(None, [])]
 
 
-def _shown(path: Path) -> str:
-    """A path as the user would type it in a shell started where the UI was."""
-    try:
-        text = str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        text = str(path)
-    return shlex.quote(text)
 
 
 def _modelfiles(run_dir: Path, export: dict[str, Any]) -> list[dict[str, Any]]:
@@ -137,7 +130,7 @@ def _modelfiles(run_dir: Path, export: dict[str, Any]) -> list[dict[str, Any]]:
                 "quant": quant,
                 "file": relative,
                 "text": path.read_text(encoding="utf-8", errors="replace"),
-                "create": f"ollama create {tag} -f {_shown(path)}",
+                "create": f"ollama create {tag} -f {shell_path(path)}",
                 "run": f"ollama run {tag}",
             }
         )
@@ -184,7 +177,7 @@ def run_view(root: Path, name: str) -> dict[str, Any]:
         "modelfiles": _modelfiles(run_dir, export),
         "fidelity": export.get("fidelity") or None,
         "evals": _reports(run_dir),
-        "chat": f"quicktune chat {_shown(run_dir)}" if export.get("ggufs") else None,
+        "chat": f"quicktune chat {shell_path(run_dir)}" if export.get("ggufs") else None,
     }
 
 
