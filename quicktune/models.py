@@ -75,17 +75,36 @@ class GGUFTensorInfo:
 
 
 @dataclass(frozen=True)
+class GGUFEntry:
+    """Where one metadata entry (key, type, value) lies in the file: bytes ``start`` to ``end``."""
+
+    start: int
+    end: int
+    kind: int  # a gguf.GGUFValueType value
+    item: int | None = None  # for an array: its items' type ...
+    count: int | None = None  # ... and how many there are
+
+
+@dataclass(frozen=True)
 class GGUFHeader:
     fields: dict[str, Any]
     tensors: list[GGUFTensorInfo]
+    # how the header is laid out, for copying parts of it byte for byte (llamacpp.rewrite_metadata)
+    byte_order: str = "<"
+    version: int = 3
+    alignment: int = 32
+    entries: dict[str, GGUFEntry] | None = None
+    tensor_table: tuple[int, int] | None = None  # its first and end byte (with tensors=True)
+    data_start: int | None = None  # where the tensor data begins (with tensors=True)
 
 
 _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 
-def read_gguf_header(path: Path, prefix: str = "", tensors: bool = False) -> GGUFHeader:
-    """The metadata (keys starting with ``prefix``) and, when asked, the tensor table of a GGUF."""
+def read_gguf_header(path: Path, prefix: str | None = "", tensors: bool = False) -> GGUFHeader:
+    """The metadata (keys starting with ``prefix``; none for ``None``) and, when asked, the tensor
+    table of a GGUF, with where each entry lies."""
     import mmap
     import struct
 
@@ -104,7 +123,7 @@ def read_gguf_header(path: Path, prefix: str = "", tensors: bool = False) -> GGU
         view.close()
 
 
-def _parse_gguf_header(view, prefix: str, want_tensors: bool, struct, np) -> GGUFHeader:
+def _parse_gguf_header(view, prefix: str | None, want_tensors: bool, struct, np) -> GGUFHeader:
     if view[:4] != b"GGUF":
         raise ValueError(f"not a GGUF file (it starts with {bytes(view[:4])!r})")
     order = "<"
@@ -158,18 +177,26 @@ def _parse_gguf_header(view, prefix: str, want_tensors: bool, struct, np) -> GGU
             raise ValueError("an array runs past the end of the file")
 
     fields: dict[str, Any] = {}
+    entries: dict[str, GGUFEntry] = {}
     alignment = 32
     for _ in range(n_fields):
+        first = at
         key = string()
         kind = number("I")
-        keep = key.startswith(prefix) or key == "general.alignment"
-        found = value(kind, keep)
+        item = count = None
+        if kind == _GGUF_ARRAY:
+            item, count = struct.unpack_from(order + "IQ", view, at)
+        wanted = prefix is not None and key.startswith(prefix)
+        found = value(kind, wanted or key == "general.alignment")
         if key == "general.alignment":
             alignment = int(found)
-        if key.startswith(prefix):
+        if wanted:
             fields[key] = found
+        entries[key] = GGUFEntry(first, at, kind, item, count)
     tensors: list[GGUFTensorInfo] = []
+    table = start = None
     if want_tensors:
+        table_start = at
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
         raw = []
@@ -184,4 +211,5 @@ def _parse_gguf_header(view, prefix: str, want_tensors: bool, struct, np) -> GGU
             for dim in shape:
                 elements *= dim
             tensors.append(GGUFTensorInfo(name, shape, kind, start + offset, elements // block * size))
-    return GGUFHeader(fields, tensors)
+        table = (table_start, at)
+    return GGUFHeader(fields, tensors, order, version, alignment, entries, table, start)

@@ -1,4 +1,5 @@
-"""quicktune's GGUF header reader against gguf's own ``GGUFReader`` on real files."""
+"""quicktune's GGUF header reader, and the metadata rewrite built on it, against gguf's own
+``GGUFReader`` on real files."""
 
 from __future__ import annotations
 
@@ -44,3 +45,39 @@ def test_a_cut_header_is_a_value_error(tmp_path, keep):
         cut.write_bytes(handle.read(keep))
     with pytest.raises(ValueError):
         read_gguf_header(cut, tensors=True)
+
+
+def test_rewrite_metadata_copies_what_stays_and_types_what_changes(tmp_path, llama_cpp_src):
+    """Entries, tensor table and tensor data copied as bytes; new values typed like the key they
+    replace; a donor's tokenizer.* keys replace the source's; a vocabulary of another size is refused.
+    (Read back with read_gguf_header, which the test above holds to GGUFReader.)"""
+    from quicktune.errors import QuicktuneError
+    from quicktune.export.llamacpp import rewrite_metadata
+
+    def read(path):
+        header = read_gguf_header(path, tensors=True)
+        start = header.data_start
+        tensors = [(t.name, t.offset - start, t.n_bytes, t.shape) for t in header.tensors]  # the header's size changes
+        types = {key: (entry.kind, entry.item) for key, entry in header.entries.items()}
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            return header.fields, tensors, types, handle.read()
+
+    source = _smollm2_gguf()
+    fields, tensors, types, data = read(source)
+    changed = {"tokenizer.ggml.pre": "donor-pre", "tokenizer.ggml.eos_token_id": 7}
+    donor = rewrite_metadata(source, tmp_path / "donor.gguf", values=changed)
+    assert read(donor) == ({**fields, **changed}, tensors, types, data)
+    values = {"tokenizer.chat_template": "{{ x }}", "quicktune.flag": True, "quicktune.count": 3}
+    out = rewrite_metadata(source, tmp_path / "out.gguf", tokenizer_from=donor, values=values)
+    new_fields, new_tensors, new_types, new_data = read(out)
+    assert new_fields == {**fields, **changed, **values}
+    assert (new_tensors, new_data) == (tensors, data)  # the same tensors, byte for byte, in the same places
+    assert new_types == {**types, "quicktune.flag": (7, None), "quicktune.count": (4, None)}  # BOOL, UINT32
+    # a vocabulary-only file (no tensors) is rewritten too
+    vocab = rewrite_metadata(llama_cpp_src / "models" / "ggml-vocab-qwen2.gguf", tmp_path / "vocab.gguf",
+                             values={"tokenizer.ggml.add_bos_token": True})
+    assert read(vocab)[0]["tokenizer.ggml.add_bos_token"] is True
+    with pytest.raises(QuicktuneError, match="tokens but the exported model has 49152 embeddings"):
+        rewrite_metadata(source, tmp_path / "bad.gguf", tokenizer_from=vocab)
+    assert not (tmp_path / "bad.gguf").exists()

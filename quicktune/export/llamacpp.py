@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -174,62 +176,101 @@ def rewrite_metadata(
 
     ``tokenizer_from``: a GGUF whose ``tokenizer.*`` keys replace the source's.
     ``values``: key -> value, typed like the key already in the file (or a string).
+
+    Every entry that stays, the tensor table and the tensor data are copied as bytes (the
+    table's offsets count from the data section, whose alignment is kept); only ``values``
+    are encoded. gguf's ``GGUFReader`` + ``GGUFWriter`` did the same in tens of seconds for a
+    150k-token vocabulary (a numpy view per token), this in a fraction of a second.
     """
-    from gguf import GGUFReader, GGUFWriter
-
-    reader = GGUFReader(str(source))
-    kv: dict[str, tuple[Any, Any, Any]] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        kv[key] = (field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    source = Path(source)
+    header = _read_layout(source, tensors=True)
+    order = header.byte_order
+    with open(source, "rb") as handle:
+        head = handle.read(header.tensor_table[1])
+    entries = {key: head[e.start : e.end] for key, e in header.entries.items()}
+    kinds = {key: (e.kind, e.item) for key, e in header.entries.items()}
     if tokenizer_from is not None:
-        donor = GGUFReader(str(tokenizer_from))
-        kv = {key: value for key, value in kv.items() if not key.startswith("tokenizer.")}
-        for key, field in donor.fields.items():
-            if key.startswith("tokenizer."):
-                kv[key] = (field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
-        _check_vocab_size(reader, kv)
+        donor = _read_layout(Path(tokenizer_from), tensors=False)
+        if donor.byte_order != order:
+            raise QuicktuneError(f"{tokenizer_from} and {source.name} differ in byte order; cannot copy the tokenizer")
+        donor_keys = {key: e for key, e in donor.entries.items() if key.startswith("tokenizer.")}
+        with open(tokenizer_from, "rb") as handle:
+            donor_head = handle.read(max((e.end for e in donor_keys.values()), default=0))
+        entries = {key: blob for key, blob in entries.items() if not key.startswith("tokenizer.")}
+        kinds = {key: kind for key, kind in kinds.items() if not key.startswith("tokenizer.")}
+        for key, e in donor_keys.items():
+            entries[key] = donor_head[e.start : e.end]
+            kinds[key] = (e.kind, e.item)
+        tokens = donor_keys.get("tokenizer.ggml.tokens")
+        _check_vocab_size(header.tensors, tokens.count if tokens is not None else None)
     for key, value in (values or {}).items():
-        _, vtype, sub = kv.get(key, (None, _value_type(value), None))
-        kv[key] = (value, vtype, sub)
+        if key == "general.alignment":
+            raise ValueError("rewrite_metadata keeps the source's alignment")
+        kind, item = kinds.get(key, (None, None))
+        entries[key] = _encode_entry(key, value, kind, item, order)
 
-    arch = kv.pop("general.architecture")[0]
-    alignment = kv.get("general.alignment", (32,))[0]
     with atomic_path(final) as temp:
-        writer = GGUFWriter(str(temp), arch=arch, use_temp_file=False)
-        writer.data_alignment = int(alignment)
-        for key, (value, vtype, sub) in kv.items():
-            writer.add_key_value(key, value, vtype, sub_type=sub)
-        for tensor in reader.tensors:
-            writer.add_tensor_info(
-                tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
-            )
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for tensor in reader.tensors:
-            writer.write_tensor_data(tensor.data)
-        writer.close()
+        with open(temp, "wb") as out:
+            out.write(b"GGUF" + struct.pack(order + "IQQ", header.version, len(header.tensors), len(entries)))
+            for blob in entries.values():
+                out.write(blob)
+            first, end = header.tensor_table
+            out.write(head[first:end])
+            if header.tensors:
+                out.write(bytes(-out.tell() % header.alignment))
+                with open(source, "rb") as handle:
+                    handle.seek(header.data_start)
+                    shutil.copyfileobj(handle, out, 16 << 20)
     return final
 
 
-def _value_type(value: Any) -> Any:
-    from gguf import GGUFValueType
+def _read_layout(path: Path, tensors: bool):
+    from quicktune.models import read_gguf_header
+
+    try:
+        return read_gguf_header(path, None, tensors=tensors)
+    except ValueError as exc:
+        raise QuicktuneError(f"{path}: a damaged or truncated GGUF: {exc}") from None
+
+
+def _encode_entry(key: str, value: Any, kind: int | None, item: int | None, order: str) -> bytes:
+    """One GGUF metadata entry: the key, its type and the value, typed as ``kind`` (for a new key:
+    bool, uint32 for an int, else string)."""
+    from quicktune.models import _GGUF_ARRAY, _GGUF_SCALARS, _GGUF_STRING
+
+    def text(s: str) -> bytes:
+        data = s.encode("utf-8")
+        return struct.pack(order + "Q", len(data)) + data
+
+    def packed(v: Any, k: int) -> bytes:
+        if k in _GGUF_SCALARS:
+            return struct.pack(order + _GGUF_SCALARS[k], v)
+        if k == _GGUF_STRING:
+            return text(str(v))
+        if k == _GGUF_ARRAY and item is not None and item != _GGUF_ARRAY:
+            return struct.pack(order + "IQ", item, len(v)) + b"".join(packed(x, item) for x in v)
+        raise ValueError(f"{key}: cannot write a value of GGUF type {k}")
+
+    if kind is None:
+        kind = _value_type(value)
+    return text(key) + struct.pack(order + "I", int(kind)) + packed(value, int(kind))
+
+
+def _value_type(value: Any) -> int:
+    from quicktune.models import _GGUF_STRING
 
     if isinstance(value, bool):
-        return GGUFValueType.BOOL
+        return 7  # BOOL
     if isinstance(value, int):
-        return GGUFValueType.UINT32
-    return GGUFValueType.STRING
+        return 4  # UINT32
+    return _GGUF_STRING
 
 
-def _check_vocab_size(reader: Any, kv: dict[str, tuple]) -> None:
-    tokens = len(kv["tokenizer.ggml.tokens"][0])
-    for tensor in reader.tensors:
+def _check_vocab_size(tensors: list, tokens: int | None) -> None:
+    for tensor in tensors:
         if tensor.name == "token_embd.weight":
             rows = int(tensor.shape[-1])
-            if rows != tokens:
+            if tokens is not None and rows != tokens:
                 raise QuicktuneError(f"the base GGUF has {tokens} tokens but the exported model has {rows} embeddings")
 
 
