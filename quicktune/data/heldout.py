@@ -37,14 +37,24 @@ class EvalSet:
 
 
 
+def _all_pairs(data_files: list[str]) -> bool:
+    from quicktune.data.preference import holds_pairs
+
+    return all(holds_pairs(path) for path in data_files)
+
+
 def load_eval_set(recipe, data_files: list[str], limit: int | None, *, train_if_no_eval: bool = False) -> EvalSet:
     """``--data`` files, else the recipe's held-out split (the same rows training evaluated on);
-    with ``train_if_no_eval``, the last training rows when the recipe holds nothing out."""
+    with ``train_if_no_eval``, the last training rows when the recipe holds nothing out.
+
+    A dpo/orpo run reads ``--data`` files of preference pairs as pairs (scored with preference
+    accuracy too) and files of conversations as conversations: its task metrics on the rows an
+    SFT run is scored on, e.g. the demo's eval.jsonl for ``smollm2-demo-dpo``."""
     from quicktune.data.check import load_examples, prepare_for_recipe
     from quicktune.recipe import PREFERENCE_METHODS
 
     pairs = None
-    if data_files and recipe.method in PREFERENCE_METHODS:
+    if data_files and recipe.method in PREFERENCE_METHODS and _all_pairs(data_files):
         from quicktune.data.preference import load_pairs
         from quicktune.data.records import Problems
 
