@@ -40,6 +40,13 @@ class PairSummary:
     similarity: float
 
 
+def pair_summaries(pairs, first: list, second: list) -> list[PairSummary]:
+    """The first MAX_PAIRS_SHOWN pairs as file:line origins: ``pair.first`` indexes ``first``,
+    ``pair.second`` indexes ``second`` (rows with an ``origin``)."""
+    return [PairSummary(first[p.first].origin, second[p.second].origin, round(p.similarity, 3))
+            for p in pairs[:MAX_PAIRS_SHOWN]]
+
+
 @dataclass
 class TokenStats:
     max_seq_length: int
@@ -238,26 +245,14 @@ def prepare(
         exact_duplicates=len(exact),
         near_duplicates=len(near),
         removed_duplicates=removed,
-        duplicate_pairs=[
-            PairSummary(loaded[p.first].origin, loaded[p.second].origin, round(p.similarity, 3))
-            for p in (exact + near)[:MAX_PAIRS_SHOWN]
-        ],
+        duplicate_pairs=pair_summaries(exact + near, loaded, loaded),
         leakage=len(leaks),
-        leakage_pairs=[
-            PairSummary(train[p.first].origin, evaluation[p.second].origin, round(p.similarity, 3))
-            for p in leaks[:MAX_PAIRS_SHOWN]
-        ],
+        leakage_pairs=pair_summaries(leaks, train, evaluation),
         semantic_threshold=semantic_threshold,
         semantic_duplicates=len(semantic),
-        semantic_pairs=[
-            PairSummary(loaded[p.first].origin, loaded[p.second].origin, round(p.similarity, 3))
-            for p in semantic[:MAX_PAIRS_SHOWN]
-        ],
+        semantic_pairs=pair_summaries(semantic, loaded, loaded),
         semantic_leakage=len(semantic_leaks),
-        semantic_leakage_pairs=[
-            PairSummary(train[p.first].origin, evaluation[p.second].origin, round(p.similarity, 3))
-            for p in semantic_leaks[:MAX_PAIRS_SHOWN]
-        ],
+        semantic_leakage_pairs=pair_summaries(semantic_leaks, train, evaluation),
         semantic_embeddings=prompts.name if prompts is not None else None,
         warnings=warnings,
     )

@@ -27,10 +27,9 @@ from typing import Any
 
 from quicktune.data import quality
 from quicktune.data.check import (
-    MAX_PAIRS_SHOWN,
     DataReport,
     FileSummary,
-    PairSummary,
+    pair_summaries,
     PreparedData,
     RenderedExample,
     StopToken,
@@ -339,11 +338,9 @@ def prepare_pairs(
         exact_duplicates=len(exact),
         near_duplicates=len(near),
         removed_duplicates=removed,
-        duplicate_pairs=[PairSummary(loaded[p.first].origin, loaded[p.second].origin, round(p.similarity, 3))
-                         for p in (exact + near)[:MAX_PAIRS_SHOWN]],
+        duplicate_pairs=pair_summaries(exact + near, loaded, loaded),
         leakage=len(leaks),
-        leakage_pairs=[PairSummary(train[p.first].origin, held[p.second].origin, round(p.similarity, 3))
-                       for p in leaks[:MAX_PAIRS_SHOWN]],
+        leakage_pairs=pair_summaries(leaks, train, held),
         warnings=warnings,
     )
     train_examples, eval_examples = [p.as_example() for p in train], [p.as_example() for p in held]
