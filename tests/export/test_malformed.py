@@ -23,6 +23,11 @@ def exported_copy(trained_run, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("malformed") / "tiny-export" / "v1"
     shutil.copytree(trained_run.run_dir, run_dir, ignore=shutil.ignore_patterns("export", "checkpoints"))
+    # the session's run may have been exported by earlier tests: the copy has no export/, so its
+    # manifest must not list one (else chat picks a recorded quantization whose file is not here)
+    manifest = runs.read_manifest(run_dir)
+    manifest.pop("export", None)
+    runs.write_manifest(run_dir, manifest)
     export_run(run_dir, ["q8_0"], verify=False)
     return run_dir
 
