@@ -122,9 +122,16 @@ def _redirected(folder: Path) -> Iterator[LibraryLog]:
     terminal_out = os.fdopen(os.dup(1), "w", encoding="utf-8", errors="replace", closefd=True)
     terminal_err = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace", closefd=True)
     fd = os.open(log.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    saved_files = (console.file, err_console.file)
+    # what the consoles were set to (None: whatever sys.stdout / sys.stderr is at the time of a print)
+    saved_files = (console._file, err_console._file)
     try:
-        console.file, err_console.file = terminal_out, terminal_err
+        # quicktune's lines keep the terminal; where sys.stdout/stderr are not the process's descriptors
+        # 1 and 2 (a caller capturing the output, such as Click's test runner) they keep going there
+        copies = {1: terminal_out, 2: terminal_err}
+        if _descriptor(sys.stdout) in copies:
+            console.file = copies[_descriptor(sys.stdout)]
+        if _descriptor(sys.stderr) in copies:
+            err_console.file = copies[_descriptor(sys.stderr)]
         log._saved = {1: os.dup(1), 2: os.dup(2)}
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -136,6 +143,13 @@ def _redirected(folder: Path) -> Iterator[LibraryLog]:
         for number, saved in log._saved.items():
             os.dup2(saved, number)
             os.close(saved)
-        console.file, err_console.file = saved_files
+        console._file, err_console._file = saved_files
         terminal_out.close()
         terminal_err.close()
+
+
+def _descriptor(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None

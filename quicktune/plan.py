@@ -14,6 +14,7 @@ from pathlib import Path
 
 GB = 1e9
 GIB = 2**30
+PREFERENCE_METHODS = ("dpo", "orpo")
 
 # NF4 with double quantization: 4 bits + 0.127 bits of constants per parameter
 # (QLoRA, Dettmers et al. 2023, arXiv:2305.14314, section 2 "Double Quantization").
@@ -222,7 +223,7 @@ def find_arch(base: str) -> Arch:
 
 @dataclass(frozen=True)
 class Settings:
-    method: str  # qlora, lora, full
+    method: str  # qlora, lora, full, dpo, orpo
     batch: int
     seq: int
     rank: int
@@ -230,6 +231,22 @@ class Settings:
     gradient_checkpointing: bool
     optimizer: str  # adamw_8bit, adamw_torch, ...
     unsloth: bool = True
+    four_bit: bool | None = None  # the base loaded in 4 bits; None: as the method says (qlora)
+
+    @property
+    def quantized(self) -> bool:
+        return self.method == "qlora" if self.four_bit is None else self.four_bit
+
+    @property
+    def sequences_per_row(self) -> int:
+        """A preference row is a pair: chosen and rejected go through the model side by side."""
+        return 2 if self.method in PREFERENCE_METHODS else 1
+
+    @property
+    def work_factor(self) -> float:
+        """Compute per trained token against SFT: DPO also runs its frozen reference forward
+        (2N FLOPs per token on top of the 6N of forward + backward with recomputation)."""
+        return (6 + 2) / 6 if self.method == "dpo" else 1.0
 
 
 @dataclass
@@ -243,8 +260,8 @@ class Estimate:
 
 
 def estimate(arch: Arch, s: Settings) -> Estimate:
-    tokens = s.batch * s.seq
-    if s.method == "qlora":
+    tokens = s.batch * s.seq * s.sequences_per_row
+    if s.quantized:
         weights = arch.linear_params * NF4_BYTES_PER_PARAM + (arch.params - arch.linear_params) * 2
     else:
         weights = arch.params * (2 + SIXTEEN_BIT_EXTRA_BYTES_PER_PARAM)
@@ -296,7 +313,9 @@ def suggestions(arch: Arch, s: Settings, vram_gib: float, grad_accumulation: int
     while seq > 512:
         seq //= 2
         options.append(((f"model.max_seq_length={seq}",), "longer rows are cut", replace(s, seq=seq)))
-    if s.method != "qlora":
+    if s.method in PREFERENCE_METHODS and not s.quantized:
+        options.append((("model.load_in_4bit=true",), "4-bit base weights", replace(s, four_bit=True, optimizer="adamw_8bit")))
+    elif not s.quantized:
         options.append(
             (("method=qlora", "model.load_in_4bit=true"), "4-bit base weights", replace(s, method="qlora", optimizer="adamw_8bit"))
         )
@@ -381,6 +400,7 @@ def settings_for(recipe, unsloth: bool = True, device: str = "cuda") -> Settings
         t.gradient_checkpointing,
         optimizer,
         unsloth,
+        recipe.model.load_in_4bit if recipe.method in PREFERENCE_METHODS else None,
     )
 
 
@@ -405,23 +425,33 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
     tokens = data_tokens(recipe)
     disk = disk_bytes(arch, settings, recipe.export.quantizations)
     if gpu is None and vram is None and is_cpu_recipe(recipe):
-        epoch = cpu_seconds_per_epoch(arch, tokens) if tokens else None
+        epoch = cpu_seconds_per_epoch(arch, tokens) * settings.work_factor if tokens else None
         note = (
             f"scaled from our run of the quick start on a {CPU_REFERENCE['cores']}-core CPU "
             f"({CPU_REFERENCE['seconds']:.0f} s for 120 steps of SmolLM2-135M); more cores are faster"
         )
-        return Plan(arch, settings, 0.0, None, result, disk, tokens, epoch, device="cpu", time_note=note)
+        return Plan(arch, settings, 0.0, None, result, disk, tokens, epoch, device="cpu",
+                    time_note=note + _preference_note(settings))
     card = find_gpu(gpu) if gpu else (None if vram else GPUS["rtx 4090"])
     vram_gib = vram or card.vram_gib
     if card is not None:
-        epoch = seconds_per_epoch(arch, tokens, card, settings.gradient_checkpointing) if tokens else None
+        epoch = seconds_per_epoch(arch, tokens, card, settings.gradient_checkpointing) * settings.work_factor if tokens else None
         note = f"on {card.name}, from its 16-bit throughput at {MODEL_FLOPS_UTILIZATION:.0%} utilisation"
     else:
         epoch, note = None, "not estimated: --vram says how much memory, not how fast; name the card with --gpu"
-    plan = Plan(arch, settings, vram_gib, card, result, disk, tokens, epoch, time_note=note)
+    plan = Plan(arch, settings, vram_gib, card, result, disk, tokens, epoch,
+                time_note=note + (_preference_note(settings) if card is not None else ""))
     if not plan.fits:
         plan.fixes = suggestions(arch, settings, vram_gib, recipe.training.grad_accumulation)
     return plan
+
+
+def _preference_note(s: Settings) -> str:
+    if s.method == "dpo":
+        return f"; DPO: chosen and rejected side by side, plus the frozen reference's forward pass (x{s.work_factor:.2f})"
+    if s.method == "orpo":
+        return "; ORPO: chosen and rejected side by side"
+    return ""
 
 
 def detect_vram_gib() -> float | None:

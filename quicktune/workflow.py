@@ -187,7 +187,11 @@ def eval_command(
     run_dir = resolve_run(run_ref, Path(runs_dir))
     against = None if against == "none" else against
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    with stdout_to_stderr() if as_json else nullcontext():
+    from quicktune.library_log import library_output_to_log
+
+    # --json: stdout holds the JSON alone; the libraries' output goes to RUN/library.log either way
+    with stdout_to_stderr() if as_json else nullcontext(), library_output_to_log(run_dir) as log:
+        log.move_into(run_dir)
         if probe:
             _refuse_with_probe(against, data_files, limit, gguf, max_new_tokens, judge)
             return _probe(run_dir, probe, against, Path(runs_dir), threshold, quiet=as_json)
@@ -288,9 +292,13 @@ def compare_command(first: str, second: str, runs_dir: str, threshold: float | N
 
 
 def export_command(run_ref: str, quants: list[str], runs_dir: str, *, verify: bool, prompts: int):
+    from quicktune.library_log import library_output_to_log
     from quicktune.train.runs import resolve_run
 
-    return _export(resolve_run(run_ref, Path(runs_dir)), quants, verify=verify, prompts=prompts)
+    run_dir = resolve_run(run_ref, Path(runs_dir))
+    with library_output_to_log(run_dir) as log:  # llama.cpp's and the converter's output: RUN/library.log
+        log.move_into(run_dir)
+        return _export(run_dir, quants, verify=verify, prompts=prompts)
 
 
 def _export(run_dir: Path, quants: list[str], *, verify: bool, prompts: int, next_steps: bool = True):

@@ -13,7 +13,7 @@ def test_the_shipped_pairs_regenerate_byte_for_byte(tmp_path):
         assert path.read_bytes() == (preference.HERE / path.name).read_bytes(), path.name
 
 
-def test_each_pair_is_the_right_answer_against_its_12_hour_time():
+def test_each_pair_is_the_right_answer_against_the_other_half_of_the_day():
     for name in preference.FILES.values():
         rows = [json.loads(line) for line in (preference.HERE / name).read_text(encoding="utf-8").splitlines()]
         assert rows, name
@@ -22,7 +22,7 @@ def test_each_pair_is_the_right_answer_against_its_12_hour_time():
             assert row["prompt"][0] == {"role": "system", "content": SYSTEM} and row["prompt"][-1]["role"] == "user"
             assert list(chosen) == list(rejected) == ["title", "person", "place", "day", "time"]
             hour, minute = chosen["time"].split(":")
-            assert int(hour) > 12 and rejected["time"] == f"{int(hour) - 12}:{minute}"
+            assert rejected["time"] == f"{(int(hour) + 12) % 24:02d}:{minute}" != chosen["time"]
             assert {k: v for k, v in chosen.items() if k != "time"} == {k: v for k, v in rejected.items() if k != "time"}
 
 
@@ -32,4 +32,4 @@ def test_the_held_out_pairs_come_from_the_held_out_rows():
     prepared = prepare_pairs([str(preference.HERE / "preference_train.jsonl")],
                              eval_paths=[str(preference.HERE / "preference_eval.jsonl")])
     assert prepared.report.leakage == 0 and prepared.report.exact_duplicates == 0
-    assert (prepared.report.train_rows, prepared.report.eval_rows) == (215, 28)
+    assert (prepared.report.train_rows, prepared.report.eval_rows) == (333, 50)

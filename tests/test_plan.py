@@ -145,3 +145,25 @@ def test_a_cpu_recipe_is_planned_for_the_cpu():
     # asked for a GPU, the same recipe gets a GPU plan; a tiny model's epoch is no longer "0 s"
     gpu = _plan_output("smollm2-demo", "--gpu", "RTX 4090")
     assert "Peak VRAM estimate on RTX 4090" in gpu and "→ under a second per epoch" in gpu
+
+
+def test_a_preference_run_is_planned_with_both_answers_and_dpos_reference():
+    # A pair puts chosen and rejected through the model side by side: twice the activations and
+    # logits of one SFT row; a 4-bit DPO base weighs what a QLoRA base weighs.
+    shape = dict(batch=2, seq=1024, rank=16, targets=ALL7, gradient_checkpointing=True, optimizer="adamw_8bit")
+    qlora = estimate(LLAMA8B, Settings("qlora", **shape))
+    dpo = estimate(LLAMA8B, Settings("dpo", four_bit=True, **shape))
+    assert dpo.parts["weights"] == qlora.parts["weights"] and dpo.trainable == qlora.trainable
+    assert dpo.parts["activations"] == pytest.approx(2 * qlora.parts["activations"])
+    assert dpo.parts["logits/loss"] == pytest.approx(2 * qlora.parts["logits/loss"])
+    assert estimate(LLAMA8B, Settings("orpo", four_bit=False, **shape)).parts["weights"] > dpo.parts["weights"]
+
+    recipe = load_recipe("smollm2-demo-dpo")
+    plan = make_plan(recipe)
+    sft = make_plan(load_recipe("smollm2-demo", [f"data.train={recipe.data.train[0]}"]))
+    assert plan.settings.method == "dpo" and plan.settings.quantized is False
+    assert plan.epoch_seconds == pytest.approx(sft.epoch_seconds * 4 / 3)  # the reference's forward pass
+    assert "reference" in plan.time_note
+    # too big for the card: the fix a DPO recipe can take is a 4-bit base, not method=qlora
+    big = make_plan(load_recipe("smollm2-demo-dpo", ["model.max_seq_length=4096", "training.batch_size=64"]), vram=4)
+    assert all("method=qlora" not in fix.sets for fix in big.fixes)

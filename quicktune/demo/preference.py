@@ -18,16 +18,19 @@ HERE = Path(__file__).parent
 FILES = {"train.jsonl": "preference_train.jsonl", "eval.jsonl": "preference_eval.jsonl"}
 
 
-def twelve_hour(answer: dict) -> dict | None:
-    """The afternoon hour written on the 12-hour clock: "16:00" -> "4:00" (the prompt asks for 24-hour)."""
+def other_half_of_day(answer: dict) -> dict | None:
+    """The same clock time in the other half of the day: "07:00" -> "19:00", "14:30" -> "02:30".
+
+    The mistake the SFT demo model was measured to make (README.md beside this file): "breakfast
+    ... at 7 in the morning" answered "19:00"."""
     time = answer.get("time")
-    if not time or int(time[:2]) <= 12:
+    if not time:
         return None
-    hour, minute = int(time[:2]) - 12, time[3:]
-    return {**answer, "time": f"{hour}:{minute}"}
+    hour, minute = int(time[:2]), time[3:]
+    return {**answer, "time": f"{(hour + 12) % 24:02d}:{minute}"}
 
 
-MISTAKE = twelve_hour
+MISTAKE = other_half_of_day
 
 
 def pair(row: dict) -> dict | None:

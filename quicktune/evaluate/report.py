@@ -198,16 +198,26 @@ def print_probe_report(report, console, *, shown: int = 10) -> None:
     for name in cats_before:
         row(name, sum(p.category == name for p in report.probes), cats_before[name], cats_after[name])
     row("all probes", len(report.probes), before.score, after.score)
+    if before.found and after.found:
+        table.add_row(f"answer in the reply ({len(report.probes)})", f"{before.found_score:.0%}",
+                      f"{after.found_score:.0%}", _change(before.found_score, after.found_score))
     losses = [m.loss for m in (before, after)]
-    table.add_row(
-        "loss on the answers", *("-" if v is None else f"{v:.3f}" for v in losses),
-        "-" if None in losses else f"{losses[1] - losses[0]:+.3f}",
-    )
+    rose = report.loss_rose()
+    loss_change = "-" if None in losses else f"{losses[1] - losses[0]:+.3f}"
+    table.add_row("loss on the answers", *("-" if v is None else f"{v:.3f}" for v in losses),
+                  f"[red]{loss_change} ▼[/]" if rose else loss_change)
     console.print(table)
+    if rose:
+        console.print(f"[red]the loss on the expected answers rose {rose:.0%}[/] ({losses[0]:.3f} → {losses[1]:.3f}): "
+                      f"{escape(after.label)} finds the right answers less likely than {escape(before.label)} does")
     dropped, gained = report.dropped(), report.gained()
+    if not any(before.passed):
+        console.print(f"[yellow]{escape(before.label)} passed no probe[/] (it does not answer in the asked format): "
+                      "the pass rates cannot show forgetting here; the answer-in-the-reply rate and the loss can")
     if not dropped:
-        console.print(f"[green]no probe dropped[/]: {escape(after.label)} answers every probe {escape(before.label)} answered"
-                      + (f", and {len(gained)} more" if gained else ""))
+        if any(before.passed):
+            console.print(f"[green]no probe dropped[/]: {escape(after.label)} answers every probe "
+                          f"{escape(before.label)} answered" + (f", and {len(gained)} more" if gained else ""))
         return
     console.print(f"[red]{len(dropped)} probe(s) dropped[/] (right for {escape(before.label)}, wrong for "
                   f"{escape(after.label)}){f'; {len(gained)} gained' if gained else ''}:")

@@ -39,22 +39,34 @@ LOGGED = {
 }
 
 
+def preference_config(recipe, backend, run_dir: Path, train_rows: int, has_eval: bool):
+    """The DPOConfig or ORPOConfig a run trains with: the SFT run's arguments plus the recipe's
+    ``preference`` section (beta; for DPO also loss_type and label_smoothing)."""
+    from quicktune.train.trainer import _sft_config, planned_steps
+
+    sft_args = _sft_config(recipe, run_dir, backend, has_eval, planned_steps(recipe, train_rows))
+    shared = {name: getattr(sft_args, name) for name in _SHARED_ARGS}
+    settings = recipe.preference
+    # lora.dropout is the recipe's to set: TRL would switch dropout off by default.
+    if recipe.method == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig(**shared, beta=settings.beta, loss_type=[settings.loss_type],
+                         label_smoothing=settings.label_smoothing, disable_dropout=False)
+    from trl.experimental.orpo import ORPOConfig
+
+    return ORPOConfig(**shared, beta=settings.beta, disable_dropout=False)
+
+
 def preference_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, callbacks):
     """The DPO or ORPO trainer for a prepared run (``trainer._fit`` calls it in place of SFT's)."""
     from datasets import Dataset
     from transformers import EarlyStoppingCallback
 
-    from quicktune.train.trainer import _sft_config, planned_steps
-
     train_rows = [p.for_trainer() for p in prepared.train_tokens]
     eval_rows = [p.for_trainer() for p in prepared.eval_tokens or []]
-    total = planned_steps(recipe, len(train_rows))
-    sft_args = _sft_config(recipe, run_dir, backend, bool(eval_rows), total)
-    shared = {name: getattr(sft_args, name) for name in _SHARED_ARGS}
     if eval_rows and recipe.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.training.early_stopping_patience))
-    settings = recipe.preference
-    # lora.dropout is the recipe's to set: TRL would switch dropout off by default.
     if recipe.method == "dpo":
         if backend.name != "unsloth" and backend.device == "cpu":
             from quicktune.errors import QuicktuneError
@@ -67,19 +79,16 @@ def preference_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, 
                 hint=f"Make `import unsloth` work ({backend.notice or 'see quicktune doctor'}), train on a GPU, "
                 "or use method: orpo.",
             )
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOTrainer
 
-        args = DPOConfig(**shared, beta=settings.beta, loss_type=[settings.loss_type],
-                         label_smoothing=settings.label_smoothing, disable_dropout=False)
         trainer_class = _own_tokens_dpo(DPOTrainer)
     else:
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        from trl.experimental.orpo import ORPOTrainer
 
-        args = ORPOConfig(**shared, beta=settings.beta, disable_dropout=False)
         trainer_class = _own_tokens_orpo(ORPOTrainer)
     return trainer_class(
         model=model,
-        args=args,
+        args=preference_config(recipe, backend, run_dir, len(train_rows), bool(eval_rows)),
         processing_class=hf_tokenizer,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,

@@ -93,7 +93,13 @@ def test_probe_general_base_vs_run(trained_run, wide_console):
     assert report["dropped"] == [p["id"] for p, b, r in zip(report["probes"], base["passed"], run["passed"]) if b and not r]
     assert set(base["by_category"]) == {"arithmetic", "formatting", "copying", "counting", "reasoning"}
     assert "General-ability probes" in result.output and "all probes (40)" in result.output
-    assert ("no probe dropped" in result.output) == (not report["dropped"])
+    assert ("no probe dropped" in result.output) == (not report["dropped"] and any(base["passed"]))
+    assert ("passed no probe" in result.output) == (not any(base["passed"]))
+    assert len(run["found"]) == 40 and all(f for f, p in zip(run["found"], run["passed"]) if p)  # a pass is found
+    assert "answer in the reply (40)" in result.output
+    rose = (run["loss"] - base["loss"]) / base["loss"]
+    assert (report["regressions"]["loss_rose"] is not None) == (rose > 0.10)
+    assert ("the loss on the expected answers rose" in result.output) == (rose > 0.10)
     for probe_id in report["dropped"][:10]:
         assert probe_id in result.output
     # a probe report is not a held-out report: the run's headline still comes from those
@@ -116,11 +122,16 @@ def test_a_judge_that_is_not_a_gguf_is_refused(trained_run, tmp_path):
 
 
 def test_json_prints_the_report_and_nothing_else(trained_run):
+    from tests.test_library_log import NOISE
+
     runs_root = trained_run.run_dir.parent.parent
+    log = trained_run.run_dir / "library.log"
+    logged_before = log.stat().st_size if log.exists() else 0
+    env = {k: v for k, v in os.environ.items() if k != "QUICKTUNE_VERBOSE"}
     done = subprocess.run(
         [sys.executable, "-m", "quicktune", "eval", str(trained_run.run_dir), "--against", "none", "--limit", "1",
          "--max-new-tokens", "6", "--json", "--runs-dir", str(runs_root)],
-        capture_output=True, text=True, env=os.environ.copy(), timeout=900,
+        capture_output=True, text=True, env=env, timeout=900,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)  # the whole of stdout is the JSON
@@ -128,3 +139,11 @@ def test_json_prints_the_report_and_nothing_else(trained_run):
     assert json.loads(path.read_text()) == report
     assert [s["label"] for s in report["subjects"]] == ["tiny-export/v1"] and report["data"]["rows"] == 1
     assert "report:" in done.stderr
+    # the libraries' banners, warnings and bars went to the run's log, which is named at the end
+    for noise in NOISE:
+        assert noise not in done.stderr, f"{noise!r} reached the terminal:\n{done.stderr}"
+    assert str(log) in " ".join(done.stderr.split()) or "library.log" in done.stderr
+    with open(log, "rb") as text:
+        text.seek(logged_before)
+        assert b"Loading weights" in text.read()
+    assert not list(trained_run.run_dir.glob(".library-*.log"))

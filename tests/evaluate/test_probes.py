@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from quicktune.evaluate.probes import PROBE_SETS, Probe, load_probes, passes, probe_file
+from quicktune.evaluate.probes import PROBE_SETS, Probe, ProbeReport, ProbeScores, found, load_probes, passes, probe_file
 from quicktune.evaluate.probes.generate import probes, render
 
 
@@ -50,6 +50,35 @@ def test_the_arithmetic_and_counting_answers_are_right():
 )
 def test_how_an_answer_is_checked(match, expected, answer, ok):
     assert passes(Probe("x-1", "x", "?", expected, match), answer) is ok
+
+
+@pytest.mark.parametrize(
+    ("match", "expected", "answer", "ok"),
+    [
+        ("exact", "70", "10 times 7 is 70.", True),  # the answer, in other words than asked
+        ("exact", "7", "10 times 7 is 70.", True),
+        ("exact", "46", "38 + 8 = 11", False),
+        ("exact", "-7", "21 minus 28 is -7", True),
+        ("exact", "6", "There are 16 items.", False),  # a whole number, not a digit inside one
+        ("exact", "FOREST", "Sure: forest", False),
+        ("casefold", "Kofi", "The shortest is kofi.", True),
+        ("json", '{"size": 65}', 'Here: {"size": 65}', False),  # json is checked as a whole answer
+    ],
+)
+def test_an_answer_is_found_in_a_longer_reply(match, expected, answer, ok):
+    assert found(Probe("x-1", "x", "?", expected, match), answer) is ok
+
+
+def test_a_rising_loss_on_the_answers_is_reported_as_forgetting(tmp_path):
+    probes = [Probe("x-1", "x", "?", "1", "exact")]
+
+    def report(before: float, after: float) -> ProbeReport:
+        return ProbeReport(tmp_path, "general", "0" * 64, probes,
+                           [ProbeScores("base", ["no"], [False], before), ProbeScores("run", ["no"], [False], after)])
+
+    assert report(2.0, 2.9).loss_rose() == pytest.approx(0.45)
+    assert report(2.0, 2.1).loss_rose() is None and report(2.0, 1.0).loss_rose() is None
+    assert report(2.0, 2.9).to_json()["regressions"]["loss_rose"] == pytest.approx(0.45)
 
 
 def test_the_recipe_key_and_the_cli_name_the_shipped_sets(tmp_path, tiny_data):

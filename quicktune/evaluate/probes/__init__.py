@@ -7,8 +7,10 @@ base model (or another run) and of the run, greedily, each probe as a lone user 
 no system prompt (the chat template's default, as for a question outside the task). A
 probe passes when the answer, without surrounding whitespace and one final full stop,
 equals the expected answer (``match``: ``exact``, ``casefold`` ignoring case, or ``json``
-equal once parsed). The report gives the pass rate per category, the loss on the expected
-answers, and names every probe the run got wrong that the comparator got right.
+equal once parsed). The report gives the pass rate per category, the share of replies that hold
+the expected answer somewhere (``found``: for models too small to answer in the asked format),
+the loss on the expected answers (a rise of more than ``LOSS_RISE`` is reported as forgetting),
+and names every probe the run got wrong that the comparator got right.
 
 Reports go to ``RUN/eval/probes-<set>-<sha12>.json`` (sha256 of the probe file), beside the
 held-out reports; they are not held-out reports (no ``subjects``), so the run's headline
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,6 +30,9 @@ from typing import Any
 from quicktune.errors import QuicktuneError
 
 PROBE_SETS = ("general",)  # recipe.py's eval.probes and the CLI's --probe name these
+# A rise of the loss on the expected answers above this share is reported as forgetting, pass
+# rates or not: a model too small to answer in the asked format passes no probe before or after.
+LOSS_RISE = 0.10
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,17 @@ def passes(probe: Probe, answer: str) -> bool:
     return got == probe.answer
 
 
+def found(probe: Probe, answer: str) -> bool:
+    """The expected answer appears in the reply as a whole word or phrase, whatever else is said.
+
+    A small model that ignores "reply with the number only" ("10 times 7 is 70.") fails every
+    probe but can still know the answer; this second, lenient rate shows it."""
+    if probe.match == "json":
+        return passes(probe, answer)
+    flags = re.IGNORECASE if probe.match == "casefold" else 0
+    return re.search(rf"(?<!\w){re.escape(probe.answer)}(?!\w)", answer, flags) is not None
+
+
 @dataclass
 class ProbeScores:
     label: str
@@ -75,20 +92,28 @@ class ProbeScores:
     passed: list[bool]
     loss: float | None
     seconds: float = 0.0
+    found: list[bool] = field(default_factory=list)
 
     @property
     def score(self) -> float:
         return sum(self.passed) / len(self.passed) if self.passed else 0.0
+
+    @property
+    def found_score(self) -> float:
+        return sum(self.found) / len(self.found) if self.found else 0.0
 
     def to_json(self, probes: list[Probe]) -> dict[str, Any]:
         return {
             "label": self.label,
             "score": self.score,
             "by_category": by_category(probes, self.passed),
+            "found_score": self.found_score,
+            "found_by_category": by_category(probes, self.found),
             "loss": self.loss,
             "seconds": self.seconds,
             "answers": self.answers,
             "passed": self.passed,
+            "found": self.found,
         }
 
 
@@ -131,6 +156,14 @@ class ProbeReport:
         rows.update({name: (cats_before[name], cats_after[name]) for name in cats_before})
         return [name for name, (b, a) in rows.items() if fell(b, a, self.threshold)]
 
+    def loss_rose(self) -> float | None:
+        """The relative rise of the loss on the expected answers, when it rose by more than LOSS_RISE."""
+        before, after = self.models[0].loss, self.models[-1].loss
+        if before is None or after is None or before <= 0:
+            return None
+        rise = (after - before) / before
+        return rise if rise > LOSS_RISE else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": "probes",
@@ -144,7 +177,8 @@ class ProbeReport:
             "models": [m.to_json(self.probes) for m in self.models],
             "dropped": [p.id for p in self.dropped()],
             "gained": [p.id for p in self.gained()],
-            "regressions": {"threshold_points": self.threshold, "fell": self.fell()},
+            "regressions": {"threshold_points": self.threshold, "fell": self.fell(),
+                            "loss_rise_over": LOSS_RISE, "loss_rose": self.loss_rose()},
         }
 
 
@@ -207,7 +241,7 @@ def evaluate_probes(
     run = _run_subject(run_dir, questions, tokenizer, budget)
     models = [
         ProbeScores(s.label, [a.text for a in s.answers], [passes(p, a.text) for p, a in zip(probes, s.answers)],
-                    s.loss, s.seconds)
+                    s.loss, s.seconds, [found(p, a.text) for p, a in zip(probes, s.answers)])
         for s in (other, run)
     ]
     return ProbeReport(run_dir, probe_set, sha, probes, models, created=now(), against=against_label,

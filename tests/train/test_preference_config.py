@@ -1,0 +1,44 @@
+"""The recipe's ``preference`` section reaches the trainer's config: beta, loss_type and
+label_smoothing for DPO, beta for ORPO, and the SFT arguments both share."""
+
+from __future__ import annotations
+
+import pytest
+
+from quicktune.recipe import load_recipe
+from quicktune.train.backend import Backend
+from quicktune.train.preference import preference_config
+
+
+def _recipe(tmp_path, method: str, preference: str):
+    path = tmp_path / f"{method}.yaml"
+    path.write_text(
+        f"method: {method}\nmodel:\n  base: some/model\n  load_in_4bit: false\ndata:\n  train: pairs.jsonl\n"
+        "training:\n  max_steps: 7\n  batch_size: 3\n  learning_rate: 0.0003\n  seed: 11\n"
+        f"preference:\n{preference}"
+    )
+    return load_recipe(str(path))
+
+
+@pytest.mark.parametrize(("preference", "beta", "loss", "smoothing"), [
+    ("  beta: 0.25\n", 0.25, "sigmoid", 0.0),
+    ("  beta: 0.05\n  loss_type: robust\n  label_smoothing: 0.2\n", 0.05, "robust", 0.2),
+    ("  beta: 0.3\n  loss_type: ipo\n", 0.3, "ipo", 0.0),
+])
+def test_dpo_keys_reach_dpo_config(tmp_path, preference, beta, loss, smoothing):
+    from trl import DPOConfig
+
+    config = preference_config(_recipe(tmp_path, "dpo", preference), Backend("transformers", "cpu"),
+                               tmp_path / "run", train_rows=12, has_eval=False)
+    assert isinstance(config, DPOConfig)
+    assert (config.beta, config.loss_type, config.label_smoothing) == (beta, [loss], smoothing)
+    assert (config.max_steps, config.per_device_train_batch_size, config.learning_rate, config.seed) == (7, 3, 3e-4, 11)
+    assert config.disable_dropout is False  # lora.dropout is the recipe's
+
+
+def test_orpo_beta_reaches_orpo_config(tmp_path):
+    from trl.experimental.orpo import ORPOConfig
+
+    config = preference_config(_recipe(tmp_path, "orpo", "  beta: 0.4\n"), Backend("transformers", "cpu"),
+                               tmp_path / "run", train_rows=12, has_eval=False)
+    assert isinstance(config, ORPOConfig) and config.beta == 0.4 and config.max_steps == 7
