@@ -160,11 +160,23 @@ def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: st
         if result is not None and result.status == "finished":
             exported = _export(result.run_dir, [], verify=True, prompts=8, next_steps=False)
             if _has_eval_data(result.run_dir):
-                _evaluate(result.run_dir, "base", [], None, None, None, Path(runs_dir), examples=0)
+                _evaluate(result.run_dir, _run_against(result.run_dir), [], None, None, None, Path(runs_dir), examples=0)
             for probe_set in load_recipe(str(result.run_dir / "recipe.yaml")).eval.probes:  # the forgetting check
                 _probe(result.run_dir, probe_set, "base", Path(runs_dir), None)
             _print_next_steps(exported)
     return result
+
+
+def _run_against(run_dir: Path) -> str:
+    """What `run` scores a finished run against: a DPO/ORPO run against the run it started from
+    (what it set out to correct), every other run against its base model."""
+    from quicktune.train.runs import read_manifest
+
+    manifest = read_manifest(run_dir)
+    parent = manifest.get("parent")
+    if parent and manifest.get("method") in ("dpo", "orpo") and Path(parent).is_dir():
+        return parent
+    return "base"
 
 
 def _has_eval_data(run_dir: Path) -> bool:

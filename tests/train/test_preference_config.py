@@ -42,3 +42,20 @@ def test_orpo_beta_reaches_orpo_config(tmp_path):
     config = preference_config(_recipe(tmp_path, "orpo", "  beta: 0.4\n"), Backend("transformers", "cpu"),
                                tmp_path / "run", train_rows=12, has_eval=False)
     assert isinstance(config, ORPOConfig) and config.beta == 0.4 and config.max_steps == 7
+
+
+@pytest.mark.parametrize(("method", "with_parent", "expected"), [
+    ("dpo", True, "parent"), ("orpo", True, "parent"), ("dpo", False, "base"), ("lora", True, "base"),
+])
+def test_run_scores_a_preference_run_against_the_run_it_started_from(tmp_path, method, with_parent, expected):
+    import json
+
+    from quicktune.workflow import _run_against
+
+    parent = tmp_path / "sft" / "v1"
+    parent.mkdir(parents=True)
+    child = tmp_path / "child" / "v1"
+    child.mkdir(parents=True)
+    manifest = {"status": "finished", "method": method, "parent": str(parent) if with_parent else None}
+    (child / "manifest.json").write_text(json.dumps(manifest))
+    assert _run_against(child) == (str(parent) if expected == "parent" else "base")
