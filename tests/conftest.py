@@ -135,3 +135,19 @@ def official_templates(llama_cpp_src) -> Path:
     if os.environ.get("QUICKTUNE_LLAMA_TEMPLATES"):
         return Path(os.environ["QUICKTUNE_LLAMA_TEMPLATES"])
     return llama_cpp_src / "models" / "templates"
+
+
+def copy_run(source: Path, target: Path, *, leave_out: tuple[str, ...] = ("export", "checkpoints")) -> Path:
+    """A copy of a run folder without ``leave_out``. Earlier tests may have exported the session's
+    run: a copy without export/ must not list that export in its manifest either (else export and
+    chat take a recorded quantization whose file is not there)."""
+    import shutil
+
+    from quicktune.train import runs
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*leave_out))
+    if "export" in leave_out:
+        manifest = runs.read_manifest(target)
+        manifest.pop("export", None)
+        runs.write_manifest(target, manifest)
+    return target

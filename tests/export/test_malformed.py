@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from quicktune.cli import main
 from quicktune.train import runs
+from tests.conftest import copy_run
 
 pytestmark = pytest.mark.slow
 
@@ -22,12 +23,7 @@ def exported_copy(trained_run, tmp_path_factory):
     from quicktune.export.exporter import export_run
 
     run_dir = tmp_path_factory.mktemp("malformed") / "tiny-export" / "v1"
-    shutil.copytree(trained_run.run_dir, run_dir, ignore=shutil.ignore_patterns("export", "checkpoints"))
-    # the session's run may have been exported by earlier tests: the copy has no export/, so its
-    # manifest must not list one (else chat picks a recorded quantization whose file is not here)
-    manifest = runs.read_manifest(run_dir)
-    manifest.pop("export", None)
-    runs.write_manifest(run_dir, manifest)
+    copy_run(trained_run.run_dir, run_dir)
     export_run(run_dir, ["q8_0"], verify=False)
     return run_dir
 

@@ -54,14 +54,13 @@ def test_a_checkpoint_that_fills_the_disk_is_a_clear_error_and_the_run_resumes(m
 
 
 def test_a_merge_that_fills_the_disk_is_a_clear_error_and_leaves_the_run_as_it_was(trained_run, tmp_path):
-    import shutil
-
     from quicktune.export.exporter import export_run
+    from tests.conftest import copy_run
 
     disk = _mount(tmp_path / "disk", 64)  # the run fits; the merged 135M model in float32 (~540 MB) does not
     try:
         run_dir = disk / "tiny-export" / "v1"
-        shutil.copytree(trained_run.run_dir, run_dir, ignore=shutil.ignore_patterns("export", "checkpoints"))
+        copy_run(trained_run.run_dir, run_dir)
         before = (run_dir / "manifest.json").read_text()
         with pytest.raises(QuicktuneError) as error:
             export_run(run_dir, ["q8_0"], verify=False)

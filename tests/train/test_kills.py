@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from quicktune.train import runs
-from tests.conftest import SMOLLM2, TOPICS, chat, write_jsonl
+from tests.conftest import SMOLLM2, TOPICS, chat, copy_run, write_jsonl
 
 pytestmark = pytest.mark.slow
 QUICKTUNE = str(Path(sys.executable).with_name("quicktune"))
@@ -100,7 +99,7 @@ def test_train_killed_mid_run_resumes_from_the_last_complete_checkpoint_and_refu
 
 def test_export_killed_mid_write_leaves_no_partial_file_and_the_rerun_finishes(trained_run, tmp_path):
     run_dir = tmp_path / "tiny-export" / "v1"
-    shutil.copytree(trained_run.run_dir, run_dir, ignore=shutil.ignore_patterns("export", "checkpoints"))
+    copy_run(trained_run.run_dir, run_dir)
     export = run_dir / "export"
     process = _start("export", str(run_dir), "--quant", "q8_0", "--no-verify")
     # killed while the converter writes the F16 GGUF (after the merge)
