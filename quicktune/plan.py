@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from quicktune.recipe import PREFERENCE_METHODS  # trained on pairs: two sequences a row
+
 GB = 1e9
 GIB = 2**30
-PREFERENCE_METHODS = ("dpo", "orpo")
 
 # NF4 with double quantization: 4 bits + 0.127 bits of constants per parameter
 # (QLoRA, Dettmers et al. 2023, arXiv:2305.14314, section 2 "Double Quantization").

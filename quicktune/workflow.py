@@ -170,11 +170,12 @@ def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: st
 def _run_against(run_dir: Path) -> str:
     """What `run` scores a finished run against: a DPO/ORPO run against the run it started from
     (what it set out to correct), every other run against its base model."""
+    from quicktune.recipe import PREFERENCE_METHODS
     from quicktune.train.runs import read_manifest
 
     manifest = read_manifest(run_dir)
     parent = manifest.get("parent")
-    if parent and manifest.get("method") in ("dpo", "orpo") and Path(parent).is_dir():
+    if parent and manifest.get("method") in PREFERENCE_METHODS and Path(parent).is_dir():
         return parent
     return "base"
 
