@@ -212,6 +212,9 @@ class PreferenceSection(_Section):
                         "orpo: the weight of the odds-ratio term beside the SFT loss on the chosen answer.")
     loss_type: Literal[DPO_LOSSES] = Field("sigmoid", description="dpo only: TRL's DPO loss (sigmoid is DPO).")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo with loss_type robust or exo_pair only.")
+    sft_weight: float = Field(0.0, ge=0.0, description="dpo only: weight of an SFT loss on the chosen answer added "
+                              "to the DPO loss (RPO; TRL's loss_type 'sft'), which keeps the chosen answers likely; "
+                              "0 adds none.")
 
 
 class EvalSection(_Section):
@@ -259,6 +262,9 @@ class Recipe(_Section):
         if self.method == "orpo" and section.loss_type != "sigmoid":
             raise ValueError("preference.loss_type: ORPO's loss is fixed (SFT loss + beta x odds ratio); "
                              "loss_type is for method dpo")
+        if section.sft_weight and self.method == "orpo":
+            raise ValueError("preference.sft_weight: ORPO's loss already holds the SFT loss on the chosen answer "
+                             "(beta weighs the odds-ratio term beside it); sft_weight is for method dpo")
         if section.label_smoothing and (self.method == "orpo" or section.loss_type not in _SMOOTHED_LOSSES):
             raise ValueError(f"preference.label_smoothing: read only by method dpo with loss_type "
                              f"{' or '.join(_SMOOTHED_LOSSES)} (here: {self.method}, {section.loss_type})")

@@ -153,18 +153,53 @@ def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: st
 
     if not dry_run:
         check_plan(recipe_ref, overrides, force)
+    phases = Phases()
     # train, export and eval share one log of the libraries' output, named at the end
     with contextlib.nullcontext() if dry_run else library_output_to_log(Path(runs_dir)):
         result = train_command(recipe_ref, overrides, runs_dir, parent, dry_run, command="run",
                                allow_data_change=allow_data_change, new_run=new_run)
         if result is not None and result.status == "finished":
+            trained = float(result.metrics.get("seconds") or 0.0)
+            phases.split(("data check and loading", None), ("training", trained))
             exported = _export(result.run_dir, [], verify=True, prompts=8, next_steps=False)
+            phases.split(("export and fidelity check", None))
             if _has_eval_data(result.run_dir):
                 _evaluate(result.run_dir, _run_against(result.run_dir), [], None, None, None, Path(runs_dir), examples=0)
+                phases.split(("eval", None))
             for probe_set in load_recipe(str(result.run_dir / "recipe.yaml")).eval.probes:  # the forgetting check
                 _probe(result.run_dir, probe_set, "base", Path(runs_dir), None)
+            if load_recipe(str(result.run_dir / "recipe.yaml")).eval.probes:
+                phases.split(("probes", None))
             _print_next_steps(exported)
+            console.print(phases.line(), highlight=False)
     return result
+
+
+class Phases:
+    """Where the wall time of `quicktune run` went, phase by phase, for the closing line."""
+
+    def __init__(self, clock=None):
+        import time
+
+        self._clock = clock or time.perf_counter
+        self._start = self._mark = self._clock()
+        self.parts: list[tuple[str, float]] = []
+
+    def split(self, *named: tuple[str, float | None]) -> None:
+        """Close the phases since the last split; a phase given as None takes what is left of the interval."""
+        now = self._clock()
+        left = now - self._mark - sum(seconds for _, seconds in named if seconds is not None)
+        self.parts += [(name, max(left, 0.0) if seconds is None else seconds) for name, seconds in named]
+        self._mark = now
+
+    def line(self) -> str:
+        total = self._clock() - self._start
+        return f"time: {_clock(total)} in all — " + ", ".join(f"{name} {_clock(seconds)}" for name, seconds in self.parts)
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}:{rest:02d}" if minutes else f"{rest} s"
 
 
 def _run_against(run_dir: Path) -> str:

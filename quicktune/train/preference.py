@@ -41,7 +41,8 @@ LOGGED = {
 
 def preference_config(recipe, backend, run_dir: Path, train_rows: int, has_eval: bool):
     """The DPOConfig or ORPOConfig a run trains with: the SFT run's arguments plus the recipe's
-    ``preference`` section (beta; for DPO also loss_type and label_smoothing)."""
+    ``preference`` section (beta; for DPO also loss_type, label_smoothing and sft_weight: TRL's
+    ``sft`` loss on the chosen answer added with that weight)."""
     from quicktune.train.trainer import _sft_config, planned_steps
 
     sft_args = _sft_config(recipe, run_dir, backend, has_eval, planned_steps(recipe, train_rows))
@@ -51,7 +52,10 @@ def preference_config(recipe, backend, run_dir: Path, train_rows: int, has_eval:
     if recipe.method == "dpo":
         from trl import DPOConfig
 
-        return DPOConfig(**shared, beta=settings.beta, loss_type=[settings.loss_type],
+        losses, weights = [settings.loss_type], [1.0]
+        if settings.sft_weight:
+            losses, weights = [*losses, "sft"], [*weights, settings.sft_weight]
+        return DPOConfig(**shared, beta=settings.beta, loss_type=losses, loss_weights=weights,
                          label_smoothing=settings.label_smoothing, disable_dropout=False)
     from trl.experimental.orpo import ORPOConfig
 
@@ -135,6 +139,30 @@ def _own_tokens_dpo(dpo_trainer):
 def _own_tokens_orpo(orpo_trainer):
     class QuicktuneORPOTrainer(orpo_trainer):
         """ORPO on the pairs quicktune tokenized: each row's tokens become the fields ORPO's collator pads."""
+
+        def concatenated_forward(self, model, batch):
+            """TRL (1.15, ``ORPOTrainer.concatenated_forward``) computes ORPO's SFT term "over the full prompt
+            and response" of a decoder-only model: the system prompt and the user's words were trained too,
+            which the recipe refuses for every other method (``train_on_responses_only``). The same logits give
+            the term on the chosen answer's tokens (its end-of-turn included), as the ORPO paper defines it."""
+            import torch.nn.functional as F
+
+            out = super().concatenated_forward(model, batch)
+            chosen_logits = out[2]  # all_logits[:len_chosen, :-1, :]
+            if chosen_logits.dim() != 3:
+                from quicktune.errors import QuicktuneError
+
+                raise QuicktuneError(
+                    "method orpo: UNSLOTH_FUSED_PREFERENCE_LOSS=1 scores pairs without the logits quicktune needs "
+                    "for ORPO's SFT term on the answers only",
+                    hint="Unset UNSLOTH_FUSED_PREFERENCE_LOSS for ORPO runs.",
+                )
+            labels = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value,
+                                              device=self.accelerator.device)["concatenated_labels"]
+            targets = labels[: chosen_logits.shape[0], 1:].to(chosen_logits.device)
+            answer_nll = F.cross_entropy(chosen_logits.reshape(-1, chosen_logits.shape[-1]), targets.reshape(-1),
+                                         ignore_index=-100)  # the labels' padding and prompt
+            return (*out[:4], answer_nll, *out[5:])
 
         def tokenize_row(self, feature, model=None) -> dict[str, Any]:
             prompt = feature["prompt_ids"]

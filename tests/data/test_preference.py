@@ -180,6 +180,8 @@ def test_recipe_keys_are_validated(tmp_path):
     refused = {
         "method: lora\npreference:\n  beta: 0.2\n": "preference: used only by method dpo or orpo",
         "method: orpo\npreference:\n  loss_type: ipo\n": "ORPO's loss is fixed",
+        "method: orpo\npreference:\n  sft_weight: 1.0\n": "ORPO's loss already holds the SFT loss",
+        "method: dpo\npreference:\n  sft_weight: -1\n": "preference.sft_weight",
         "method: dpo\npreference:\n  label_smoothing: 0.1\n": "read only by method dpo with loss_type robust or exo_pair",
         "method: dpo\npreference:\n  loss_type: exo_pair\n": "exo_pair needs a value above 0",
         "method: dpo\npreference:\n  beta: 0\n": "preference.beta",

@@ -142,7 +142,7 @@ def test_export_of_a_dpo_run(dpo_run):
     assert exported is not None
 
 
-def test_orpo_trains_on_the_same_pairs_without_a_reference(pair_files, tmp_path):
+def test_orpo_trains_on_the_same_pairs_without_a_reference(pair_files, tmp_path, monkeypatch):
     recipe_file = tmp_path / "tiny-orpo.yaml"
     train_file, eval_file = pair_files
     recipe_file.write_text(
@@ -152,9 +152,28 @@ def test_orpo_trains_on_the_same_pairs_without_a_reference(pair_files, tmp_path)
         "  warmup_ratio: 0.0\n  eval_every: 2\npreference:\n  beta: 0.1\n"
     )
     from quicktune.recipe import load_recipe
+    from quicktune.train import preference
 
+    built = []
+    make = preference.preference_trainer
+    monkeypatch.setattr(preference, "preference_trainer", lambda *a, **k: built.append(make(*a, **k)) or built[-1])
     result = train(load_recipe(str(recipe_file)), runs_root=tmp_path / "runs")
     assert result.status == "finished" and result.metrics["steps"] == 2
     assert result.metrics["train_loss"] < result.metrics["first_loss"]  # the SFT part learns the chosen answers
+    # ORPO's SFT term is the loss on the chosen answers' tokens, not on the prompt (TRL's own term covers both)
+    import torch
+    import torch.nn.functional as F
+
+    trainer = built[0]
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        sft_term = trainer.concatenated_forward(trainer.model, batch)[4]
+        logits = trainer.model(input_ids=batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits
+        vocab = logits.shape[-1]
+        on_answers = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), batch["chosen_labels"][:, 1:].reshape(-1))
+        everything = torch.where(batch["chosen_attention_mask"] == 1, batch["chosen_input_ids"], -100)
+        on_all = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), everything[:, 1:].reshape(-1))
+    assert float(sft_term) == pytest.approx(float(on_answers), rel=1e-4)
+    assert abs(float(on_all) - float(on_answers)) > 0.1  # the two terms differ on these pairs: the test can fail
     assert {"preference_accuracy", "reward_margin", "eval_preference_accuracy"} <= set(result.metrics)
     assert (result.adapter_dir / "adapter_model.safetensors").is_file() and not (result.adapter_dir / "ref").exists()

@@ -1,5 +1,5 @@
 """The recipe's ``preference`` section reaches the trainer's config: beta, loss_type and
-label_smoothing for DPO, beta for ORPO, and the SFT arguments both share."""
+label_smoothing and sft_weight for DPO, beta for ORPO, and the SFT arguments both share."""
 
 from __future__ import annotations
 
@@ -20,18 +20,19 @@ def _recipe(tmp_path, method: str, preference: str):
     return load_recipe(str(path))
 
 
-@pytest.mark.parametrize(("preference", "beta", "loss", "smoothing"), [
-    ("  beta: 0.25\n", 0.25, "sigmoid", 0.0),
-    ("  beta: 0.05\n  loss_type: robust\n  label_smoothing: 0.2\n", 0.05, "robust", 0.2),
-    ("  beta: 0.3\n  loss_type: ipo\n", 0.3, "ipo", 0.0),
+@pytest.mark.parametrize(("preference", "beta", "losses", "weights", "smoothing"), [
+    ("  beta: 0.25\n", 0.25, ["sigmoid"], [1.0], 0.0),
+    ("  beta: 0.05\n  loss_type: robust\n  label_smoothing: 0.2\n", 0.05, ["robust"], [1.0], 0.2),
+    ("  beta: 0.3\n  loss_type: ipo\n", 0.3, ["ipo"], [1.0], 0.0),
+    ("  beta: 0.5\n  sft_weight: 0.2\n", 0.5, ["sigmoid", "sft"], [1.0, 0.2], 0.0),
 ])
-def test_dpo_keys_reach_dpo_config(tmp_path, preference, beta, loss, smoothing):
+def test_dpo_keys_reach_dpo_config(tmp_path, preference, beta, losses, weights, smoothing):
     from trl import DPOConfig
 
     config = preference_config(_recipe(tmp_path, "dpo", preference), Backend("transformers", "cpu"),
                                tmp_path / "run", train_rows=12, has_eval=False)
     assert isinstance(config, DPOConfig)
-    assert (config.beta, config.loss_type, config.label_smoothing) == (beta, [loss], smoothing)
+    assert (config.beta, config.loss_type, config.loss_weights, config.label_smoothing) == (beta, losses, weights, smoothing)
     assert (config.max_steps, config.per_device_train_batch_size, config.learning_rate, config.seed) == (7, 3, 3e-4, 11)
     assert config.disable_dropout is False  # lora.dropout is the recipe's
 
