@@ -112,6 +112,10 @@ def print_report(report: EvalReport, console, *, examples: int = 3) -> None:
         row = ["prompt tokens (mean)", *("-" if s.prompt_tokens is None else f"{s.prompt_tokens:.0f}" for s in subjects)]
         table.add_row(*(row + [""] * len(comparators)))
     console.print(table)
+    for subject in subjects:
+        if subject.reused:
+            console.print(f"[dim]{escape(subject.label)}: its answers were computed on {subject.reused} and kept in the "
+                          "cache (same weights, rows, tokens, budget and library versions)[/]")
     fell = {label: names for label, names in regressions.items() if names}
     if fell:
         console.print(

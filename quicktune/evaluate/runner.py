@@ -36,6 +36,7 @@ class SubjectResult:
     answers: list[Answer] = field(default_factory=list)
     seconds: float = 0.0
     prompt_tokens: float | None = None  # mean prompt length in tokens: what each question costs
+    reused: str | None = None  # when these answers were computed, if they came from the cache (the base's)
 
     @property
     def perplexity(self) -> float | None:
@@ -51,6 +52,7 @@ class SubjectResult:
             "seconds": self.seconds,
             "prompt_tokens": self.prompt_tokens,
             "answers": [{"text": a.text, "stopped": a.stopped} for a in self.answers],
+            **({"reused": self.reused} if self.reused else {}),
         }
 
 
@@ -155,6 +157,80 @@ def _loss_hf(model, tokenized) -> float | None:
                 total += torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
                 count += int(keep.sum())
     return round(total / count, 5) if count else None
+
+
+# --- the base model's answers, computed once ----------------------------------------------------
+#
+# Every run of a recipe is compared with the same base model on the same held-out rows, so the base's
+# answers are kept in the cache (QUICKTUNE_CACHE/eval/) under a key of everything they depend on: the
+# base weights' fingerprint, how they are loaded, the exact prompt and answer tokens, the pairs, the
+# answer budget, and the versions of the libraries that compute them. Anything else: computed again.
+
+
+def base_cache_key(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget: int) -> str | None:
+    import hashlib
+    import json
+
+    from quicktune.train.backend import load_backend
+    from quicktune.train.trainer import package_versions
+
+    fingerprint = (manifest.get("base_model") or {}).get("fingerprint")
+    if not fingerprint:
+        return None
+    view = View.plain("base", tokenizer, eval_set, recipe)
+    pairs = getattr(eval_set, "pairs", None) or []
+    backend = load_backend()
+    parts = {
+        "fingerprint": fingerprint,
+        "revision": recipe.model.revision,
+        "loading": [recipe.model.dtype, recipe.model.load_in_4bit, recipe.model.max_seq_length],
+        "backend": [backend.name, backend.device],
+        "prompts": view.prompts,
+        "answers": [[t.input_ids, t.labels] for t in view.tokenized],
+        "references": eval_set.references,
+        "pairs": [[p.prompt_ids, p.chosen_ids, p.rejected_ids] for p in _pair_tokens(tokenizer, pairs)],
+        "budget": budget,
+        "packages": package_versions(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _pair_tokens(tokenizer, pairs):
+    if not pairs:
+        return []
+    from quicktune.data.preference import tokenize_pairs
+
+    return tokenize_pairs(tokenizer, pairs)
+
+
+def base_subject(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget: int, progress=lambda m: None) -> SubjectResult:
+    """The base model's subject: from the cache when the same answers were computed before."""
+    import json
+
+    from quicktune.data.tokenizer import cache_dir
+    from quicktune.train.base_model import base_folder
+    from quicktune.train.runs import now, write_atomic
+
+    key = base_cache_key(manifest, recipe, tokenizer, eval_set, budget)
+    path = cache_dir() / "eval" / f"base-{key}.json" if key else None
+    if path is not None and path.is_file():
+        try:
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            answers = [Answer(a["text"], a["stopped"]) for a in kept["answers"]]
+            progress(f"the base model (its answers from {kept['computed']}, kept in {path.parent})")
+            return SubjectResult("base", "hf", kept["metrics"], kept["loss"], answers, kept["seconds"],
+                                 kept["prompt_tokens"], reused=kept["computed"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # an unreadable entry is computed again and replaced
+    result = evaluate_hf("base", base_folder(manifest, recipe), None, recipe, tokenizer, eval_set, budget)
+    if path is not None:
+        entry = {**result.to_json(), "computed": now()}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(entry, ensure_ascii=False))
+        except OSError:
+            pass  # a cache that cannot be written costs time next run, nothing else
+    return result
 
 
 # --- GGUF subjects -------------------------------------------------------------------------------
@@ -288,7 +364,7 @@ def evaluate_run(
     if against == "base":
         against_label = "base"
         progress("the base model")
-        subjects.append(evaluate_hf("base", base_folder(manifest, recipe), None, recipe, tokenizer, eval_set, budget))
+        subjects.append(base_subject(manifest, recipe, tokenizer, eval_set, budget, progress))
     elif shots_k is not None:
         from quicktune.data.check import prepare_for_recipe
 

@@ -128,3 +128,29 @@ def test_runs_compare_marks_the_metrics_that_got_worse(trained_run, second_run, 
     assert "▼" in result.output and f"is worse than" in result.output
     for name in worse_first.regressions:
         assert name in result.output.split("is worse than")[1]
+
+
+def test_the_base_models_answers_are_computed_once_per_rows_budget_and_versions(trained_run, tmp_path, monkeypatch):
+    """The base's answers come from the cache when nothing they depend on changed, and are computed again
+    when something did (here the answer budget)."""
+    from quicktune.data import tokenizer as tokenizer_module
+    from quicktune.evaluate import runner
+
+    monkeypatch.setattr(tokenizer_module, "cache_dir", lambda: tmp_path / "cache")
+    computed = []
+    evaluate_hf = runner.evaluate_hf
+    monkeypatch.setattr(runner, "evaluate_hf", lambda label, *a: computed.append(label) or evaluate_hf(label, *a))
+    runs_root = trained_run.run_dir.parent.parent
+
+    def base(budget):
+        report = runner.evaluate_run(trained_run.run_dir, against="base", limit=2, max_new_tokens=budget, runs_root=runs_root)
+        return report.subjects[0]
+
+    first = base(8)
+    assert computed == ["base", "tiny-export/v1"] and first.reused is None
+    [entry] = (tmp_path / "cache" / "eval").glob("base-*.json")
+    again = base(8)
+    assert computed[2:] == ["tiny-export/v1"] and again.reused == json.loads(entry.read_text())["computed"]
+    assert (again.metrics, again.loss, again.answers) == (first.metrics, first.loss, first.answers)
+    assert base(9).reused is None and computed[3:] == ["base", "tiny-export/v1"]
+    assert len(list((tmp_path / "cache" / "eval").glob("base-*.json"))) == 2
