@@ -57,14 +57,6 @@ class Scorer:
         self.model = backend.for_inference(model, str(trained_dir(run_dir, manifest)))
         self.torch = torch
 
-    @classmethod
-    def of(cls, model, tokenizer) -> Scorer:
-        scorer = cls.__new__(cls)
-        import torch
-
-        scorer.model, scorer.tokenizer, scorer.torch = model, tokenizer, torch
-        return scorer
-
     def answer_logps(self, prompt: list[dict], answers: list[str]) -> list[float]:
         from quicktune.data.preference import PreferencePair, tokenize_pairs
         from quicktune.data.records import Message
