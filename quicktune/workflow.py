@@ -166,9 +166,10 @@ def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: st
             if _has_eval_data(result.run_dir):
                 _evaluate(result.run_dir, _run_against(result.run_dir), [], None, None, None, Path(runs_dir), examples=0)
                 phases.split(("eval", None))
-            for probe_set in load_recipe(str(result.run_dir / "recipe.yaml")).eval.probes:  # the forgetting check
+            probes = load_recipe(str(result.run_dir / "recipe.yaml")).eval.probes
+            for probe_set in probes:  # the forgetting check
                 _probe(result.run_dir, probe_set, "base", Path(runs_dir), None)
-            if load_recipe(str(result.run_dir / "recipe.yaml")).eval.probes:
+            if probes:
                 phases.split(("probes", None))
             _print_next_steps(exported)
             console.print(phases.line(), highlight=False)

@@ -51,10 +51,10 @@ class Scorer:
         manifest = read_manifest(run_dir)
         recipe = load_recipe(str(run_dir / "recipe.yaml"))
         self.tokenizer = load_chat_tokenizer(str(trained_dir(run_dir, manifest)))
-        backend = load_backend()
-        model, _ = backend.load_model(base_folder(manifest, recipe), max_seq_length=recipe.model.max_seq_length,
-                                      load_in_4bit=recipe.model.load_in_4bit, dtype=recipe.model.dtype, full=False)
-        self.model = backend.for_inference(model, str(trained_dir(run_dir, manifest)))
+        self.model = load_backend().load_trained(
+            base_folder(manifest, recipe), str(trained_dir(run_dir, manifest)),
+            max_seq_length=recipe.model.max_seq_length, load_in_4bit=recipe.model.load_in_4bit, dtype=recipe.model.dtype,
+        )
         self.torch = torch
 
     def answer_logps(self, prompt: list[dict], answers: list[str]) -> list[float]:

@@ -167,7 +167,9 @@ def _loss_hf(model, tokenized) -> float | None:
 # answer budget, and the versions of the libraries that compute them. Anything else: computed again.
 
 
-def base_cache_key(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget: int) -> str | None:
+def base_cache_key(manifest: dict, recipe, view: View, eval_set: EvalSet, budget: int) -> str | None:
+    """The key of the base's answers to ``view``; the pairs are keyed by their text (the tokenizer that
+    turns them into tokens is the one ``view``'s prompt tokens already pin down)."""
     import hashlib
     import json
 
@@ -177,7 +179,6 @@ def base_cache_key(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget:
     fingerprint = (manifest.get("base_model") or {}).get("fingerprint")
     if not fingerprint:
         return None
-    view = View.plain("base", tokenizer, eval_set, recipe)
     pairs = getattr(eval_set, "pairs", None) or []
     backend = load_backend()
     parts = {
@@ -188,19 +189,11 @@ def base_cache_key(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget:
         "prompts": view.prompts,
         "answers": [[t.input_ids, t.labels] for t in view.tokenized],
         "references": eval_set.references,
-        "pairs": [[p.prompt_ids, p.chosen_ids, p.rejected_ids] for p in _pair_tokens(tokenizer, pairs)],
+        "pairs": [[p.conversation(p.chosen), p.rejected] for p in pairs],
         "budget": budget,
         "packages": package_versions(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _pair_tokens(tokenizer, pairs):
-    if not pairs:
-        return []
-    from quicktune.data.preference import tokenize_pairs
-
-    return tokenize_pairs(tokenizer, pairs)
 
 
 def base_subject(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget: int, progress=lambda m: None) -> SubjectResult:
@@ -211,7 +204,8 @@ def base_subject(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget: i
     from quicktune.train.base_model import base_folder
     from quicktune.train.runs import now, write_atomic
 
-    key = base_cache_key(manifest, recipe, tokenizer, eval_set, budget)
+    view = View.plain("base", tokenizer, eval_set, recipe)  # the prompts and answer tokens: keyed, then asked
+    key = base_cache_key(manifest, recipe, view, eval_set, budget)
     path = cache_dir() / "eval" / f"base-{key}.json" if key else None
     if path is not None and path.is_file():
         try:
@@ -222,7 +216,7 @@ def base_subject(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget: i
                                  kept["prompt_tokens"], reused=kept["computed"])
         except (OSError, ValueError, KeyError, TypeError):
             pass  # an unreadable entry is computed again and replaced
-    result = evaluate_hf("base", base_folder(manifest, recipe), None, recipe, tokenizer, eval_set, budget)
+    [result] = evaluate_hf_views(base_folder(manifest, recipe), None, recipe, tokenizer, eval_set, budget, [view])
     if path is not None:
         entry = {**result.to_json(), "computed": now()}
         try:

@@ -137,9 +137,9 @@ def test_the_base_models_answers_are_computed_once_per_rows_budget_and_versions(
     from quicktune.evaluate import runner
 
     monkeypatch.setattr(tokenizer_module, "cache_dir", lambda: tmp_path / "cache")
-    computed = []
-    evaluate_hf = runner.evaluate_hf
-    monkeypatch.setattr(runner, "evaluate_hf", lambda label, *a: computed.append(label) or evaluate_hf(label, *a))
+    computed = []  # the labels of the subjects a model was loaded and asked for
+    ask = runner.evaluate_hf_views
+    monkeypatch.setattr(runner, "evaluate_hf_views", lambda *a: computed.extend(v.label for v in a[-1]) or ask(*a))
     runs_root = trained_run.run_dir.parent.parent
 
     def base(budget):
