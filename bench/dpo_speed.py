@@ -3,7 +3,7 @@
 Two contenders train the same model (the smollm2-demo-dpo recipe's SmolLM2-135M-Instruct, float32,
 from quicktune's converted HF folder) on the same preference pairs (the recipe's train file,
 quicktune/demo/preference_train.jsonl) with the same settings (batch 4 pairs, LoRA r=16 alpha=32
-on the 7 projections, lr 5e-6, beta 0.1, sigmoid loss, adamw_torch, no gradient checkpointing,
+on the 7 projections, lr 5e-6, beta 0.1, sigmoid loss (no sft_weight), adamw_torch, no gradient checkpointing,
 no eval, a new adapter), each in its own child process, one after the other:
 
 - quicktune: quicktune.train.trainer.train(load_recipe("smollm2-demo-dpo", overrides)): Unsloth's CPU
@@ -63,6 +63,7 @@ RECIPE_SETTINGS = {
     "training.save_every": 1_000_000,
     "preference.beta": BETA,
     "preference.loss_type": "sigmoid",
+    "preference.sft_weight": 0.0,  # the recipe adds an SFT term; plain TRL's sigmoid loss has none
 }
 
 

@@ -1,19 +1,34 @@
-"""The demo's preference pairs: each demo row's right answer against the wrong time that the SFT
-demo model itself finds most likely (README.md beside this file, "Preference pairs").
+"""The demo's preference pairs: the right answer against a wrong time that the SFT demo model itself
+finds likely (README.md beside this file, "Preference pairs").
 
 The mistake the SFT demo run was measured to make is the ``time`` field (8 of its 10 wrong fields
 on 120 fresh rows), in several forms: the other half of the day ("7:15am" -> 19:15), a wrong hour
 for "midday" (14:00, 18:00), an hour off in the afternoon (15:30 for "half past 2"), a quarter
 hour off. So the rejected answer is not one rule: for every row with a time, the SFT run scores
 each candidate wrong time (every hour at the same minute, and the same hour at :00, :15, :30,
-:45) and the likeliest one becomes the rejected answer — the pairs DPO learns from are the
-model's own nearest mistakes ("hard negatives"), and the held-out pairs measure exactly them.
+:45) and the pairs are built from the likeliest ones: the model's own nearest mistakes.
+
+- Held-out pairs (``preference_eval.jsonl``): every ``eval.jsonl`` row with a time against its
+  likeliest wrong time. They measure exactly what the SFT run gets wrong.
+- Training pairs (``preference_train.jsonl``): rows the SFT run never saw (``FRESH_ROWS`` more
+  sentences from the demo generator, seed ``FRESH_SEED``, none near a demo row): its mistakes on
+  new sentences, not on rows it learnt by heart. Each row against its likeliest wrong time, or its
+  ``UNSURE_TOP`` likeliest where it is unsure (the right answer less than ``UNSURE`` nats above the
+  likeliest wrong one), and always against the other half of the day and, for a morning time, the
+  time without its leading zero ("9:30"): the two ways earlier DPO runs broke morning times. Then
+  the pairs are **balanced**: DPO pushes a token down wherever it is rejected, and the likeliest
+  mistakes are lopsided (afternoon rows reject a morning hour "0x" far more often than morning rows
+  reject "1x"), so unbalanced pairs taught the model to avoid the digit, not the mistake, and it
+  moved morning times to the evening ("9:15 AM" -> 21:15). For every (position, right character,
+  wrong character) where chosen and rejected first differ, as many pairs are kept as there are of
+  the mirror case (right and wrong swapped), the ones the run is least sure of first; the dropped
+  zero has no mirror and is always kept.
 
 Deterministic for a given SFT run: no sampling, the candidates in a fixed order, ties to the
-first. ``python -m quicktune.demo.preference --run runs/smollm2-demo/v1`` rewrites
-``preference_train.jsonl`` and ``preference_eval.jsonl``; the shipped files were mined from the
-SFT demo run of 3 December 2026 (``quicktune train smollm2-demo``, seed 3407). Another SFT run
-makes other mistakes, so its pairs differ. A row without a time is left out.
+first. ``python -m quicktune.demo.preference --run runs/smollm2-demo/v1`` rewrites both files; the
+shipped files were mined from the SFT demo run of 3 December 2026 (``quicktune train
+smollm2-demo``, seed 3407). Another SFT run makes other mistakes, so its pairs differ. A row
+without a time is left out.
 """
 
 from __future__ import annotations
@@ -23,8 +38,11 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).parent
-FILES = {"train.jsonl": "preference_train.jsonl", "eval.jsonl": "preference_eval.jsonl"}
+TRAIN_FILE, EVAL_FILE = "preference_train.jsonl", "preference_eval.jsonl"
 QUARTERS = ("00", "15", "30", "45")
+FRESH_SEED, FRESH_ROWS = 11, 480  # the training pairs' rows: demo sentences the SFT run never saw
+UNSURE = 2.0  # nats: below this margin a row gives its UNSURE_TOP likeliest wrong times
+UNSURE_TOP = 3
 
 
 def candidate_times(time: str) -> list[str]:
@@ -94,6 +112,21 @@ class Scorer:
         return scores
 
 
+def _dropped_zero(time: str) -> list[str]:
+    return [time[1:]] if time.startswith("0") else []  # "9:30" for "09:30"
+
+
+def training_candidates(time: str) -> list[str]:
+    """The candidate times, and the time without its leading zero ("9:30" for "09:30")."""
+    return candidate_times(time) + _dropped_zero(time)
+
+
+def always_rejected(time: str) -> list[str]:
+    """Wrong times every training row is paired with, likely or not: the other half of the day, and the
+    time without its leading zero (the two ways the DPO runs moved morning times)."""
+    return [f"{(int(time[:2]) + 12) % 24:02d}:{time[3:]}", *_dropped_zero(time)]
+
+
 def likeliest_wrong_time(scorer: Scorer, row: dict) -> tuple[str, float] | None:
     """The wrong time the run finds most likely for this row, and log p(right) - log p(that)."""
     messages = row["messages"]
@@ -118,6 +151,7 @@ def pair(row: dict, wrong_time: str) -> dict:
 
 
 def build(scorer: Scorer, source: Path, progress=lambda done, total: None) -> list[dict]:
+    """Held-out pairs: each row with a time against its likeliest wrong time."""
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     pairs = []
     for done, row in enumerate(rows, 1):
@@ -128,15 +162,79 @@ def build(scorer: Scorer, source: Path, progress=lambda done, total: None) -> li
     return pairs
 
 
+def fresh_rows(source_dir: Path = HERE) -> list[dict]:
+    """Demo sentences the SFT run never saw: the generator's first FRESH_ROWS rows for FRESH_SEED, less
+    any near a shipped demo row (none, for the shipped files)."""
+    from quicktune.data.quality import jaccard
+    from quicktune.demo.generate import MAX_SIMILARITY, build as generate, char_ngrams
+
+    demo = [json.loads(line) for name in ("train.jsonl", "eval.jsonl")
+            for line in (Path(source_dir) / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    seen = [char_ngrams(row["messages"][-2]["content"]) for row in demo]
+    rows, _ = generate(FRESH_SEED, FRESH_ROWS, 0)
+    return [row for row in rows
+            if all(jaccard(char_ngrams(row["messages"][-2]["content"]), other) < MAX_SIMILARITY for other in seen)]
+
+
+def score_row(scorer: Scorer, row: dict) -> dict[str, float] | None:
+    """log p of the right answer (key "") and of the answer with each training candidate time."""
+    messages = row["messages"]
+    answer = json.loads(messages[-1]["content"])
+    if not answer.get("time"):
+        return None
+    candidates = training_candidates(answer["time"])
+    wrong = [json.dumps({**answer, "time": t}, ensure_ascii=False) for t in candidates]
+    scores = scorer.answer_logps(messages[:-1], [messages[-1]["content"], *wrong])
+    return {"": scores[0], **dict(zip(candidates, scores[1:]))}
+
+
+def _first_difference(right: str, wrong: str) -> tuple:
+    if len(right) != len(wrong):
+        return ("length",)
+    return next((i, a, b) for i, (a, b) in enumerate(zip(right, wrong)) if a != b)
+
+
+def training_pairs(rows: list[dict], scores: list[dict[str, float] | None]) -> list[dict]:
+    """Pick and balance the training pairs (module docstring) from each row's scores."""
+    picks = []  # (row index, wrong time, margin)
+    for index, (row, scored) in enumerate(zip(rows, scores)):
+        if scored is None:
+            continue
+        ranked = sorted((t for t in scored if t), key=lambda t: -scored[t])  # stable: ties keep candidate order
+        margin = scored[""] - scored[ranked[0]]
+        wrong_times = ranked[: UNSURE_TOP if margin < UNSURE else 1]
+        wrong_times += [t for t in always_rejected(json.loads(row["messages"][-1]["content"])["time"])
+                        if t not in wrong_times]
+        picks += [(index, wrong, scored[""] - scored[wrong]) for wrong in wrong_times]
+    groups: dict[tuple, list] = {}
+    for pick in picks:
+        right = json.loads(rows[pick[0]]["messages"][-1]["content"])["time"]
+        groups.setdefault(_first_difference(right, pick[1]), []).append(pick)
+    kept = []
+    for key, group in groups.items():
+        if key[0] == "length":  # the dropped leading zero: no mirror case, always kept
+            kept += group
+            continue
+        mirror = groups.get((key[0], key[2], key[1]), [])
+        kept += sorted(group, key=lambda p: p[2])[: len(mirror)]
+    kept.sort(key=lambda p: (p[0], p[2]))  # row order, then the likeliest wrong time first
+    return [pair(rows[index], wrong) for index, wrong, _ in kept]
+
+
 def write(run_dir: Path, out_dir: Path = HERE, source_dir: Path = HERE, progress=lambda name, done, total: None) -> list[Path]:
     from quicktune.train.runs import write_atomic
 
     scorer = Scorer(Path(run_dir))
+    held = build(scorer, Path(source_dir) / "eval.jsonl", lambda done, total: progress("eval.jsonl", done, total))
+    rows = fresh_rows(source_dir)
+    scores = []
+    for done, row in enumerate(rows, 1):
+        scores.append(score_row(scorer, row))
+        progress("fresh rows", done, len(rows))
     written = []
-    for source, target in FILES.items():
-        path = Path(out_dir) / target
-        rows = build(scorer, Path(source_dir) / source, lambda done, total: progress(source, done, total))
-        write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    for name, pairs in ((TRAIN_FILE, training_pairs(rows, scores)), (EVAL_FILE, held)):
+        path = Path(out_dir) / name
+        write_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
         written.append(path)
     return written
 
