@@ -127,17 +127,25 @@ def always_rejected(time: str) -> list[str]:
     return [f"{(int(time[:2]) + 12) % 24:02d}:{time[3:]}", *_dropped_zero(time)]
 
 
-def likeliest_wrong_time(scorer: Scorer, row: dict) -> tuple[str, float] | None:
-    """The wrong time the run finds most likely for this row, and log p(right) - log p(that)."""
+def score_row(scorer: Scorer, row: dict, candidates=training_candidates) -> dict[str, float] | None:
+    """log p of the right answer (key "") and of the answer with each candidate time, in candidate order."""
     messages = row["messages"]
     answer = json.loads(messages[-1]["content"])
     if not answer.get("time"):
         return None
-    candidates = candidate_times(answer["time"])
-    wrong = [json.dumps({**answer, "time": t}, ensure_ascii=False) for t in candidates]
+    times = candidates(answer["time"])
+    wrong = [json.dumps({**answer, "time": t}, ensure_ascii=False) for t in times]
     scores = scorer.answer_logps(messages[:-1], [messages[-1]["content"], *wrong])
-    best = max(range(len(candidates)), key=lambda i: scores[i + 1])  # ties: the first
-    return candidates[best], scores[0] - scores[best + 1]
+    return {"": scores[0], **dict(zip(times, scores[1:]))}
+
+
+def likeliest_wrong_time(scorer: Scorer, row: dict) -> tuple[str, float] | None:
+    """The wrong time the run finds most likely for this row, and log p(right) - log p(that)."""
+    scored = score_row(scorer, row, candidate_times)
+    if scored is None:
+        return None
+    best = max((t for t in scored if t), key=scored.__getitem__)  # ties: the first candidate
+    return best, scored[""] - scored[best]
 
 
 def pair(row: dict, wrong_time: str) -> dict:
@@ -174,18 +182,6 @@ def fresh_rows(source_dir: Path = HERE) -> list[dict]:
     rows, _ = generate(FRESH_SEED, FRESH_ROWS, 0)
     return [row for row in rows
             if all(jaccard(char_ngrams(row["messages"][-2]["content"]), other) < MAX_SIMILARITY for other in seen)]
-
-
-def score_row(scorer: Scorer, row: dict) -> dict[str, float] | None:
-    """log p of the right answer (key "") and of the answer with each training candidate time."""
-    messages = row["messages"]
-    answer = json.loads(messages[-1]["content"])
-    if not answer.get("time"):
-        return None
-    candidates = training_candidates(answer["time"])
-    wrong = [json.dumps({**answer, "time": t}, ensure_ascii=False) for t in candidates]
-    scores = scorer.answer_logps(messages[:-1], [messages[-1]["content"], *wrong])
-    return {"": scores[0], **dict(zip(candidates, scores[1:]))}
 
 
 def _first_difference(right: str, wrong: str) -> tuple:
