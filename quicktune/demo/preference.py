@@ -192,20 +192,16 @@ def _first_difference(right: str, wrong: str) -> tuple:
 
 def training_pairs(rows: list[dict], scores: list[dict[str, float] | None]) -> list[dict]:
     """Pick and balance the training pairs (module docstring) from each row's scores."""
-    picks = []  # (row index, wrong time, margin)
+    groups: dict[tuple, list[tuple[int, str, float]]] = {}  # first difference -> (row index, wrong time, margin)
     for index, (row, scored) in enumerate(zip(rows, scores)):
         if scored is None:
             continue
+        right = json.loads(row["messages"][-1]["content"])["time"]
         ranked = sorted((t for t in scored if t), key=lambda t: -scored[t])  # stable: ties keep candidate order
-        margin = scored[""] - scored[ranked[0]]
-        wrong_times = ranked[: UNSURE_TOP if margin < UNSURE else 1]
-        wrong_times += [t for t in always_rejected(json.loads(row["messages"][-1]["content"])["time"])
-                        if t not in wrong_times]
-        picks += [(index, wrong, scored[""] - scored[wrong]) for wrong in wrong_times]
-    groups: dict[tuple, list] = {}
-    for pick in picks:
-        right = json.loads(rows[pick[0]]["messages"][-1]["content"])["time"]
-        groups.setdefault(_first_difference(right, pick[1]), []).append(pick)
+        wrong_times = ranked[: UNSURE_TOP if scored[""] - scored[ranked[0]] < UNSURE else 1]
+        wrong_times += [t for t in always_rejected(right) if t not in wrong_times]
+        for wrong in wrong_times:
+            groups.setdefault(_first_difference(right, wrong), []).append((index, wrong, scored[""] - scored[wrong]))
     kept = []
     for key, group in groups.items():
         if key[0] == "length":  # the dropped leading zero: no mirror case, always kept
