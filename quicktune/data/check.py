@@ -20,8 +20,10 @@ from quicktune.data.records import Example, Problems
 from quicktune.data.system_prompt import SystemPrompts, summarise, template_default
 from quicktune.data.tokenizer import ChatTokenizer
 from quicktune.errors import DataError
+from quicktune.forked import Forked
 
 MAX_PAIRS_SHOWN = 10
+PARALLEL_FROM_ROWS = 5000  # fewer rows: the search takes less time than forking a child to do it
 
 
 @dataclass
@@ -117,6 +119,67 @@ class PreparedData:
     report: DataReport
 
 
+@dataclass
+class Chosen:
+    """What ``select_rows`` decides: pairs as ``quality.Pair`` (duplicates index the loaded rows,
+    leaks the chosen train and eval rows), and the rows kept, as indices into the loaded rows."""
+
+    exact: list[quality.Pair]
+    near: list[quality.Pair]
+    semantic: list[quality.Pair]
+    train: list[int]
+    held: list[int] | None  # eval rows held out of the loaded ones (data.eval_fraction); None: the eval files
+    leaks: list[quality.Pair]
+    semantic_leaks: list[quality.Pair]
+    embeddings: str | None  # the semantic check's embeddings, None when it is off
+
+
+def select_rows(
+    loaded: list[Example],
+    evaluation: list[Example],
+    dedupe: str,
+    semantic_threshold: float | None,
+    eval_fraction: float,
+    seed: int,
+) -> Chosen:
+    """Duplicates (exact, 5-gram, and by meaning when ``semantic_threshold`` is set), the rows kept
+    under ``dedupe``, the held-out split, and the eval rows whose prompt leaks from train."""
+    found = quality.find_duplicates([quality.normalise(quality.dialogue_text(e)) for e in loaded])
+    exact, near, unique = found.exact, found.near, found.unique
+    semantic: list[quality.Pair] = []
+    prompts = None
+    if semantic_threshold is not None:  # rows that ask the same thing in other words
+        from quicktune.data.semantic import PromptVectors, similar_pairs
+
+        prompts = PromptVectors(loaded, quality.prompt_text)
+        known = {(p.first, p.second) for p in near}
+        semantic = [
+            quality.Pair(unique[p.first], unique[p.second], p.similarity)
+            for p in similar_pairs(prompts.rows(unique), semantic_threshold)
+            if (unique[p.first], unique[p.second]) not in known
+        ]
+    dropping = {"none": [], "exact": exact, "near": exact + near, "semantic": exact + near + semantic}[dedupe]
+    kept = quality.drop_duplicates(len(loaded), dropping)
+    held = None
+    if eval_fraction and not evaluation:
+        kept, held = quality.hold_out(kept, eval_fraction, seed)
+        evaluation = [loaded[i] for i in held]
+    train = [loaded[i] for i in kept]
+    leaks = quality.leakage_pairs([quality.prompt_text(e) for e in train], [quality.prompt_text(e) for e in evaluation])
+    semantic_leaks: list[quality.Pair] = []
+    if prompts is not None and train and evaluation:
+        from quicktune.data.semantic import similar_pairs
+
+        known = {(p.first, p.second) for p in leaks}
+        vectors = np.concatenate([prompts.of(train), prompts.of(evaluation)])
+        semantic_leaks = [
+            quality.Pair(p.first, p.second - len(train), p.similarity)
+            for p in similar_pairs(vectors, semantic_threshold, split=len(train))
+            if (p.first, p.second - len(train)) not in known
+        ]
+    return Chosen(exact, near, semantic, kept, held, leaks, semantic_leaks, prompts.name if prompts else None)
+
+
 def load_examples(
     paths: list[str],
     *,
@@ -175,42 +238,29 @@ def prepare(
 
     if dedupe == "semantic" and semantic_threshold is None:
         raise DataError("data.dedupe: semantic needs data.semantic_threshold (it is null: the semantic check is off)")
-    found = quality.find_duplicates([quality.normalise(quality.dialogue_text(e)) for e in loaded])
-    exact, near, unique = found.exact, found.near, found.unique
-    semantic: list[quality.Pair] = []
-    prompts = None
-    if semantic_threshold is not None:  # rows that ask the same thing in other words
-        from quicktune.data.semantic import PromptVectors, similar_pairs
-
-        prompts = PromptVectors(loaded, quality.prompt_text)
-        known = {(p.first, p.second) for p in near}
-        semantic = [
-            quality.Pair(unique[p.first], unique[p.second], p.similarity)
-            for p in similar_pairs(prompts.rows(unique), semantic_threshold)
-            if (unique[p.first], unique[p.second]) not in known
-        ]
-    dropping = {"none": [], "exact": exact, "near": exact + near, "semantic": exact + near + semantic}[dedupe]
-    train = [loaded[i] for i in quality.drop_duplicates(len(loaded), dropping)]
-    removed = len(loaded) - len(train)
-
-    if eval_fraction and not evaluation:
-        train, evaluation = quality.hold_out(train, eval_fraction, seed)
+    # Which rows stay, and which pairs are duplicates or leaks, does not depend on the tokens: on large
+    # data a forked child searches while this process tokenizes every row (quicktune.forked).
+    search = Forked(
+        select_rows, loaded, evaluation, dedupe, semantic_threshold, eval_fraction, seed,
+        start=tokenizer is not None and len(loaded) + len(evaluation) >= PARALLEL_FROM_ROWS,
+    )
+    try:
+        tokens = None
+        if tokenizer is not None and search.in_child:
+            tokens = tokenize_examples(
+                tokenizer, loaded + evaluation, max_length=max_seq_length, responses_only=responses_only
+            )
+        chosen = search.result()
+    finally:
+        search.close()
+    exact, near, semantic, leaks, semantic_leaks = (
+        chosen.exact, chosen.near, chosen.semantic, chosen.leaks, chosen.semantic_leaks
+    )
+    train = [loaded[i] for i in chosen.train]
+    removed = len(loaded) - len(chosen.train) - len(chosen.held or ())
+    if chosen.held is not None:
+        evaluation = [loaded[i] for i in chosen.held]
     eval_source = "files" if eval_paths else (f"fraction {eval_fraction}" if eval_fraction else "none")
-
-    train_prompts = [quality.prompt_text(e) for e in train]
-    eval_prompts = [quality.prompt_text(e) for e in evaluation]
-    leaks = quality.leakage_pairs(train_prompts, eval_prompts)
-    semantic_leaks: list[quality.Pair] = []
-    if prompts is not None and train and evaluation:
-        from quicktune.data.semantic import similar_pairs
-
-        known = {(p.first, p.second) for p in leaks}
-        vectors = np.concatenate([prompts.of(train), prompts.of(evaluation)])
-        semantic_leaks = [
-            quality.Pair(p.first, p.second - len(train), p.similarity)
-            for p in similar_pairs(vectors, semantic_threshold, split=len(train))
-            if (p.first, p.second - len(train)) not in known
-        ]
     warnings = []
     if near and dedupe not in ("near", "semantic"):
         warnings.append(
@@ -253,7 +303,7 @@ def prepare(
         semantic_pairs=pair_summaries(semantic, loaded, loaded),
         semantic_leakage=len(semantic_leaks),
         semantic_leakage_pairs=pair_summaries(semantic_leaks, train, evaluation),
-        semantic_embeddings=prompts.name if prompts is not None else None,
+        semantic_embeddings=chosen.embeddings,
         warnings=warnings,
     )
     report.system_prompt = summarise(
@@ -267,11 +317,16 @@ def prepare(
     if report.system_prompt is not None and report.system_prompt.served:
         report.warnings += _ollama_drops(report.system_prompt.served, report.system_prompt.served_from)
     train_tokens = eval_tokens = None
-    if tokenizer is not None:
+    if tokens is not None:  # every row was tokenized while the child searched: keep the chosen ones
+        train_tokens = [tokens[i] for i in chosen.train]
+        eval_rows = chosen.held if chosen.held is not None else range(len(loaded), len(tokens))
+        eval_tokens = [tokens[i] for i in eval_rows]
+    elif tokenizer is not None:
         train_tokens = tokenize_examples(tokenizer, train, max_length=max_seq_length, responses_only=responses_only)
         eval_tokens = tokenize_examples(
             tokenizer, evaluation, max_length=max_seq_length, responses_only=responses_only
         )
+    if tokenizer is not None:
         _describe_tokens(report, tokenizer, train, train_tokens, eval_tokens, max_seq_length)
     return PreparedData(train, evaluation, train_tokens, eval_tokens, report)
 
