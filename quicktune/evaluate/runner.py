@@ -164,7 +164,7 @@ def _loss_hf(model, tokenized) -> float | None:
 # Every run of a recipe is compared with the same base model on the same held-out rows, so the base's
 # answers are kept in the cache (QUICKTUNE_CACHE/eval/) under a key of everything they depend on: the
 # base weights' fingerprint, how they are loaded, the exact prompt and answer tokens, the pairs, the
-# answer budget, and the versions of the libraries that compute them. Anything else: computed again.
+# answer budget and batching, and the versions of the libraries that compute them. Anything else: computed again.
 
 
 def base_cache_key(manifest: dict, recipe, view: View, eval_set: EvalSet, budget: int) -> str | None:
@@ -173,7 +173,7 @@ def base_cache_key(manifest: dict, recipe, view: View, eval_set: EvalSet, budget
     import hashlib
     import json
 
-    from quicktune.train.backend import load_backend
+    from quicktune.train.backend import generate_batch_size, load_backend
     from quicktune.train.trainer import package_versions
 
     fingerprint = (manifest.get("base_model") or {}).get("fingerprint")
@@ -191,6 +191,7 @@ def base_cache_key(manifest: dict, recipe, view: View, eval_set: EvalSet, budget
         "references": eval_set.references,
         "pairs": [[p.conversation(p.chosen), p.rejected] for p in pairs],
         "budget": budget,
+        "batch": generate_batch_size(view.prompts, budget),  # which rows share a padded batch
         "packages": package_versions(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
