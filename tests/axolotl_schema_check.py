@@ -6,18 +6,26 @@ makes after reading a config, with the capabilities of a machine described here 
 compute capability 8.9) since this one has none. Axolotl's schema ignores keys it does not know,
 so the keys and dataset keys it has no field for are reported too, and every written value is
 compared with the validated one. Prints one JSON object per file.
+
+Axolotl's config modules also import torch, transformers, accelerate, PIL and yaml; those come from
+the project's own environment, named by QUICKTUNE_STACK_SITE (the test passes its interpreter's
+site-packages) and searched after the virtualenv's packages, so Axolotl's pinned pydantic is the
+one it validates with.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-import yaml
-from axolotl.utils.config import validate_config
-from axolotl.utils.dict import DictDefault
-from axolotl.utils.schemas.config import AxolotlInputConfig
-from axolotl.utils.schemas.datasets import SFTDataset
+sys.path.extend(p for p in os.environ.get("QUICKTUNE_STACK_SITE", "").split(os.pathsep) if p)
+
+import yaml  # noqa: E402
+from axolotl.utils.config import validate_config  # noqa: E402
+from axolotl.utils.dict import DictDefault  # noqa: E402
+from axolotl.utils.schemas.config import AxolotlInputConfig  # noqa: E402
+from axolotl.utils.schemas.datasets import SFTDataset  # noqa: E402
 
 CAPABILITIES = {"bf16": True, "tf32": True, "fp8": False, "n_gpu": 2, "n_node": 1, "compute_capability": "sm_89"}
 OWN_KEY = "quicktune"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -221,8 +222,10 @@ def test_exports_pass_axolotls_own_validation(tmp_path):
     files = [_export(tmp_path, name) for name in sorted(builtin_recipes())
              if load_recipe(name).method not in PREFERENCE_METHODS]
     files.append(_export(tmp_path, "smollm2-demo", "training.gpus=2", "model.chat_template=chatml"))
+    # torch, transformers, yaml … come from this interpreter's environment, whichever checkout made the venv
+    env = {**os.environ, "QUICKTUNE_STACK_SITE": sysconfig.get_paths()["purelib"]}
     done = subprocess.run([str(AXOLOTL_PYTHON), str(SCHEMA_CHECK), *map(str, files)], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(results) == len(files)
