@@ -246,7 +246,7 @@ def prepare(
     )
     try:
         tokens = None
-        if tokenizer is not None and search.in_child:
+        if search.in_child:  # started only with a tokenizer
             tokens = tokenize_examples(
                 tokenizer, loaded + evaluation, max_length=max_seq_length, responses_only=responses_only
             )

@@ -40,8 +40,8 @@ def test_searching_in_a_child_while_tokenizing_gives_what_one_process_gives(
     data, smollm2_tokenizer, monkeypatch, tmp_path, split
 ):
     train, held = data
-    kwargs = dict(dedupe="near", tokenizer=smollm2_tokenizer, max_seq_length=40, seed=5)
-    kwargs.update(eval_paths=[str(held)]) if split == "files" else kwargs.update(eval_fraction=0.1)
+    held_out = {"eval_paths": [str(held)]} if split == "files" else {"eval_fraction": 0.1}
+    kwargs = dict(dedupe="near", tokenizer=smollm2_tokenizer, max_seq_length=40, seed=5, **held_out)
     pids = tmp_path / "pids"
     select = check.select_rows
 
