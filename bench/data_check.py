@@ -422,10 +422,11 @@ def timed_runs(files: Files, args: argparse.Namespace, script: str) -> dict:
     if args.before:  # the same command on an older tree (git archive), warm cache, right before "warm"
         # -P: without it `python -m` puts the working directory first on sys.path, and run from the
         # repository root that is today's quicktune, not the older tree (what this script did until 3 Dec 2026).
-        old_env = {**files.env, "PYTHONPATH": str(Path(args.before).resolve())}
+        tree = Path(args.before).resolve()
+        old_env = {**files.env, "PYTHONPATH": str(tree)}
         imported = subprocess.run([sys.executable, "-P", "-c", "import quicktune; print(quicktune.__file__)"],
                                   env=old_env, capture_output=True, text=True, check=True).stdout.strip()
-        if not Path(imported).resolve().is_relative_to(Path(args.before).resolve()):
+        if not Path(imported).resolve().is_relative_to(tree):
             sys.exit(f"--before {args.before}: python imports quicktune from {imported}, not from that tree")
         before = run_child([sys.executable, "-P", "-m", "quicktune", *command[1:]], old_env)
     warm = run_child(command, files.env)

@@ -13,7 +13,7 @@ importing transformers.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -150,8 +150,12 @@ def server_context() -> dict[str, str]:
     02 Dec 2026"), with "26 Jul 2024" when it is not given, as in transformers. Training and
     ``chat`` render it as llama-server (and so Ollama) will: the date of the render, the way
     Llama 3.2's template already does with ``strftime_now``."""
-    now = datetime.now()
-    return {"date_string": now.strftime("%d %b %Y"), "datetime": now.strftime("%b %d %Y")}
+    return dict(_date_values(date.today()))
+
+
+@lru_cache(maxsize=4)
+def _date_values(day: date) -> dict[str, str]:  # one strftime per day, not two per render
+    return {"date_string": day.strftime("%d %b %Y"), "datetime": day.strftime("%b %d %Y")}
 
 
 def _render(source: str, **values: Any) -> str:

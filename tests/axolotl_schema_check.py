@@ -9,7 +9,7 @@ compared with the validated one. Prints one JSON object per file.
 
 Axolotl's config modules also import torch, transformers, accelerate, PIL and yaml; those come from
 the project's own environment, named by QUICKTUNE_STACK_SITE (the test passes its interpreter's
-site-packages) and searched after the virtualenv's packages, so Axolotl's pinned pydantic is the
+site-packages folders, joined by os.pathsep) and searched after the virtualenv's packages, so Axolotl's pinned pydantic is the
 one it validates with.
 """
 

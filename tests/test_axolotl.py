@@ -223,7 +223,8 @@ def test_exports_pass_axolotls_own_validation(tmp_path):
              if load_recipe(name).method not in PREFERENCE_METHODS]
     files.append(_export(tmp_path, "smollm2-demo", "training.gpus=2", "model.chat_template=chatml"))
     # torch, transformers, yaml … come from this interpreter's environment, whichever checkout made the venv
-    env = {**os.environ, "QUICKTUNE_STACK_SITE": sysconfig.get_paths()["purelib"]}
+    site = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))  # the same folder on most systems
+    env = {**os.environ, "QUICKTUNE_STACK_SITE": os.pathsep.join(site)}
     done = subprocess.run([str(AXOLOTL_PYTHON), str(SCHEMA_CHECK), *map(str, files)], capture_output=True, text=True,
                           timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

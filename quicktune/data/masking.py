@@ -98,20 +98,35 @@ def tokenize_examples(
     responses_only: bool = True,
     batch_size: int = 2048,
 ) -> list[Tokenized]:
+    """Render, encode and label every example, a batch at a time.
+
+    Rendering is Python and holds the GIL; the Rust tokenizer releases it and encodes on every
+    core. So each batch is encoded in a thread while the next one is rendered (and the one
+    before it labelled): the two overlap instead of taking turns.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     out: list[Tokenized] = []
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        rendered = [render_example(tokenizer, ex, responses_only=responses_only) for ex in batch]
-        encodings = tokenizer.encode_batch([r.text for r in rendered])
-        for item, encoding in zip(rendered, encodings):
-            ids = encoding.ids
-            labels = label_tokens(encoding, item.spans)
-            out.append(
-                Tokenized(
-                    input_ids=ids[:max_length],
-                    labels=labels[:max_length],
-                    rendered=item,
-                    full_length=len(ids),
-                )
-            )
+    pending = None  # (rendered batch, its encodings to come)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quicktune-encode") as pool:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            rendered = [render_example(tokenizer, ex, responses_only=responses_only) for ex in batch]
+            encodings = pool.submit(tokenizer.encode_batch, [r.text for r in rendered])
+            if pending is not None:
+                out += _labelled(*pending, max_length)
+            pending = (rendered, encodings)
+        if pending is not None:
+            out += _labelled(*pending, max_length)
     return out
+
+
+def _labelled(rendered: list[Rendered], encodings, max_length: int) -> list[Tokenized]:
+    batch = []
+    for item, encoding in zip(rendered, encodings.result()):
+        ids = encoding.ids
+        labels = label_tokens(encoding, item.spans)
+        batch.append(
+            Tokenized(input_ids=ids[:max_length], labels=labels[:max_length], rendered=item, full_length=len(ids))
+        )
+    return batch

@@ -113,3 +113,14 @@ def test_render_matches_transformers(smollm2_tokenizer):
             assert smollm2_tokenizer.backend.encode(ours, add_special_tokens=False).ids == reference(
                 ours, add_special_tokens=False
             )["input_ids"]
+
+
+def test_batches_come_back_in_order(smollm2_tokenizer):
+    # each batch is encoded in a thread while the next is rendered: the rows must stay in order
+    rows = [example(("user", f"Question {i}: {'why ' * (i % 5)}?"), ("assistant", f"Answer {i}.")) for i in range(23)]
+    whole = tokenize_examples(smollm2_tokenizer, rows, max_length=512)
+    small = tokenize_examples(smollm2_tokenizer, rows, max_length=512, batch_size=4)
+    assert [t.input_ids for t in small] == [t.input_ids for t in whole]
+    assert [t.labels for t in small] == [t.labels for t in whole]
+    trained = [trained_text(smollm2_tokenizer, t) for t in small[:3]]
+    assert trained == [[f"Answer {i}.<|im_end|>"] for i in range(3)]

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from quicktune.data import quality
 from quicktune.data.check import prepare
 from tests.conftest import chat, write_jsonl
@@ -89,3 +91,40 @@ def test_pair_straddling_the_sampling_length_is_found():
     assert windows[0] < quality._SAMPLE_FROM <= windows[1]
     assert [(p.first, p.second) for p in quality.near_duplicate_pairs([short, longer])] == [(0, 1)]
     assert [(p.first, p.second) for p in quality.leakage_pairs(SENTENCES + [short], [longer])] == [(5, 0)]
+
+
+def test_normalise_ascii_shortcut_equals_the_regex():
+    # normalise takes a byte-table path for ASCII text; the regex it replaces is the definition
+    rng = random.Random(11)
+    alphabet = [chr(c) for c in range(128)]
+    texts = ["", " ", "__", "Hello, World!", "a_b-c", "\t\x1c\x1fX y\x0b", "Tab\tnew\nline  end  "]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(40))) for _ in range(3000)]
+    for text in texts:
+        assert quality.normalise(text) == quality._NON_ALNUM.sub(" ", text.lower()).strip(), repr(text)
+
+
+def test_exact_jaccard_equals_the_shingle_sets():
+    # the array Jaccard of the near-duplicate check against Python sets of character 5-grams
+    rng = random.Random(5)
+    texts = SENTENCES + ["", "abc", "abcd", "abcde", "abcdef", "ǅé ß ü straße", "日本語のテキストです"]
+    texts.append("x\ud800y z")  # a lone surrogate, which json.loads lets through
+    texts += [rng.choice(SENTENCES)[: rng.randrange(3, 60)] + rng.choice(["", " ok", " Σσς"]) for _ in range(60)]
+    texts = [quality.normalise(t) if t.isascii() else t for t in texts]
+    first = [rng.randrange(len(texts)) for _ in range(400)] + list(range(len(texts)))
+    second = [rng.randrange(len(texts)) for _ in range(400)] + list(reversed(range(len(texts))))
+    fast = quality.exact_jaccard(texts, np.array(first), np.array(second))
+    slow = [quality.jaccard(quality.shingles(texts[i]), quality.shingles(texts[j])) for i, j in zip(first, second)]
+    assert fast.tolist() == slow
+
+
+def test_signatures_do_not_depend_on_the_block_size(monkeypatch):
+    # MinHash signatures are hashed a block of texts at a time; block edges must not change them
+    rng = random.Random(3)
+    texts = [quality.normalise(" ".join(rng.choice(SENTENCES).split()[: rng.randrange(1, 11)])) for _ in range(300)]
+    texts += [t * rng.randrange(2, 30) for t in texts[:40]]  # long texts: sampled shingles
+    sample = np.array([i % 7 == 0 for i in range(len(texts))])
+    a = np.arange(1, 65, 2, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    b = np.arange(32, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019)
+    whole = quality._signatures(texts, sample, a, b)
+    monkeypatch.setattr(quality, "_BLOCK_BYTES", 50)
+    assert np.array_equal(quality._signatures(texts, sample, a, b), whole)
