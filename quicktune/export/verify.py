@@ -82,7 +82,7 @@ def reference_answers(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=dtype).to(device).eval()
-    answers = greedy_answers(model, prompts, stop_ids, min(stop_ids), max_new_tokens, batch_size=1)
+    answers = greedy_answers(model, prompts, stop_ids, min(stop_ids), max_new_tokens)
     del model
     return answers
 
@@ -112,7 +112,7 @@ def trained_vs_merged(
             top = model(input_ids=ids).logits[0, len(prompt) - 1 :].argmax(dim=-1).cpu()
             same += int((top == torch.tensor(answer)).sum())
             total += len(answer)
-    answers = greedy_answers(model, prompts, stop_ids, min(stop_ids), max_new_tokens, batch_size=1)
+    answers = greedy_answers(model, prompts, stop_ids, min(stop_ids), max_new_tokens)
     return TrainedFidelity(
         base=base,
         same_top_token=round(same / max(total, 1), 4),
