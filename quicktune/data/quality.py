@@ -85,10 +85,8 @@ def _shingle_hashes(normalised: list[str], sample: np.ndarray | None = None) -> 
     encoded = [t.encode("utf-8").ljust(SHINGLE) for t in normalised]
     byte_lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.uint64)
-    count = len(data) - SHINGLE + 1
-    hashes = data[:count].copy()
-    for k in range(1, SHINGLE):
-        hashes = hashes * np.uint64(257) + data[k : k + count]
+    hashes = _window_hashes(data, np.uint64(257))
+    count = len(hashes)
     windows_per_text = byte_lengths - SHINGLE + 1
     text_starts = np.concatenate(([0], np.cumsum(byte_lengths)[:-1]))
     owner = np.repeat(np.arange(len(encoded)), byte_lengths)[:count]
@@ -102,6 +100,17 @@ def _shingle_hashes(normalised: list[str], sample: np.ndarray | None = None) -> 
     hashes, owner = hashes[keep], owner[keep]
     offsets = np.concatenate(([0], np.cumsum(np.bincount(owner, minlength=len(encoded)))[:-1])).astype(np.int64)
     return hashes, offsets
+
+
+def _window_hashes(data: np.ndarray, base: np.uint64) -> np.ndarray:
+    """The polynomial hash, in ``base`` and wrapping at 2**64, of every SHINGLE-long window of ``data``
+    (uint64 symbols: bytes or code points), windows that run across two texts included."""
+    count = len(data) - SHINGLE + 1
+    hashes = data[:count].copy()
+    with np.errstate(over="ignore"):
+        for k in range(1, SHINGLE):
+            hashes = hashes * base + data[k : k + count]
+    return hashes
 
 
 def _signatures(normalised: list[str], sample: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -227,11 +236,7 @@ def _shingle_sets(normalised: list[str]) -> list[np.ndarray]:
     padded = [c if len(c) >= SHINGLE else np.concatenate((c, pad[len(c) :])) for c in codes]
     lengths = np.fromiter((len(c) for c in padded), dtype=np.int64, count=len(padded))
     data = np.concatenate(padded).astype(np.uint64) if padded else np.zeros(0, np.uint64)
-    count = len(data) - SHINGLE + 1
-    hashes = data[:count].copy()
-    with np.errstate(over="ignore"):
-        for k in range(1, SHINGLE):
-            hashes = hashes * _POLY + data[k : k + count]
+    hashes = _window_hashes(data, _POLY)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     ends = starts + lengths - SHINGLE + 1
     return [_sorted_unique(hashes[start:end]) for start, end in zip(starts.tolist(), ends.tolist())]

@@ -155,6 +155,8 @@ def _loss_hf(model, tokenized, batch_tokens: int = LOSS_BATCH_TOKENS) -> float |
     """
     import torch
 
+    from quicktune.data.masking import IGNORE
+
     device = next(model.parameters()).device
     order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i].input_ids))
     total, count, first = 0.0, 0, 0
@@ -168,12 +170,12 @@ def _loss_hf(model, tokenized, batch_tokens: int = LOSS_BATCH_TOKENS) -> float |
             width = max(len(row.input_ids) for row in rows)
             ids = torch.zeros((len(rows), width), dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
-            targets = torch.full((len(rows), width), -100, dtype=torch.long)
+            targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
             for k, row in enumerate(rows):
                 ids[k, : len(row.input_ids)] = torch.tensor(row.input_ids)
                 mask[k, : len(row.input_ids)] = 1
                 targets[k, : len(row.labels) - 1] = torch.tensor(row.labels[1:])  # position p predicts token p + 1
-            trained = torch.nonzero((targets != -100).any(dim=0)).flatten()
+            trained = torch.nonzero((targets != IGNORE).any(dim=0)).flatten()
             if not len(trained):
                 continue
             keep = width - int(trained[0])
@@ -181,7 +183,7 @@ def _loss_hf(model, tokenized, batch_tokens: int = LOSS_BATCH_TOKENS) -> float |
             if logits.shape[1] != keep:  # a forward that ignores logits_to_keep gives every position
                 logits = logits[:, -keep:]
             wanted = targets[:, -keep:].to(device)
-            trained_here = wanted != -100
+            trained_here = wanted != IGNORE
             total += torch.nn.functional.cross_entropy(
                 logits[trained_here].float(), wanted[trained_here], reduction="sum"
             ).item()
