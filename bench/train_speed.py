@@ -12,6 +12,9 @@ eval), each in its own child process, one after the other:
               TRL 1.15's SFTTrainer computes its loss with a Triton kernel that has no
               CPU driver, so this contender overrides compute_loss with the model's own
               loss (see the README, "Training speed").
+- last15:     quicktune again with lora.last_layers=15: the adapter on the last 15 of the
+              30 layers, so backpropagation stops there (the first loss is the same: LoRA's
+              B starts at zero).
 
 A TrainerCallback times each optimizer step (time.perf_counter at on_step_begin and
 on_step_end); the median after --warmup steps is reported with the non-pad tokens per
@@ -42,8 +45,9 @@ from common import ChildFailed, child_env, model_loss_sft_trainer, python_argv, 
 from common import run_child as run_bench_child
 
 RECIPE = "smollm2-demo"
-CONTENDERS = ("quicktune", "unsloth", "trl")
-LABELS = {"quicktune": "quicktune", "unsloth": "raw Unsloth", "trl": "plain TRL + PEFT"}
+CONTENDERS = ("quicktune", "unsloth", "trl", "last15")
+LABELS = {"quicktune": "quicktune", "unsloth": "raw Unsloth", "trl": "plain TRL + PEFT", "last15": "quicktune, last 15"}
+LAST_LAYERS = 15  # the last15 contender's lora.last_layers
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "unsloth_zoo", "triton")
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -66,6 +70,7 @@ RECIPE_SETTINGS = {
     "lora.alpha": LORA_ALPHA,
     "lora.dropout": 0.0,
     "lora.target_modules": PROJECTIONS,
+    "lora.last_layers": None,  # every layer, as the other two
     "data.eval": [],
     "data.eval_fraction": 0.0,
     "training.batch_size": BATCH,
@@ -184,14 +189,14 @@ def rows_sha256(rows: list[dict]) -> str:
     return hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
 
 
-def run_quicktune(workdir: Path, steps: int, warmup: int) -> dict:
+def run_quicktune(workdir: Path, steps: int, warmup: int, extra: tuple[str, ...] = ()) -> dict:
     from quicktune.train.backend import load_backend
 
     backend = load_backend()  # first: it imports Unsloth before transformers, as quicktune's CLI does
     from quicktune.recipe import load_recipe
     from quicktune.train.trainer import _rows, prepare_data, train
 
-    recipe = load_recipe(RECIPE, recipe_overrides(steps))
+    recipe = load_recipe(RECIPE, [*recipe_overrides(steps), *extra])
     # train() prepares its rows itself, with the code loaded here: they must be the rows the other two get
     expected = json.loads((workdir / "prepare.json").read_text())["rows_sha256"]
     if rows_sha256(_rows(prepare_data(recipe).train_tokens)) != expected:
@@ -250,7 +255,12 @@ def run_trl(workdir: Path, steps: int, warmup: int) -> dict:
     return timer.summary(warmup)
 
 
-CHILDREN = {"prepare": run_prepare, "quicktune": run_quicktune, "unsloth": run_unsloth, "trl": run_trl}
+def run_last15(workdir: Path, steps: int, warmup: int) -> dict:
+    return run_quicktune(workdir, steps, warmup, (f"lora.last_layers={LAST_LAYERS}",))
+
+
+CHILDREN = {"prepare": run_prepare, "quicktune": run_quicktune, "unsloth": run_unsloth, "trl": run_trl,
+            "last15": run_last15}
 
 
 def child_main(name: str, workdir: Path, steps: int, warmup: int) -> None:
@@ -306,6 +316,8 @@ def print_report(report: dict) -> None:
     if ratios["trl_vs_unsloth"] is not None:
         print(f"plain TRL / raw Unsloth: {ratios['trl_vs_unsloth']:.3f}x  "
               f"(FACTS.md measured {FACTS_TRL_VS_UNSLOTH}x at batch 2)")
+    if ratios.get("last15_vs_quicktune") is not None:
+        print(f"quicktune, lora.last_layers={LAST_LAYERS} / quicktune: {ratios['last15_vs_quicktune']:.3f}x")
     for name, row in results.items():
         used = row["median_cpu_s_per_step"] / row["median_s_per_step"]
         if row["torch_threads"] > 1 and used < 0.75 * row["torch_threads"]:
@@ -373,6 +385,7 @@ def main() -> None:
         "ratios": {
             "quicktune_vs_unsloth": ratio(results, "quicktune", "unsloth"),
             "trl_vs_unsloth": ratio(results, "trl", "unsloth"),
+            "last15_vs_quicktune": ratio(results, "last15", "quicktune"),
             "quicktune_goal": QUICKTUNE_GOAL,
         },
         "benchmark_process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

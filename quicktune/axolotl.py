@@ -56,6 +56,7 @@ RECIPE_KEYS = {
     "model.trust_remote_code": "trust_remote_code", "model.revision": "kept", "model.dtype": "bf16, fp16",
     "lora.r": "lora_r", "lora.alpha": "lora_alpha", "lora.dropout": "lora_dropout",
     "lora.target_modules": "lora_target_modules", "lora.use_dora": "peft_use_dora", "lora.use_rslora": "peft_use_rslora",
+    "lora.last_layers": "peft_layers_to_transform",
     "data.train": "datasets", "data.eval": "test_datasets", "data.format": "datasets[].type, kept when pinned",
     "data.eval_fraction": "val_set_size", "data.system_prompt": "kept",
     "data.train_on_responses_only": "roles_to_train, train_on_eos, train_on_inputs",
@@ -128,6 +129,31 @@ def _base_model(spec: str) -> tuple[str, str | None]:
                          f"converts it into ({state})")
 
 
+def _layer_count(base: str, why: str) -> int:
+    """The base's decoder layers, from its config.json, GGUF or quicktune's table (never downloads)."""
+    from quicktune.plan import find_arch
+
+    try:
+        return find_arch(base).layers
+    except QuicktuneError as exc:
+        raise QuicktuneError(f"{why}, and {exc.message}", hint=exc.hint) from None
+
+
+def _as_last_layers(layers: Any, base: Any) -> tuple[int | None, str]:
+    """peft_layers_to_transform as lora.last_layers: (N, "") when it names the base's last N layers,
+    else (None, why not)."""
+    if not (isinstance(layers, list) and layers and all(type(i) is int for i in layers)):
+        return None, "expected a list of layer indices"
+    try:
+        total = _layer_count(str(base), "quicktune reads it as the base's last layers (lora.last_layers)")
+    except QuicktuneError as exc:
+        return None, exc.message
+    if sorted(layers) != list(range(total - len(layers), total)):
+        return None, (f"quicktune puts LoRA on the last N of the base's {total} layers (lora.last_layers); "
+                      f"{layers} are not those")
+    return len(layers), ""
+
+
 def to_axolotl(recipe: Recipe) -> AxolotlExport:
     """The Axolotl config that trains what ``recipe`` trains, as far as Axolotl can say it."""
     m, lo, d, t = recipe.model, recipe.lora, recipe.data, recipe.training
@@ -171,6 +197,9 @@ def to_axolotl(recipe: Recipe) -> AxolotlExport:
             config["peft_use_dora"] = True
         if lo.use_rslora:
             config["peft_use_rslora"] = True
+        if lo.last_layers is not None:  # Axolotl (PEFT) names the layers: the last N of the base
+            total = _layer_count(m.base, "lora.last_layers: the Axolotl export writes the layers' indices")
+            config["peft_layers_to_transform"] = list(range(total - min(lo.last_layers, total), total))
 
     formats = {path: _file_format(recipe, path) for path in (*d.train, *d.eval)}
     config["datasets"] = [_dataset(p, formats[p], d.train_on_responses_only) for p in d.train]
@@ -516,6 +545,16 @@ def from_axolotl(path: Path) -> AxolotlImport:
         used.add("output_dir")
 
     _apply_block(recipe, block, cfg, reader)
+    layers = take("peft_layers_to_transform")
+    if layers is not None:  # read against the base the recipe trains, which the block may have restored
+        base = recipe["model"].get("base") if isinstance(recipe.get("model"), dict) else None
+        last, why = (None, "no adapter: a full fine-tune trains every layer") if recipe.get("method") == "full" \
+            else _as_last_layers(layers, base)
+        if last is None or not isinstance(recipe.get("lora"), dict):
+            reader.skip(("peft_layers_to_transform",), why or "the recipe's lora section is not a mapping")
+        else:
+            recipe["lora"]["last_layers"] = last
+            lines[("lora", "last_layers")] = reader.where("peft_layers_to_transform")
     recipe.setdefault("name", _name_from(path))
     for key, value in cfg.items():
         if key not in used and value is not None:

@@ -279,7 +279,8 @@ def print_plan(plan, recipe_name: str, hardware: str = "") -> None:
     s = plan.settings
     console.print(
         f"[bold]{recipe_name}[/]: {s.method} on {plan.arch.name} ({plan.arch.params / 1e9:.2f}B parameters, "
-        f"shape from {plan.arch.source}); batch {s.batch} x {s.seq} tokens, LoRA r={s.rank}, "
+        f"shape from {plan.arch.source}); batch {s.batch} x {s.seq} tokens, LoRA r={s.rank}"
+        f"{'' if s.last_layers is None else f' on the last {plan.arch.trained_layers(s.last_layers)} layers'}, "
         f"gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}, {s.optimizer}"
     )
     if plan.device == "cpu":

@@ -78,14 +78,18 @@ class Arch:
         norms = self.layers * 2 * self.hidden + self.hidden
         return self.linear_params + self.embedding_params + norms
 
-    def lora_params(self, rank: int, targets: list[str]) -> int:
+    def lora_params(self, rank: int, targets: list[str], layers: int | None = None) -> int:
         h, i = self.hidden, self.intermediate
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         shapes = {
             "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
             "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
         }  # fmt: skip
-        return self.layers * sum(rank * sum(shapes[t]) for t in targets if t in shapes)
+        return self.trained_layers(layers) * sum(rank * sum(shapes[t]) for t in targets if t in shapes)
+
+    def trained_layers(self, last: int | None) -> int:
+        """Decoder layers with an adapter: all, or the last ``last`` (lora.last_layers)."""
+        return self.layers if last is None else min(last, self.layers)
 
     def activation_bytes_per_token(self) -> int:
         """Tensors autograd keeps for one decoder layer per token, in 16-bit (our count for a
@@ -233,6 +237,7 @@ class Settings:
     optimizer: str  # adamw_8bit, adamw_torch, ...
     unsloth: bool = True
     four_bit: bool | None = None  # the base loaded in 4 bits; None: as the method says (qlora)
+    last_layers: int | None = None  # lora.last_layers: LoRA (and backpropagation) in the last N layers only
 
     @property
     def quantized(self) -> bool:
@@ -271,15 +276,15 @@ def estimate(arch: Arch, s: Settings) -> Estimate:
         trainable = arch.params
         state = trainable * (2 + optimizer)  # 16-bit gradients + optimizer state
     else:
-        trainable = arch.lora_params(s.rank, list(s.targets))
+        trainable = arch.lora_params(s.rank, list(s.targets), s.last_layers)
         state = trainable * (2 * LORA_WEIGHT_BYTES + optimizer)
     layer = arch.activation_bytes_per_token() * tokens
     if s.gradient_checkpointing:
         # Unsloth offloads the checkpoints to CPU RAM; plain transformers keeps each layer's input.
         kept = 0 if s.unsloth else arch.layers * arch.hidden * 2 * tokens
         activations = kept + RECOMPUTE_FACTOR * layer
-    else:
-        activations = arch.layers * layer
+    else:  # autograd keeps activations only where it will backpropagate: the layers with an adapter
+        activations = (arch.layers if s.method == "full" else arch.trained_layers(s.last_layers)) * layer
     logits = tokens * arch.vocab * (2 / UNSLOTH_LOGIT_CHUNKS if s.unsloth else 2 + 4)
     parts = {
         "weights": weights,
@@ -331,7 +336,7 @@ def suggestions(arch: Arch, s: Settings, vram_gib: float, grad_accumulation: int
 
 
 def disk_bytes(arch: Arch, s: Settings, quantizations: list[str], kept_checkpoints: int = 3) -> dict[str, float]:
-    trainable = arch.params if s.method == "full" else arch.lora_params(s.rank, list(s.targets))
+    trainable = arch.params if s.method == "full" else arch.lora_params(s.rank, list(s.targets), s.last_layers)
     per_checkpoint = trainable * (2 if s.method == "full" else LORA_WEIGHT_BYTES) + trainable * OPTIMIZER_BYTES.get(s.optimizer, 2)
     out = {"checkpoints": kept_checkpoints * per_checkpoint, "merged 16-bit": arch.params * 2, "F16 GGUF": arch.params * 2}
     for quant in quantizations:
@@ -349,6 +354,16 @@ CPU_REFERENCE = {"seconds": 546.0, "tokens": 2.4 * 55_358, "params": 134_515_008
 def cpu_seconds_per_epoch(arch: Arch, tokens: int) -> float:
     per_token = CPU_REFERENCE["seconds"] / CPU_REFERENCE["tokens"]
     return tokens * per_token * arch.params / CPU_REFERENCE["params"]
+
+
+def layer_work_factor(arch: Arch, s: Settings) -> float:
+    """Compute per token against an adapter on every layer. With lora.last_layers the backward pass
+    stops at the lowest layer with an adapter: forward 2N + backward through the frozen weights 2N x the
+    share of layers trained. With gradient checkpointing the input's gradient is switched on, so the
+    backward pass runs through every layer anyway."""
+    if s.method == "full" or s.last_layers is None or s.gradient_checkpointing:
+        return 1.0
+    return (2 + 2 * arch.trained_layers(s.last_layers) / arch.layers) / 4
 
 
 def seconds_per_epoch(arch: Arch, tokens: int, gpu: Gpu, gradient_checkpointing: bool = True) -> float:
@@ -402,6 +417,7 @@ def settings_for(recipe, unsloth: bool = True, device: str = "cuda") -> Settings
         optimizer,
         unsloth,
         recipe.model.load_in_4bit if recipe.method in PREFERENCE_METHODS else None,
+        recipe.lora.last_layers if recipe.method != "full" else None,
     )
 
 
@@ -426,7 +442,8 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
     tokens = data_tokens(recipe)
     disk = disk_bytes(arch, settings, recipe.export.quantizations)
     if gpu is None and vram is None and is_cpu_recipe(recipe):
-        epoch = cpu_seconds_per_epoch(arch, tokens) * settings.work_factor if tokens else None
+        epoch = (cpu_seconds_per_epoch(arch, tokens) * settings.work_factor
+                 * layer_work_factor(arch, settings)) if tokens else None
         note = (
             f"scaled from our run of the quick start on a {CPU_REFERENCE['cores']}-core CPU "
             f"({CPU_REFERENCE['seconds']:.0f} s for 120 steps of SmolLM2-135M); more cores are faster"
@@ -436,7 +453,8 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
     card = find_gpu(gpu) if gpu else (None if vram else GPUS["rtx 4090"])
     vram_gib = vram or card.vram_gib
     if card is not None:
-        epoch = seconds_per_epoch(arch, tokens, card, settings.gradient_checkpointing) * settings.work_factor if tokens else None
+        epoch = (seconds_per_epoch(arch, tokens, card, settings.gradient_checkpointing) * settings.work_factor
+                 * layer_work_factor(arch, settings)) if tokens else None
         note = f"on {card.name}, from its 16-bit throughput at {MODEL_FLOPS_UTILIZATION:.0%} utilisation"
     else:
         epoch, note = None, "not estimated: --vram says how much memory, not how fast; name the card with --gpu"

@@ -66,6 +66,12 @@ class LoraSection(_Section):
     )
     use_dora: bool = False
     use_rslora: bool = False
+    last_layers: int | None = Field(
+        None, gt=0,
+        description="LoRA on the last N decoder layers only (null: every layer). The layers below keep the base's "
+        "weights; without gradient checkpointing backpropagation stops above them, so a step costs less and keeps "
+        "fewer activations (with it, the recomputation needs the gradient through every layer).",
+    )
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -316,6 +322,8 @@ class Recipe(_Section):
         data = self.model_dump(mode="json", exclude=unused)
         if not data["training"]["report_to"]:  # likewise for a recipe that reports nowhere else
             del data["training"]["report_to"]
+        if "lora" in data and data["lora"]["last_layers"] is None:  # and for an adapter on every layer
+            del data["lora"]["last_layers"]
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 

@@ -60,7 +60,7 @@ def test_export_names_what_axolotl_cannot_say(tmp_path):
         "field_messages": "messages", "message_property_mappings": {"role": "role", "content": "content"},
         "roles_to_train": ["assistant"], "train_on_eos": "turn"}]
     assert config["test_datasets"][0]["path"].endswith("demo/eval.jsonl") and config["val_set_size"] == 0.0
-    assert (config["adapter"], config["micro_batch_size"], config["gradient_accumulation_steps"]) == ("lora", 8, 1)
+    assert (config["adapter"], config["micro_batch_size"], config["gradient_accumulation_steps"]) == ("lora", 4, 1)
     assert config["chat_template"] == "tokenizer_default" and config["bf16"] is False and config["fp16"] is False
     # a GGUF base is trained from the folder quicktune converts it into
     assert config["quicktune"]["as_written"][0]["key"] == "model.base"
@@ -72,11 +72,28 @@ def test_export_names_what_axolotl_cannot_say(tmp_path):
 def test_per_process_batch_for_several_gpus_comes_back(tmp_path):
     exported = _export(tmp_path, "smollm2-demo", "training.gpus=2")
     config = yaml.safe_load(exported.read_text())
-    assert (config["micro_batch_size"], config["gradient_accumulation_steps"]) == (4, 1)  # 8 rows per step over 2
+    assert (config["micro_batch_size"], config["gradient_accumulation_steps"]) == (2, 1)  # 4 rows per step over 2
     result, written = _import(tmp_path, exported)
     assert result.exit_code == 0, result.output
     back = load_recipe(str(written)).training
-    assert (back.batch_size, back.grad_accumulation, back.gpus) == (8, 1, 2)
+    assert (back.batch_size, back.grad_accumulation, back.gpus) == (4, 1, 2)
+
+
+def test_last_layers_go_to_axolotl_as_layer_indices_and_come_back(tmp_path):
+    exported = _export(tmp_path, "smollm2-demo", "lora.last_layers=4")
+    config = yaml.safe_load(exported.read_text())
+    assert config["peft_layers_to_transform"] == [26, 27, 28, 29]  # SmolLM2-135M has 30 layers
+    result, written = _import(tmp_path, exported)
+    assert result.exit_code == 0, result.output
+    assert load_recipe(str(written)).lora.last_layers == 4
+    # layers other than the model's last ones are not what lora.last_layers can say: named, not imported
+    config["peft_layers_to_transform"] = [0, 1]
+    (other := tmp_path / "first.yml").write_text(yaml.safe_dump(config))
+    result, written = _import(tmp_path, other)
+    assert result.exit_code == 0, result.output
+    assert load_recipe(str(written)).lora.last_layers is None
+    assert any("peft_layers_to_transform: quicktune puts LoRA on the last N of the base's 30 layers" in line
+               for line in from_axolotl(other).unmapped)
 
 
 def test_a_changed_axolotl_value_wins_over_what_quicktune_kept(tmp_path):
@@ -221,7 +238,7 @@ def test_exports_pass_axolotls_own_validation(tmp_path):
         pytest.skip(f"no Axolotl virtualenv at {AXOLOTL_PYTHON} (make it with .ci/axolotl-venv)")
     files = [_export(tmp_path, name) for name in sorted(builtin_recipes())
              if load_recipe(name).method not in PREFERENCE_METHODS]
-    files.append(_export(tmp_path, "smollm2-demo", "training.gpus=2", "model.chat_template=chatml"))
+    files.append(_export(tmp_path, "smollm2-demo", "training.gpus=2", "model.chat_template=chatml", "lora.last_layers=4"))
     # torch, transformers, yaml … come from this interpreter's environment, whichever checkout made the venv
     site = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))  # the same folder on most systems
     env = {**os.environ, "QUICKTUNE_STACK_SITE": os.pathsep.join(site)}
@@ -242,7 +259,8 @@ AXOLOTL_KEYS = ["base_model", "adapter", "load_in_4bit", "load_in_8bit", "sequen
                 "num_epochs", "max_steps", "learning_rate", "lr_scheduler", "optimizer", "micro_batch_size",
                 "gradient_accumulation_steps", "warmup_ratio", "warmup_steps", "eval_steps", "save_steps", "seed",
                 "bf16", "fp16", "chat_template", "chat_template_jinja", "sample_packing", "gradient_checkpointing",
-                "train_on_inputs", "dataset_exact_deduplication", "quicktune", "output_dir", "wandb_project"]
+                "train_on_inputs", "dataset_exact_deduplication", "quicktune", "output_dir", "wandb_project",
+                "peft_layers_to_transform"]
 
 
 def test_any_axolotl_mapping_imports_or_names_its_lines(tmp_path_factory):

@@ -28,6 +28,11 @@ def test_shapes_by_hand():
     assert qlora.parts["weights"] == pytest.approx(1152 * NF4_BYTES_PER_PARAM + (tiny.params - 1152) * 2)
     assert qlora.trainable == 2 * 32
     assert qlora.parts["LoRA + optimizer"] == 64 * (4 + 4 + 2)  # fp32 weights + grads, 8-bit Adam
+    # lora.last_layers: the adapter, and the activations autograd keeps, in the last layer only
+    last = estimate(tiny, Settings("qlora", 1, 4, 2, ("q_proj",), False, "adamw_8bit", last_layers=1))
+    every = estimate(tiny, Settings("qlora", 1, 4, 2, ("q_proj",), False, "adamw_8bit"))
+    assert last.trainable == 32 and every.trainable == 64
+    assert last.parts["activations"] == every.parts["activations"] / 2
 
 
 def test_published_counts_for_llama_3_1_8b():
@@ -137,6 +142,11 @@ def test_a_cpu_recipe_is_planned_for_the_cpu():
     # README quick start: 120 steps of 8 rows (2.4 epochs) took 546 s of training on 2 cores
     assert plan.epoch_seconds * 2.4 == pytest.approx(546, rel=0.1)
     assert "about 4 min per epoch" in text and "2-core CPU" in text
+    # lora.last_layers: forward 2N + backward through the frozen weights 2N x the share of layers trained
+    every, half = (make_plan(load_recipe("smollm2-demo", [f"lora.last_layers={n}"])) for n in (30, 15))
+    assert half.epoch_seconds == pytest.approx(every.epoch_seconds * 3 / 4)
+    assert half.estimate.trainable * 2 == every.estimate.trainable
+    assert "LoRA r=16 on the last 15 layers" in _plan_output("smollm2-demo", "--set", "lora.last_layers=15")
     # asked for a GPU, the same recipe gets a GPU plan; a tiny model's epoch is no longer "0 s"
     gpu = _plan_output("smollm2-demo", "--gpu", "RTX 4090")
     assert "Peak VRAM estimate on RTX 4090" in gpu and "→ under a second per epoch" in gpu

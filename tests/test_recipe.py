@@ -285,3 +285,13 @@ def test_plan_assumes_the_optimizer_training_uses():
     lora = load_recipe("smollm2-demo", ["training.optimizer=auto"])  # method lora, optimizer auto
     assert make_plan(lora).settings.optimizer == "adamw_torch"  # the CPU recipe planned for the CPU
     assert make_plan(lora, gpu="rtx 4090").settings.optimizer == "adamw_8bit"  # on CUDA: 8-bit Adam, as trained
+
+
+def test_last_layers_is_left_out_of_the_resolved_recipe_while_unset(tmp_path):
+    # the sha256 that resume matches on stays what it was for a recipe with an adapter on every layer
+    assert "last_layers" not in load_recipe("smollm2-demo").to_yaml()
+    again = tmp_path / "again.yaml"
+    again.write_text(load_recipe("smollm2-demo", ["lora.last_layers=15"]).to_yaml())
+    assert load_recipe(str(again)).lora.last_layers == 15
+    with pytest.raises(RecipeError):
+        load_recipe("smollm2-demo", ["lora.last_layers=0"])

@@ -57,7 +57,8 @@ class Backend:
         return model, AutoTokenizer.from_pretrained(model_dir)
 
     def add_lora(self, model, *, r: int, alpha: int, dropout: float, targets: list[str], dora: bool, rslora: bool,
-                 gradient_checkpointing: bool, seed: int):
+                 gradient_checkpointing: bool, seed: int, layers: list[int] | None = None):
+        """A new adapter on ``targets`` in every decoder layer, or in ``layers`` (their indices) only."""
         if self.name == "unsloth":
             from unsloth import FastLanguageModel
 
@@ -71,6 +72,7 @@ class Backend:
                 use_rslora=rslora,
                 use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
                 random_state=seed,
+                layers_to_transform=layers,
             )
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -81,7 +83,7 @@ class Backend:
             model.enable_input_require_grads()
         config = LoraConfig(
             r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, use_dora=dora, use_rslora=rslora,
-            task_type="CAUSAL_LM",
+            layers_to_transform=layers, task_type="CAUSAL_LM",
         )
         return get_peft_model(model, config)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import platform
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from quicktune.data.check import PreparedData, prepare_for_recipe
-from quicktune.errors import QuicktuneError
+from quicktune.errors import QuicktuneError, RecipeError
 from quicktune.recipe import PREFERENCE_METHODS, Recipe
 from quicktune.train import runs
 from quicktune.train.backend import Backend, four_bit_summary, load_backend, require_device_for
@@ -210,7 +211,40 @@ def load_parent(parent_ref: str | None, runs_root: Path, recipe: Recipe) -> Path
     from quicktune.export.merge import read_plan
 
     read_plan(parent_dir / "adapter")  # training on top of an adapter the export cannot merge is refused now
+    _check_parent_layers(recipe, parent_ref, trained / "adapter_config.json")
     return parent_dir
+
+
+def _check_parent_layers(recipe: Recipe, parent_ref: str, adapter_config: Path) -> None:
+    """A continued run trains the parent's adapter where it is: lora.last_layers must say the same."""
+    wanted = recipe.lora.last_layers
+    if wanted is None:
+        return
+    layers = json.loads(adapter_config.read_text(encoding="utf-8")).get("layers_to_transform")
+    count = None if layers is None else (1 if isinstance(layers, int) else len(layers))
+    if count != wanted:
+        where = "every layer" if count is None else f"the last {count} layers"
+        raise RecipeError(
+            f"{recipe.where(('lora', 'last_layers'))}: lora.last_layers is {wanted}, and --from {parent_ref} continues "
+            f"an adapter on {where}",
+            hint="A continued run trains its parent's adapter where it is: remove lora.last_layers"
+            + ("." if count is None else f", or set it to {count}."),
+        )
+
+
+def lora_layers(recipe: Recipe, config) -> list[int] | None:
+    """The decoder layers that get LoRA: the last ``lora.last_layers`` of the model, or None for all."""
+    wanted = recipe.lora.last_layers
+    if wanted is None:
+        return None
+    total = config.get_text_config().num_hidden_layers
+    if wanted > total:
+        raise RecipeError(
+            f"{recipe.where(('lora', 'last_layers'))}: lora.last_layers is {wanted}, and {recipe.model.base} has "
+            f"{total} decoder layers",
+            hint=f"Set it to at most {total}, or remove it to put LoRA on every layer.",
+        )
+    return list(range(total - wanted, total))
 
 
 def _parent_is_full(parent_dir: Path | None) -> bool:
@@ -281,6 +315,11 @@ def train(
     main = ranks is None or ranks.is_main
     load_from = str(runs.trained_dir(parent_dir, {"method": "full"})) if _parent_is_full(parent_dir) else base.load_from
     data = _data_manifest(prepared)
+    new_adapter = recipe.method != "full" and (parent_dir is None or _parent_is_full(parent_dir))
+    if recipe.lora.last_layers is not None and new_adapter:
+        from transformers import AutoConfig
+
+        lora_layers(recipe, AutoConfig.from_pretrained(load_from))  # a wrong count is refused before a run folder
     with contextlib.ExitStack() as held:
         def claim() -> tuple[Path, Path | None]:
             run_dir, checkpoint, removed = _claim_run(runs_root, recipe, sha, parent, new_run, held)
@@ -429,6 +468,7 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
                 rslora=recipe.lora.use_rslora,
                 gradient_checkpointing=recipe.training.gradient_checkpointing,
                 seed=recipe.training.seed,
+                layers=lora_layers(recipe, model.config),
             )
         from quicktune.export.merge import check_mergeable
 

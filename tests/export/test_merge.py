@@ -107,6 +107,9 @@ KINDS = {
                                        rank_pattern={"v_proj": 2, r"layers\.1\.mlp\.up_proj": 6},
                                        alpha_pattern={"o_proj": 3, "down_proj": 32}), ".lora_A.weight"),
     "dora": (False, dict(r=4, lora_alpha=8, use_dora=True, target_modules=LINEAR), ".lora_magnitude_vector"),
+    # lora.last_layers: the adapter in the last layer only (its first layer has none; see the test)
+    "last-layers": (False, dict(r=4, lora_alpha=8, target_modules=LINEAR, layers_to_transform=[1]),
+                    "layers.1.mlp.down_proj.lora_B.weight"),
     "dora-rslora": (False, dict(r=4, lora_alpha=8, use_dora=True, use_rslora=True,
                                  target_modules=["q_proj", "v_proj"]),
                     ".lora_magnitude_vector"),
@@ -140,6 +143,8 @@ def test_merged_logits_equal_peft_logits(kind, tmp_path):
     tied, lora, marker = KINDS[kind]
     base_dir, adapter_dir, expected = _build(tmp_path, tied=tied, **lora)
     assert any(key.endswith(marker) for key in _adapter_keys(adapter_dir)), _adapter_keys(adapter_dir)
+    if "layers_to_transform" in lora:
+        assert not any(".layers.0." in key for key in _adapter_keys(adapter_dir))
     actual = _merged_logits(base_dir, adapter_dir, tmp_path / "merged")
     change = (expected - _logits(_tiny_model(tied))).abs().max().item()
     error = (expected - actual).abs().max().item()

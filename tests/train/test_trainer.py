@@ -158,3 +158,27 @@ def test_plain_transformers_fallback_when_unsloth_cannot_be_imported(make_recipe
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FALLBACK-OK" in done.stdout
+
+
+def test_last_layers_puts_the_adapter_on_the_last_layers_and_refuses_more_than_the_model_has(make_recipe, tmp_path):
+    from quicktune.errors import RecipeError
+    from quicktune.recipe import load_recipe
+
+    make_recipe("last", steps=2)
+    source = str(tmp_path / "last.yaml")  # the file make_recipe wrote
+    with pytest.raises(RecipeError) as refused:
+        train(load_recipe(source, ["lora.last_layers=31"]), runs_root=tmp_path / "refused")
+    assert "--set lora.last_layers=31" in str(refused.value) and "30 decoder layers" in str(refused.value)
+    assert not list((tmp_path / "refused").rglob("manifest.json"))  # refused before a run folder was made
+
+    result = train(load_recipe(source, ["lora.last_layers=2"]), runs_root=tmp_path / "runs")
+    adapter = load_file(str(result.run_dir / "adapter" / "adapter_model.safetensors"))
+    layers = {int(key.split(".layers.")[1].split(".")[0]) for key in adapter}
+    assert layers == {28, 29} and len(adapter) == 2 * 2 * 7  # A and B of the 7 projections in each of the 2
+    config = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [28, 29]
+    # continued with --from, the run trains that adapter where it is: another count is refused, saying so
+    with pytest.raises(RecipeError) as continued:
+        train(load_recipe(source, ["lora.last_layers=3"]), runs_root=tmp_path / "runs", parent_ref="v1")
+    assert "continues an adapter on the last 2 layers" in str(continued.value)
+    assert sorted(p.name for p in (result.run_dir.parent).iterdir()) == ["v1"]
