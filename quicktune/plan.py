@@ -438,6 +438,14 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
     arch = find_arch(recipe.model.base)
     on_cpu = gpu is None and vram is None and is_cpu_recipe(recipe)
     settings = settings_for(recipe, device="cpu" if on_cpu else "cuda")
+    if settings.last_layers is not None and settings.last_layers > arch.layers:  # training refuses it too
+        from quicktune.errors import RecipeError
+
+        raise RecipeError(
+            f"{recipe.where(('lora', 'last_layers'))}: lora.last_layers is {settings.last_layers}, and "
+            f"{recipe.model.base} has {arch.layers} decoder layers",
+            hint=f"Set it to at most {arch.layers}, or remove it to put LoRA on every layer.",
+        )
     result = estimate(arch, settings)
     tokens = data_tokens(recipe)
     disk = disk_bytes(arch, settings, recipe.export.quantizations)

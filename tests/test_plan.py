@@ -147,6 +147,9 @@ def test_a_cpu_recipe_is_planned_for_the_cpu():
     assert half.epoch_seconds == pytest.approx(every.epoch_seconds * 3 / 4)
     assert half.estimate.trainable * 2 == every.estimate.trainable
     assert "LoRA r=16 on the last 15 layers" in _plan_output("smollm2-demo", "--set", "lora.last_layers=15")
+    more = CliRunner().invoke(main, ["plan", "smollm2-demo", "--set", "lora.last_layers=31"])
+    assert more.exit_code == 2 and "--set lora.last_layers=31: lora.last_layers is 31" in more.output
+    assert "has 30 decoder layers" in " ".join(more.output.split())
     # asked for a GPU, the same recipe gets a GPU plan; a tiny model's epoch is no longer "0 s"
     gpu = _plan_output("smollm2-demo", "--gpu", "RTX 4090")
     assert "Peak VRAM estimate on RTX 4090" in gpu and "→ under a second per epoch" in gpu
