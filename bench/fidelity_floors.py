@@ -60,7 +60,7 @@ def main() -> None:
         print(f"\nsmollm2-demo, {args.steps} steps, {args.prompts} held-out prompts; export exit {exported.returncode}")
         print(f"{'GGUF':8} {'same top token':>15} {'identical':>10} {'stops':>6}")
         for row in fidelity["ggufs"]:
-            print(f"{row['name']:8} {row['same_top_token']:>15.2%} {str(row['identical_answers']):>10} {str(row['stops']):>6}")
+            print(f"{row['name']:8} {row['same_top_token']:>15.2%} {row['identical_answers']!s:>10} {row['stops']!s:>6}")
         print(f"reference stops {fidelity['reference_stops']}/{fidelity['prompts']}; passed: {fidelity.get('passed')}")
         out = Path(__file__).parent / "results" / "fidelity_floors.json"
         out.parent.mkdir(exist_ok=True)

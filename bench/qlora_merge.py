@@ -34,10 +34,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save_results, versions  # noqa: E402
+from common import save_results, versions
 
-from quicktune.train.backend import greedy_answers, load_backend  # noqa: E402  (Unsloth first)
-from quicktune.export.verify import agreement  # noqa: E402
+from quicktune.backend import load_backend
+from quicktune.export.verify import agreement
+from quicktune.inference import greedy_answers
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "unsloth", "bitsandbytes")
 
@@ -97,14 +98,13 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from quicktune.data.check import stop_token_ids
+    from quicktune.base_model import base_folder
     from quicktune.data.heldout import load_eval_set
-    from quicktune.data.tokenizer import load_chat_tokenizer
+    from quicktune.data.tokenizer import load_chat_tokenizer, stop_token_ids
     from quicktune.export.exporter import _merge_into
     from quicktune.export.merge import merge_adapter
     from quicktune.recipe import load_recipe
-    from quicktune.train.base_model import base_folder
-    from quicktune.train.runs import read_manifest
+    from quicktune.runs import read_manifest
     from quicktune.train.trainer import train
 
     work = Path(tempfile.mkdtemp(prefix="qlora-merge-"))

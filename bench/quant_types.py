@@ -43,7 +43,7 @@ def conversations(rows: int) -> list[list[dict[str, str]]]:
 
 def answer_logits(gguf: Path, prompts: list[tuple[list[int], int]]) -> list[np.ndarray]:
     """Per conversation: the logits that predict each answer token (float64)."""
-    from quicktune.export import llamacpp
+    from quicktune import llamacpp
 
     llm = llamacpp.load(gguf, n_ctx=max(len(ids) for ids, _ in prompts) + 8, logits_all=True)
     out = []
@@ -66,8 +66,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=60)
     args = parser.parse_args()
 
+    from quicktune import llamacpp
     from quicktune.data.tokenizer import ChatTokenizer, gguf_special_tokens
-    from quicktune.export import llamacpp
     from quicktune.models import read_gguf_fields
 
     fields = read_gguf_fields(args.f16, "tokenizer.")

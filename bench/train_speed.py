@@ -99,7 +99,7 @@ def recipe_overrides(steps: int) -> list[str]:
 
 
 def sft_config(output_dir: Path, steps: int):
-    """What quicktune's _sft_config gives on CPU for these settings, minus eval and checkpoints."""
+    """What quicktune.train.config.sft_config gives on CPU for these settings, minus eval and checkpoints."""
     from trl import SFTConfig
 
     return SFTConfig(
@@ -131,8 +131,8 @@ def sft_config(output_dir: Path, steps: int):
 
 def run_prepare(workdir: Path, steps: int, warmup: int) -> dict:
     """The demo recipe's train rows and converted model folder, and the pad share of its batches."""
+    from quicktune.base_model import prepare_base
     from quicktune.recipe import load_recipe
-    from quicktune.train.base_model import prepare_base
     from quicktune.train.trainer import _rows, prepare_data
 
     recipe = load_recipe(RECIPE, recipe_overrides(steps))
@@ -190,7 +190,7 @@ def rows_sha256(rows: list[dict]) -> str:
 
 
 def run_quicktune(workdir: Path, steps: int, warmup: int, extra: tuple[str, ...] = ()) -> dict:
-    from quicktune.train.backend import load_backend
+    from quicktune.backend import load_backend
 
     backend = load_backend()  # first: it imports Unsloth before transformers, as quicktune's CLI does
     from quicktune.recipe import load_recipe
@@ -207,8 +207,8 @@ def run_quicktune(workdir: Path, steps: int, warmup: int, extra: tuple[str, ...]
 
 
 def run_unsloth(workdir: Path, steps: int, warmup: int) -> dict:
-    import unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
     import torch
+    import unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
     from datasets import Dataset
     from trl import SFTTrainer
     from unsloth import FastLanguageModel

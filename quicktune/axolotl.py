@@ -238,7 +238,7 @@ def to_axolotl(recipe: Recipe) -> AxolotlExport:
                     "auto picks adamw_8bit on a GPU and adamw_torch on the CPU; written as adamw_8bit")
     else:
         config["optimizer"] = _OPTIMIZERS[t.optimizer]
-    from quicktune.train.distributed import split_batch
+    from quicktune.recipe import split_batch
 
     # Axolotl's micro_batch_size and gradient_accumulation_steps are per process (GPU).
     batch, accumulation = split_batch(t.batch_size, t.grad_accumulation, t.gpus or 1)
@@ -281,7 +281,7 @@ def axolotl_yaml(export: AxolotlExport, source: str) -> str:
 
 def write_new(path: Path, text: str, force: bool) -> None:
     """Never replace a file that is there unless asked; the file appears whole or not at all."""
-    from quicktune.train.runs import write_atomic
+    from quicktune.runs import write_atomic
 
     if path.exists() and not force:
         raise QuicktuneError(f"{path} already exists", hint="Choose another name, or add --force to replace it.")
@@ -567,10 +567,10 @@ def from_axolotl(path: Path) -> AxolotlImport:
 def _apply_block(recipe: dict[str, Any], block: dict[str, Any], cfg: dict[str, Any], reader: _Reader) -> None:
     """Values quicktune kept for itself: taken as they are, or, for those Axolotl has a lossy
     translation of, only while the Axolotl keys still hold what quicktune wrote."""
-    from quicktune.recipe import _deep_merge
+    from quicktune.recipe import deep_merge
 
     kept = block.get("recipe") if isinstance(block.get("recipe"), dict) else {}
-    recipe.update(_deep_merge(recipe, kept))
+    recipe.update(deep_merge(recipe, kept))
     written_as = block.get("as_written")
     for item in written_as if isinstance(written_as, list) else []:
         if not isinstance(item, dict) or not isinstance(item.get("key"), str):

@@ -34,7 +34,7 @@ def resolve_target(ref: str, runs_root: Path, quant: str | None, num_ctx: int | 
 
     A GGUF inside a run's export folder is that run with that quantization."""
     from quicktune.recipe import load_recipe
-    from quicktune.train.runs import pick_quantization, read_manifest, resolve_run, run_label
+    from quicktune.runs import pick_quantization, read_manifest, resolve_run, run_label
 
     path = Path(ref)
     if path.suffix == ".gguf" and not path.is_file():
@@ -53,7 +53,7 @@ def resolve_target(ref: str, runs_root: Path, quant: str | None, num_ctx: int | 
             return ChatTarget(path, num_ctx=num_ctx or _gguf_context(path), label=path.name)
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
     wanted = pick_quantization(run_dir, manifest, quant)
-    from quicktune.train.runs import exported_gguf
+    from quicktune.runs import exported_gguf
 
     gguf = exported_gguf(run_dir, manifest, wanted)
     from quicktune.data.system_prompt import served_prompt
@@ -82,7 +82,7 @@ def _modelfile_context(run_dir: Path, manifest: dict, quant: str) -> int | None:
 def _gguf_context(gguf: Path) -> int:
     """A GGUF no run exported: 4096 tokens, or less when the model was trained on less."""
     from quicktune.export.exporter import trained_context
-    from quicktune.export.llamacpp import check_gguf
+    from quicktune.llamacpp import check_gguf
 
     check_gguf(gguf)  # a damaged file is named as such before its header is read for the context
 
@@ -161,8 +161,8 @@ class ChatSession:
 
 
 def open_session(target: ChatTarget, *, system: str | None = None, max_tokens: int = 512) -> ChatSession:
+    from quicktune import llamacpp
     from quicktune.data.tokenizer import ChatTokenizer, gguf_special_tokens
-    from quicktune.export import llamacpp
     from quicktune.models import read_gguf_fields
 
     fields = read_gguf_fields(target.gguf, "tokenizer.")

@@ -174,7 +174,7 @@ def data_check(
         print_data_report(report)
 
 
-def _semantic_threshold(value: str | None) -> float | None | str:
+def _semantic_threshold(value: str | None) -> float | str | None:
     if value is None:
         return "default"
     if value.strip().lower() == "off":
@@ -344,7 +344,7 @@ def runs_group(ctx: click.Context, runs_dir: str) -> None:
         from pathlib import Path
 
         from quicktune.console import print_runs
-        from quicktune.train.runs import list_runs
+        from quicktune.runs import list_runs
 
         print_runs(list_runs(Path(runs_dir)), Path(runs_dir))
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from quicktune.data.check import DataReport, TokenStats
+    from quicktune.data.report import DataReport, TokenStats
     from quicktune.errors import QuicktuneError
     from quicktune.recipe import Recipe
 

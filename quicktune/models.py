@@ -7,8 +7,8 @@ hub download.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,8 +98,8 @@ class GGUFHeader:
     data_start: int | None = None  # where the tensor data begins (with tensors=True)
 
 
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
+GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+GGUF_STRING, GGUF_ARRAY = 8, 9
 
 
 def read_gguf_header(path: Path, prefix: str | None = "", tensors: bool = False) -> GGUFHeader:
@@ -153,21 +153,21 @@ def _parse_gguf_header(view, prefix: str | None, want_tensors: bool, struct, np)
 
     def value(kind: int, keep: bool):
         nonlocal at
-        if kind in _GGUF_SCALARS:
-            return number(_GGUF_SCALARS[kind])
-        if kind == _GGUF_STRING:
+        if kind in GGUF_SCALARS:
+            return number(GGUF_SCALARS[kind])
+        if kind == GGUF_STRING:
             return string()
-        if kind != _GGUF_ARRAY:
+        if kind != GGUF_ARRAY:
             raise ValueError(f"unknown value type {kind}")
         item, count = number("I"), number("Q")
-        if item in _GGUF_SCALARS:
-            width = struct.calcsize(_GGUF_SCALARS[item])
+        if item in GGUF_SCALARS:
+            width = struct.calcsize(GGUF_SCALARS[item])
             if at + count * width > len(view):
                 raise ValueError("an array runs past the end of the file")
-            items = np.frombuffer(view, dtype=np.dtype(order + _GGUF_SCALARS[item]), count=count, offset=at).tolist() if keep else None
+            items = np.frombuffer(view, dtype=np.dtype(order + GGUF_SCALARS[item]), count=count, offset=at).tolist() if keep else None
             at += count * width
             return items
-        return [value(item, keep) for _ in range(count)] if keep or item != _GGUF_STRING else _skip_strings(count)
+        return [value(item, keep) for _ in range(count)] if keep or item != GGUF_STRING else _skip_strings(count)
 
     def _skip_strings(count: int) -> None:
         nonlocal at
@@ -184,7 +184,7 @@ def _parse_gguf_header(view, prefix: str | None, want_tensors: bool, struct, np)
         key = string()
         kind = number("I")
         item = count = None
-        if kind == _GGUF_ARRAY:
+        if kind == GGUF_ARRAY:
             item, count = struct.unpack_from(order + "IQ", view, at)
         wanted = prefix is not None and key.startswith(prefix)
         found = value(kind, wanted or key == "general.alignment")

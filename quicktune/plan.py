@@ -210,7 +210,7 @@ def find_arch(base: str) -> Arch:
         cached = try_to_load_from_cache(base, "config.json")
         if isinstance(cached, str):
             return arch_from_config(json.loads(Path(cached).read_text()), f"{base} config.json (hub cache)")
-    except Exception:  # noqa: BLE001 - no cache is fine: fall back to the table
+    except Exception:
         pass
     known = _known(base)
     if known is not None:

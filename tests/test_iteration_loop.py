@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from quicktune.cli import main
-from quicktune.train.runs import read_manifest, write_manifest
+from quicktune.runs import read_manifest, write_manifest
 
 pytestmark = pytest.mark.slow
 

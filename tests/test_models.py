@@ -52,7 +52,7 @@ def test_rewrite_metadata_copies_what_stays_and_types_what_changes(tmp_path, lla
     replace; a donor's tokenizer.* keys replace the source's; a vocabulary of another size is refused.
     (Read back with read_gguf_header, which the test above holds to GGUFReader.)"""
     from quicktune.errors import QuicktuneError
-    from quicktune.export.llamacpp import rewrite_metadata
+    from quicktune.llamacpp import rewrite_metadata
 
     def read(path):
         header = read_gguf_header(path, tensors=True)

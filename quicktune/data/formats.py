@@ -41,7 +41,7 @@ _SHAREGPT_ROLES = {
 }
 
 
-class _Invalid(Exception):
+class Invalid(Exception):
     """One record's problem: the field path and what is wrong."""
 
 
@@ -108,7 +108,7 @@ def normalise(
             )
         try:
             examples.append(_PARSERS[fmt](raw.value, raw.origin, system_prompt))
-        except _Invalid as exc:
+        except Invalid as exc:
             other = detect_format(raw.value)
             if other is not None and other != fmt:
                 looks_like[other] += 1
@@ -138,7 +138,7 @@ def _mismatch_hint(name: str, fmt: str, pinned: bool, looks_like: Counter[str]) 
 
 def _require_dict(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _Invalid(f"expected a JSON object, got {type(value).__name__}")
+        raise Invalid(f"expected a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -146,56 +146,56 @@ def _string(record: dict[str, Any], key: str, *, label: str | None = None, requi
     label = label or key
     if key not in record or record[key] is None:
         if required:
-            raise _Invalid(f"{label}: missing field")
+            raise Invalid(f"{label}: missing field")
         return None
     value = record[key]
     if not isinstance(value, str):
-        raise _Invalid(f"{label}: expected a string, got {type(value).__name__}")
+        raise Invalid(f"{label}: expected a string, got {type(value).__name__}")
     return value
 
 
 def _finish(messages: list[Message], origin: str, system_prompt: str | None, where: str) -> Example:
     if system_prompt and (not messages or messages[0].role != "system"):
         messages.insert(0, Message("system", system_prompt))
-    _check_turns(messages, where)
+    check_turns(messages, where)
     return Example(origin=origin, messages=tuple(messages))
 
 
-def _check_turns(messages: list[Message], where: str) -> None:
+def check_turns(messages: list[Message], where: str) -> None:
     """System first (optional), then user/assistant alternating, ending on the assistant."""
     if not messages:
-        raise _Invalid(f"{where}: no messages")
+        raise Invalid(f"{where}: no messages")
     expected = "user"
     for index, message in enumerate(messages):
         label = f"{where}[{index}]"
         if message.role == "system":
             if index != 0:
-                raise _Invalid(f"{label}: a system message may only come first")
+                raise Invalid(f"{label}: a system message may only come first")
             continue
         if message.role != expected:
-            raise _Invalid(f"{label}: wrong role order: expected {expected}, got {message.role}")
+            raise Invalid(f"{label}: wrong role order: expected {expected}, got {message.role}")
         if not message.content.strip():
-            raise _Invalid(f"{label}: empty {message.role} turn")
+            raise Invalid(f"{label}: empty {message.role} turn")
         expected = "assistant" if expected == "user" else "user"
     if messages[-1].role != "assistant":
-        raise _Invalid(f"{where}: the last turn must be the assistant's (nothing to learn after it)")
+        raise Invalid(f"{where}: the last turn must be the assistant's (nothing to learn after it)")
 
 
 def _parse_messages(value: Any, origin: str, system_prompt: str | None) -> Example:
     record = _require_dict(value)
     turns = record.get("messages")
     if turns is None:
-        raise _Invalid("messages: missing field")
+        raise Invalid("messages: missing field")
     if not isinstance(turns, list):
-        raise _Invalid(f"messages: expected a list, got {type(turns).__name__}")
+        raise Invalid(f"messages: expected a list, got {type(turns).__name__}")
     messages = []
     for index, turn in enumerate(turns):
         label = f"messages[{index}]"
         if not isinstance(turn, dict):
-            raise _Invalid(f"{label}: expected an object with role and content")
+            raise Invalid(f"{label}: expected an object with role and content")
         role = _string(turn, "role", label=f"{label}.role")
         if role not in ROLES:
-            raise _Invalid(f"{label}.role: unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            raise Invalid(f"{label}.role: unknown role {role!r}; expected one of {', '.join(ROLES)}")
         content = _string(turn, "content", label=f"{label}.content")
         messages.append(Message(role, content))
     return _finish(messages, origin, system_prompt, "messages")
@@ -205,9 +205,9 @@ def _parse_sharegpt(value: Any, origin: str, system_prompt: str | None) -> Examp
     record = _require_dict(value)
     turns = record.get("conversations")
     if turns is None:
-        raise _Invalid("conversations: missing field")
+        raise Invalid("conversations: missing field")
     if not isinstance(turns, list):
-        raise _Invalid(f"conversations: expected a list, got {type(turns).__name__}")
+        raise Invalid(f"conversations: expected a list, got {type(turns).__name__}")
     messages = []
     system = _string(record, "system", required=False)
     if system:
@@ -215,11 +215,11 @@ def _parse_sharegpt(value: Any, origin: str, system_prompt: str | None) -> Examp
     for index, turn in enumerate(turns):
         label = f"conversations[{index}]"
         if not isinstance(turn, dict):
-            raise _Invalid(f"{label}: expected an object with from and value")
+            raise Invalid(f"{label}: expected an object with from and value")
         speaker = _string(turn, "from", label=f"{label}.from")
         role = _SHAREGPT_ROLES.get(speaker.lower())
         if role is None:
-            raise _Invalid(
+            raise Invalid(
                 f"{label}.from: unknown speaker {speaker!r}; expected one of {', '.join(_SHAREGPT_ROLES)} (any case)"
             )
         messages.append(Message(role, _string(turn, "value", label=f"{label}.value")))
@@ -232,9 +232,9 @@ def _parse_alpaca(value: Any, origin: str, system_prompt: str | None) -> Example
     extra = _string(record, "input", required=False)
     output = _string(record, "output")
     if not instruction.strip():
-        raise _Invalid("instruction: empty")
+        raise Invalid("instruction: empty")
     if not output.strip():
-        raise _Invalid("output: empty assistant turn")
+        raise Invalid("output: empty assistant turn")
     prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
     messages = []
     system = _string(record, "system", required=False)
@@ -248,7 +248,7 @@ def _parse_text(value: Any, origin: str, system_prompt: str | None) -> Example:
     record = _require_dict(value)
     text = _string(record, "text")
     if not text.strip():
-        raise _Invalid("text: empty")
+        raise Invalid("text: empty")
     return Example(origin=origin, text=text)
 
 

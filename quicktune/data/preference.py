@@ -26,21 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from quicktune.data import quality
-from quicktune.data.check import (
-    DataReport,
-    FileSummary,
-    pair_summaries,
-    PreparedData,
-    RenderedExample,
-    StopToken,
-    stop_token_ids,
-    token_stats,
-)
-from quicktune.data.formats import LOOKS, _check_turns, _Invalid, detect_format, format_for, strip_message_edges
+from quicktune.data.formats import LOOKS, Invalid, check_turns, detect_format, format_for, strip_message_edges
 from quicktune.data.load import read_records
 from quicktune.data.masking import IGNORE, Rendered, Tokenized, label_tokens
 from quicktune.data.records import ROLES, Example, Message, Problems
+from quicktune.data.report import (
+    DataReport,
+    FileSummary,
+    PreparedData,
+    RenderedExample,
+    StopToken,
+    pair_summaries,
+    token_stats,
+)
 from quicktune.data.system_prompt import summarise, template_default
+from quicktune.data.tokenizer import stop_token_ids
 from quicktune.errors import DataError
 
 MAX_LONG_SHOWN = 10
@@ -106,21 +106,21 @@ def holds_pairs(path: str | Path) -> bool:
 
 def _messages(value: Any, label: str) -> list[Message]:
     if not isinstance(value, list):
-        raise _Invalid(f"{label}: expected a string or a list of messages, got {type(value).__name__}")
+        raise Invalid(f"{label}: expected a string or a list of messages, got {type(value).__name__}")
     out = []
     for index, turn in enumerate(value):
         where = f"{label}[{index}]"
         if not isinstance(turn, dict):
-            raise _Invalid(f"{where}: expected an object with role and content")
+            raise Invalid(f"{where}: expected an object with role and content")
         role, content = turn.get("role"), turn.get("content")
         if role is None:
-            raise _Invalid(f"{where}.role: missing field")
+            raise Invalid(f"{where}.role: missing field")
         if role not in ROLES:
-            raise _Invalid(f"{where}.role: unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            raise Invalid(f"{where}.role: unknown role {role!r}; expected one of {', '.join(ROLES)}")
         if content is None:
-            raise _Invalid(f"{where}.content: missing field")
+            raise Invalid(f"{where}.content: missing field")
         if not isinstance(content, str):
-            raise _Invalid(f"{where}.content: expected a string, got {type(content).__name__}")
+            raise Invalid(f"{where}.content: expected a string, got {type(content).__name__}")
         out.append(Message(role, content))
     return out
 
@@ -132,42 +132,42 @@ def _answer(value: Any, label: str) -> str:
     else:
         turns = _messages(value, label)
         if len(turns) != 1 or turns[0].role != "assistant":
-            raise _Invalid(f"{label}: expected one assistant message (the answer), got {len(turns)} message(s)"
+            raise Invalid(f"{label}: expected one assistant message (the answer), got {len(turns)} message(s)"
                            + (f" starting with {turns[0].role}" if turns else ""))
         text = turns[0].content
     if not text.strip():
-        raise _Invalid(f"{label}: empty answer")
+        raise Invalid(f"{label}: empty answer")
     return text
 
 
 def parse_pair(value: Any, origin: str, system_prompt: str | None = None) -> PreferencePair:
     if not isinstance(value, dict):
-        raise _Invalid(f"expected a JSON object, got {type(value).__name__}")
+        raise Invalid(f"expected a JSON object, got {type(value).__name__}")
     missing = [key for key in ("chosen", "rejected") if value.get(key) is None]
     if missing:
-        raise _Invalid(f"{missing[0]}: missing field")
+        raise Invalid(f"{missing[0]}: missing field")
     chosen, rejected = value["chosen"], value["rejected"]
     if value.get("prompt") is None:
         if not (isinstance(chosen, list) and isinstance(rejected, list) and len(chosen) > 1):
-            raise _Invalid("prompt: missing field (or give chosen and rejected as whole conversations)")
+            raise Invalid("prompt: missing field (or give chosen and rejected as whole conversations)")
         left, right = _messages(chosen, "chosen"), _messages(rejected, "rejected")
         if left[:-1] != right[:-1]:
-            raise _Invalid("chosen, rejected: the two conversations differ before their last message, "
+            raise Invalid("chosen, rejected: the two conversations differ before their last message, "
                            "so they do not answer the same prompt")
         prompt = left[:-1]
         chosen, rejected = [chosen[-1]], [rejected[-1]]
     elif isinstance(value["prompt"], str):
         if not value["prompt"].strip():
-            raise _Invalid("prompt: empty")
+            raise Invalid("prompt: empty")
         prompt = [Message("user", value["prompt"])]
     else:
         prompt = _messages(value["prompt"], "prompt")
     good, bad = _answer(chosen, "chosen"), _answer(rejected, "rejected")
     if good.strip() == bad.strip():
-        raise _Invalid("chosen, rejected: the same answer, so there is nothing to prefer")
+        raise Invalid("chosen, rejected: the same answer, so there is nothing to prefer")
     if system_prompt and (not prompt or prompt[0].role != "system"):
         prompt.insert(0, Message("system", system_prompt))
-    _check_turns([*prompt, Message("assistant", good)], "prompt")
+    check_turns([*prompt, Message("assistant", good)], "prompt")
     return PreferencePair(origin, tuple(prompt), good, bad)
 
 
@@ -190,7 +190,7 @@ def load_pairs(
             try:
                 pairs.append(parse_pair(raw.value, raw.origin, system_prompt))
                 rows += 1
-            except _Invalid as exc:
+            except Invalid as exc:
                 other = detect_format(raw.value)
                 looks = f" — this record looks like {LOOKS[other]}" if other not in (None, "preference") else ""
                 problems.add(raw.origin, f"{exc}{looks}")

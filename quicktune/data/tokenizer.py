@@ -442,3 +442,14 @@ def _convert_gguf_tokenizer(gguf_path: Path, folder: Path) -> None:
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def stop_token_ids(tokenizer: ChatTokenizer) -> set[int]:
+    """Ids that end an answer: the eos and the template's end-of-turn token."""
+    ids = {tokenizer.eos_id}
+    try:
+        ids.add(tokenizer.token_id(tokenizer.end_of_turn()))
+    except Exception:  # a template without assistant turns has no end-of-turn marker
+        pass
+    ids.discard(None)
+    return ids

@@ -60,11 +60,11 @@ class Scorer:
     def __init__(self, run_dir: Path):
         import torch
 
+        from quicktune.backend import load_backend
+        from quicktune.base_model import base_folder
         from quicktune.data.tokenizer import load_chat_tokenizer
         from quicktune.recipe import load_recipe
-        from quicktune.train.backend import load_backend
-        from quicktune.train.base_model import base_folder
-        from quicktune.train.runs import read_manifest, trained_dir
+        from quicktune.runs import read_manifest, trained_dir
 
         manifest = read_manifest(run_dir)
         recipe = load_recipe(str(run_dir / "recipe.yaml"))
@@ -174,7 +174,8 @@ def fresh_rows(source_dir: Path = HERE) -> list[dict]:
     """Demo sentences the SFT run never saw: the generator's first FRESH_ROWS rows for FRESH_SEED, less
     any near a shipped demo row (none, for the shipped files)."""
     from quicktune.data.quality import jaccard
-    from quicktune.demo.generate import MAX_SIMILARITY, build as generate, char_ngrams
+    from quicktune.demo.generate import MAX_SIMILARITY, char_ngrams
+    from quicktune.demo.generate import build as generate
 
     demo = [json.loads(line) for name in ("train.jsonl", "eval.jsonl")
             for line in (Path(source_dir) / name).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -214,7 +215,7 @@ def training_pairs(rows: list[dict], scores: list[dict[str, float] | None]) -> l
 
 
 def write(run_dir: Path, out_dir: Path = HERE, source_dir: Path = HERE, progress=lambda name, done, total: None) -> list[Path]:
-    from quicktune.train.runs import write_atomic
+    from quicktune.runs import write_atomic
 
     scorer = Scorer(Path(run_dir))
     held = build(scorer, Path(source_dir) / "eval.jsonl", lambda done, total: progress("eval.jsonl", done, total))

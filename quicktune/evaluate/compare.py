@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from quicktune.evaluate.regression import DEFAULT_THRESHOLD, LOSS, find_regressions
 from quicktune.evaluate.preference import PREFERENCE_METRICS, shown
+from quicktune.evaluate.regression import DEFAULT_THRESHOLD, LOSS, find_regressions
+from quicktune.runs import EVAL_DIR, eval_reports, own_scores, read_manifest, run_label
 from quicktune.train.preference import LOGGED
-from quicktune.train.runs import EVAL_DIR, eval_reports, own_scores, read_manifest, run_label
 
 
 @dataclass
@@ -48,7 +48,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _scores_on_the_same_rows(a: Path, b: Path) -> tuple[str, dict, dict, str] | None:
+def scores_on_the_same_rows(a: Path, b: Path) -> tuple[str, dict, dict, str] | None:
     """(rows sha256, A's scores, B's scores, where they come from), or None when no rows were shared."""
     reports = sorted(eval_reports(a) + eval_reports(b), key=lambda item: item[1].get("created") or "")
     for path, report in reversed(reports):
@@ -101,7 +101,7 @@ def compare_runs(a: Path, b: Path, threshold: float = DEFAULT_THRESHOLD) -> Comp
     for key in ("steps", "train_loss", "best_eval_loss", "seconds", *logged):
         result.rows.append(("training", key, _text(metrics[0].get(key)), _text(metrics[1].get(key))))
 
-    shared = _scores_on_the_same_rows(a, b)
+    shared = scores_on_the_same_rows(a, b)
     if shared is None:
         unscored = [n for n, d in zip(names, (a, b)) if not any(own_scores(r, d) for _, r in eval_reports(d))]
         result.notes.append(

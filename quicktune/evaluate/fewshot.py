@@ -44,7 +44,7 @@ def label(k: int) -> str:
 
 def _rank(example: Example, seed: int) -> str:
     text = json.dumps(example.as_dicts(), ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(f"{seed}:{text}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
 
 
 def pick_shots(train: list[Example], eval_set: EvalSet, k: int, seed: int) -> list[Example]:

@@ -51,7 +51,7 @@ class Judge:
     """A GGUF chat model that answers A, B or tie."""
 
     def __init__(self, path: Path, n_ctx: int):
-        from quicktune.export import llamacpp
+        from quicktune import llamacpp
 
         self.path = path
         self.llm = llamacpp.load(path, n_ctx=n_ctx, logits_all=True)

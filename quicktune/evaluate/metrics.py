@@ -68,7 +68,7 @@ def score_all(answers: list[Answer], references: list[str]) -> dict[str, float |
     """Every metric over a set of answers (None where it does not apply, e.g. no JSON references)."""
     n = len(answers)
     if n == 0:
-        return {name: None for name in METRICS}
+        return dict.fromkeys(METRICS)
     fields = [json_field_counts(a.text, r) for a, r in zip(answers, references)]
     fields = [f for f in fields if f is not None]
     json_refs = [r for r in references if parse_json(r)[0]]

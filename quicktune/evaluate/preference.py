@@ -35,7 +35,7 @@ def answer_logps(model, tokenized_pairs) -> list[tuple[float, float]]:
 
 def preference_scores(logps: list[tuple[float, float]]) -> dict[str, float | None]:
     if not logps:
-        return {name: None for name in PREFERENCE_METRICS}
+        return dict.fromkeys(PREFERENCE_METRICS)
     margins = [chosen - rejected for chosen, rejected in logps]
     return {
         "preference_accuracy": sum(m > 0 for m in margins) / len(margins),

@@ -13,8 +13,8 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from quicktune.evaluate.metrics import METRICS
 from quicktune.evaluate import preference
+from quicktune.evaluate.metrics import METRICS
 from quicktune.evaluate.regression import LOSS
 from quicktune.evaluate.runner import EvalReport
 
@@ -28,7 +28,7 @@ def report_name(report: EvalReport) -> str:
 
 def write_report(report: EvalReport) -> tuple[Path, Path | None, bool]:
     """(json path, chart path, whether an earlier report of the same comparison was replaced)."""
-    from quicktune.train.runs import EVAL_DIR, write_atomic
+    from quicktune.runs import EVAL_DIR, write_atomic
 
     json_path = report.run_dir / EVAL_DIR / f"{report_name(report)}.json"
     replaced = json_path.is_file()

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quicktune.data.check import stop_token_ids
 from quicktune.data.heldout import EvalSet, load_eval_set
+from quicktune.data.tokenizer import stop_token_ids
 from quicktune.errors import QuicktuneError
 from quicktune.evaluate import fewshot
 from quicktune.evaluate.metrics import METRICS, Answer, score_all
 from quicktune.evaluate.preference import pair_metrics
 from quicktune.evaluate.regression import DEFAULT_THRESHOLD, find_regressions
+from quicktune.inference import LOSS_BATCH_TOKENS, cut_at_stop, generate_batch_size, greedy_answers, reference_loss
 
 MAX_NEW_TOKENS_CAP = 512
 
@@ -59,7 +60,7 @@ class SubjectResult:
 # --- Hugging Face subjects -----------------------------------------------------------------------
 
 
-def _answer_budget(tokenizer, references: list[str]) -> int:
+def answer_budget(tokenizer, references: list[str]) -> int:
     longest = max(len(enc.ids) for enc in tokenizer.encode_batch(references))
     return min(longest + 32, MAX_NEW_TOKENS_CAP)
 
@@ -88,7 +89,7 @@ def evaluate_hf_views(
     model_dir: str, adapter_dir: str | None, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int, views: list[View]
 ) -> list[SubjectResult]:
     """Load one model (base, or base + adapter) once and answer every view's prompts with it."""
-    from quicktune.train.backend import greedy_answers, load_backend
+    from quicktune.backend import load_backend
 
     backend = load_backend()
     start = time.perf_counter()
@@ -107,9 +108,9 @@ def evaluate_hf_views(
         generated = greedy_answers(model, view.prompts, stops, tokenizer.pad_id, max_new_tokens)
         answers = []
         for tokens in generated:
-            ids, stopped = _cut(tokens, stops)
+            ids, stopped = cut_at_stop(tokens, stops)
             answers.append(Answer(tokenizer.backend.decode(ids, skip_special_tokens=False), stopped))
-        loss = _loss_hf(model, view.tokenized)
+        loss = reference_loss(model, view.tokenized)
         results.append(
             SubjectResult(
                 view.label, "hf", {**score_all(answers, eval_set.references), **pair_scores}, loss, answers,
@@ -133,64 +134,6 @@ def _tokenized(tokenizer, eval_set: EvalSet, recipe):
     )
 
 
-def _cut(tokens: list[int], stops: set[int]) -> tuple[list[int], bool]:
-    """An answer without its stop token, and whether it had one."""
-    for index, token in enumerate(tokens):
-        if token in stops:
-            return tokens[:index], True
-    return tokens, False
-
-
-LOSS_BATCH_TOKENS = 2048  # tokens (rows x the longest row) per forward pass of the eval loss
-
-
-def _loss_hf(model, tokenized, batch_tokens: int = LOSS_BATCH_TOKENS) -> float | None:
-    """Mean negative log-likelihood of the trained tokens (the reference answers).
-
-    Rows of similar length share a forward pass, right-padded: a causal model's logits at a real
-    token do not see the padding after it. The LM head runs only from the first position whose
-    next token is trained (``logits_to_keep``), since answers come after their prompts. On the
-    demo's 60 eval rows: 22-28 s against 30-32 s one row at a time with every logit, the same loss
-    (bench/README.md, "Eval loss").
-    """
-    import torch
-
-    from quicktune.data.masking import IGNORE
-
-    device = next(model.parameters()).device
-    order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i].input_ids))
-    total, count, first = 0.0, 0, 0
-    with torch.inference_mode():
-        while first < len(order):
-            last = first + 1
-            while last < len(order) and (last - first + 1) * len(tokenized[order[last]].input_ids) <= batch_tokens:
-                last += 1
-            rows = [tokenized[i] for i in order[first:last]]
-            first = last
-            width = max(len(row.input_ids) for row in rows)
-            ids = torch.zeros((len(rows), width), dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-            for k, row in enumerate(rows):
-                ids[k, : len(row.input_ids)] = torch.tensor(row.input_ids)
-                mask[k, : len(row.input_ids)] = 1
-                targets[k, : len(row.labels) - 1] = torch.tensor(row.labels[1:])  # position p predicts token p + 1
-            trained = torch.nonzero((targets != IGNORE).any(dim=0)).flatten()
-            if not len(trained):
-                continue
-            keep = width - int(trained[0])
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits
-            if logits.shape[1] != keep:  # a forward that ignores logits_to_keep gives every position
-                logits = logits[:, -keep:]
-            wanted = targets[:, -keep:].to(device)
-            trained_here = wanted != IGNORE
-            total += torch.nn.functional.cross_entropy(
-                logits[trained_here].float(), wanted[trained_here], reduction="sum"
-            ).item()
-            count += int(trained_here.sum())
-    return round(total / count, 5) if count else None
-
-
 # --- the base model's answers, computed once ----------------------------------------------------
 #
 # Every run of a recipe is compared with the same base model on the same held-out rows, so the base's
@@ -205,7 +148,7 @@ def base_cache_key(manifest: dict, recipe, view: View, eval_set: EvalSet, budget
     import hashlib
     import json
 
-    from quicktune.train.backend import generate_batch_size, load_backend
+    from quicktune.backend import load_backend
     from quicktune.train.trainer import package_versions
 
     fingerprint = (manifest.get("base_model") or {}).get("fingerprint")
@@ -234,9 +177,9 @@ def base_subject(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget: i
     """The base model's subject: from the cache when the same answers were computed before."""
     import json
 
+    from quicktune.base_model import base_folder
     from quicktune.data.tokenizer import cache_dir
-    from quicktune.train.base_model import base_folder
-    from quicktune.train.runs import now, write_atomic
+    from quicktune.runs import now, write_atomic
 
     view = View.plain("base", tokenizer, eval_set, recipe)  # the prompts and answer tokens: keyed, then asked
     key = base_cache_key(manifest, recipe, view, eval_set, budget)
@@ -267,7 +210,7 @@ def base_subject(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget: i
 def evaluate_gguf(label: str, gguf: Path, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int) -> SubjectResult:
     import numpy as np
 
-    from quicktune.export import llamacpp
+    from quicktune import llamacpp
 
     start = time.perf_counter()
     stops = stop_token_ids(tokenizer)
@@ -277,7 +220,7 @@ def evaluate_gguf(label: str, gguf: Path, recipe, tokenizer, eval_set: EvalSet, 
     llm = llamacpp.load(gguf, n_ctx=context, logits_all=True)
     answers = []
     for prompt in prompts:
-        ids, stopped = _cut(llamacpp.greedy(llm, prompt, stops, max_new_tokens), stops)
+        ids, stopped = cut_at_stop(llamacpp.greedy(llm, prompt, stops, max_new_tokens), stops)
         answers.append(Answer(llm.detokenize(ids).decode("utf-8", errors="replace"), stopped))
     total, count = 0.0, 0
     for item in tokenized:
@@ -318,7 +261,7 @@ class EvalReport:
 
     @property
     def run_label(self) -> str:
-        from quicktune.train.runs import run_label
+        from quicktune.runs import run_label
 
         return run_label(self.run_dir)
 
@@ -368,10 +311,10 @@ def evaluate_run(
     threshold: float = DEFAULT_THRESHOLD,
     progress=lambda message: None,
 ) -> EvalReport:
+    from quicktune.base_model import base_folder
     from quicktune.data.tokenizer import load_chat_tokenizer
     from quicktune.recipe import load_recipe
-    from quicktune.train.base_model import base_folder
-    from quicktune.train.runs import now, pick_quantization, read_manifest, resolve_run, run_label, trained_dir
+    from quicktune.runs import now, pick_quantization, read_manifest, resolve_run, run_label, trained_dir
 
     shots_k = fewshot.parse_against(against)
     if judge is not None and not against:
@@ -383,7 +326,7 @@ def evaluate_run(
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
     eval_set = load_eval_set(recipe, list(data_files), limit)
     tokenizer = load_chat_tokenizer(str(trained_dir(run_dir, manifest)))
-    budget = max_new_tokens or _answer_budget(tokenizer, eval_set.references)
+    budget = max_new_tokens or answer_budget(tokenizer, eval_set.references)
     label = run_label(run_dir)
     subjects = []
     against_label = None
@@ -421,14 +364,14 @@ def evaluate_run(
         other = resolve_run(against, runs_root, run_dir.parent.name)
         against_label = run_label(other)
         progress(against_label)
-        subjects.append(_run_subject(other, eval_set, tokenizer, budget))
+        subjects.append(run_subject(other, eval_set, tokenizer, budget))
     progress(label)
-    subjects.append(_run_subject(run_dir, eval_set, tokenizer, budget))
+    subjects.append(run_subject(run_dir, eval_set, tokenizer, budget))
     quant = None
     if gguf is not None:
         quant = pick_quantization(run_dir, manifest, gguf or None)
         progress(f"{label} {quant} (GGUF)")
-        from quicktune.train.runs import exported_gguf
+        from quicktune.runs import exported_gguf
 
         gguf_file = exported_gguf(run_dir, manifest, quant)
         subjects.append(evaluate_gguf(f"{label} {quant}", gguf_file, recipe, tokenizer, eval_set, budget))
@@ -458,10 +401,10 @@ def _judge_file(judge: str) -> Path:
     return path.resolve()
 
 
-def _run_subject(run_dir: Path, eval_set: EvalSet, tokenizer, budget: int) -> SubjectResult:
+def run_subject(run_dir: Path, eval_set: EvalSet, tokenizer, budget: int) -> SubjectResult:
+    from quicktune.base_model import base_folder
     from quicktune.recipe import load_recipe
-    from quicktune.train.base_model import base_folder
-    from quicktune.train.runs import read_manifest, run_label, trained_dir
+    from quicktune.runs import read_manifest, run_label, trained_dir
 
     manifest = read_manifest(run_dir)
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
@@ -469,7 +412,7 @@ def _run_subject(run_dir: Path, eval_set: EvalSet, tokenizer, budget: int) -> Su
         return evaluate_hf(run_label(run_dir), str(trained_dir(run_dir, manifest)), None, recipe, tokenizer, eval_set, budget)
     adapter = str(trained_dir(run_dir, manifest))
     base = base_folder(manifest, recipe)
-    from quicktune.export.merge import check_adapter_base
+    from quicktune.adapters import check_adapter_base
 
     check_adapter_base(Path(adapter), Path(base))  # an adapter of another model: an error, not a traceback
     return evaluate_hf(run_label(run_dir), base, adapter, recipe, tokenizer, eval_set, budget)

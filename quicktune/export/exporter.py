@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quicktune import llamacpp
 from quicktune.errors import QuicktuneError
-from quicktune.export import llamacpp, ollama
+from quicktune.export import ollama
 from quicktune.export.renderer import ollama_renderer
 from quicktune.models import read_gguf_fields
 
@@ -67,7 +68,7 @@ def export_run(
 ) -> ExportResult:
     """Export a finished run, holding its folder (one export or training at a time): what a killed
     export left behind is removed first, and every file is reused or written whole."""
-    from quicktune.train import runs
+    from quicktune import runs
 
     with runs.lock_run(run_dir, "quicktune export"):
         for stale in runs.remove_stale(run_dir):
@@ -80,7 +81,7 @@ def export_run(
 def _export_locked(run_dir: Path, quants: list[str] | None, *, verify: bool, prompts: int, max_new_tokens: int,
                    console) -> ExportResult:
     from quicktune.recipe import load_recipe
-    from quicktune.train.runs import read_manifest, trained_dir
+    from quicktune.runs import read_manifest, trained_dir
 
     say = console.print if console is not None else (lambda *a, **k: None)
     manifest = read_manifest(run_dir)
@@ -178,7 +179,7 @@ def _step(result: ExportResult, key: str, console, message: str):
             yield status
         except Exception as exc:
             if key != "verify":  # a write: a full disk is named with the space it needs
-                from quicktune.train.runs import disk_full_error
+                from quicktune.runs import disk_full_error
 
                 target = result.merged if key == "merge" else gguf_path(result.export_dir, result.name, key)
                 error = disk_full_error(exc, target, _space_needed(result, key), suspect=True)
@@ -261,8 +262,8 @@ def _merge_into(recipe, manifest: dict[str, Any], console, export_dir: Path):
         return
     import shutil
 
+    from quicktune.base_model import base_folder
     from quicktune.export.merge_target import write_dequantized_base
-    from quicktune.train.base_model import base_folder
 
     source = Path(base_folder(manifest, recipe)).expanduser()
     if not source.is_dir():  # a hub id: the checkpoint training loaded (a -bnb-4bit one is fine)
@@ -280,7 +281,7 @@ def _merge_base(recipe, manifest: dict[str, Any], console) -> Path:
     if recipe.export.merge_base:
         spec = recipe.export.merge_base
     elif base.get("kind") == "gguf":
-        from quicktune.train.base_model import base_folder
+        from quicktune.base_model import base_folder
 
         return Path(base_folder(manifest, recipe))
     elif base.get("kind") == "dir":
@@ -379,7 +380,7 @@ def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
 
 def _write_modelfile(result: ExportResult, recipe, quant: str, fmt, tokenizer, renderer) -> Path:
     from quicktune.data.system_prompt import served_prompt
-    from quicktune.train.runs import read_manifest, write_atomic
+    from quicktune.runs import read_manifest, write_atomic
 
     path = result.export_dir / f"Modelfile.{quant}"
     if path.is_file():
@@ -468,15 +469,15 @@ def _verify(result, recipe, tokenizer, fmt, quants, prompts, max_new_tokens, con
 def _trained_loader(run_dir: Path, recipe):
     """The model as trained, for the fidelity row "trained vs merged"; None for a full fine-tune,
     whose trained weights are the merged model."""
-    from quicktune.train.runs import read_manifest, trained_dir
+    from quicktune.runs import read_manifest, trained_dir
 
     manifest = read_manifest(run_dir)
     if manifest.get("method") == "full":
         return None
 
     def load():
-        from quicktune.train.backend import load_backend
-        from quicktune.train.base_model import base_folder
+        from quicktune.backend import load_backend
+        from quicktune.base_model import base_folder
 
         backend = load_backend()
         model = backend.load_trained(
@@ -492,7 +493,7 @@ def _trained_loader(run_dir: Path, recipe):
 
 
 def _record(result: ExportResult, manifest: dict[str, Any], quants: list[str]) -> None:
-    from quicktune.train.runs import now, sha256_file, update_manifest
+    from quicktune.runs import now, sha256_file, update_manifest
 
     previous = manifest.get("export") or {}
     files = dict(previous.get("ggufs") or {})

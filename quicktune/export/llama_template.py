@@ -5,7 +5,7 @@ Jinja engine (``common/jinja/``) and, around it, ``common_chat_templates_apply``
 server adds. llama-cpp-python exposes neither, and its wheel ships ``libllama`` and ``libggml``
 but not ``libllama-common``, where they live. So quicktune compiles that code itself: the
 ``common/`` sources of the llama.cpp that the installed llama-cpp-python vendors (from its sdist,
-:func:`quicktune.export.llamacpp.llama_cpp_source`), plus a small driver shipped with the package
+:func:`quicktune.llamacpp.llama_cpp_source`), plus a small driver shipped with the package
 (``llama_render.cpp``), linked to the wheel's own ``libllama``/``libggml`` (the GGUF is read by
 the same library that serves ``quicktune chat``). One build, about 2.5 CPU-minutes, into
 quicktune's cache, keyed by the llama-cpp-python version and the driver's source.
@@ -131,7 +131,7 @@ def build_checker(source: Path | None = None, cache_root: Path | None = None) ->
     from concurrent.futures import ThreadPoolExecutor
 
     from quicktune.data.tokenizer import cache_dir
-    from quicktune.export.llamacpp import llama_cpp_source
+    from quicktune.llamacpp import llama_cpp_source
 
     binary = _binary_path(cache_root or cache_dir())
     if binary.is_file():

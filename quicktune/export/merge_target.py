@@ -30,7 +30,7 @@ _QUANT_STATE = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
 def load_four_bit(base_dir: Path, *, max_seq_length: int, dtype: str):
     """The base loaded through the training backend exactly as ``method: qlora`` loads it, and its
     4-bit layers by name. No forward pass is run on it."""
-    from quicktune.train.backend import load_backend
+    from quicktune.backend import load_backend
 
     backend = load_backend()
     model, _ = backend.load_model(str(base_dir), max_seq_length=max_seq_length, load_in_4bit=True, dtype=dtype,
@@ -64,7 +64,7 @@ def write_dequantized_base(base_dir: Path, out_dir: Path, *, max_seq_length: int
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from quicktune.export.merge import _base_shards
+    from quicktune.adapters import base_shards
 
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     model, layers = load_four_bit(base_dir, max_seq_length=max_seq_length, dtype=dtype)
@@ -72,7 +72,7 @@ def write_dequantized_base(base_dir: Path, out_dir: Path, *, max_seq_length: int
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
         weight_map, written = {}, set()
-        for shard in _base_shards(base_dir):
+        for shard in base_shards(base_dir):
             tensors = {}
             with safe_open(str(base_dir / shard), framework="pt") as reader:
                 for name in reader.keys():

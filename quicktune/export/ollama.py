@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from quicktune.errors import QuicktuneError
-from quicktune.export.ollama_parse import describe_characters, dropped_characters, read_modelfile
 from quicktune.export.renderer import JINJA, OllamaRenderer
+from quicktune.ollama_rules import describe_characters, dropped_characters, read_modelfile
 
 Render = Callable[..., str]  # render(messages, add_generation_prompt=...) -> str
 

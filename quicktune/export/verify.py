@@ -21,9 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quicktune.data.check import stop_token_ids
-from quicktune.data.tokenizer import ChatTokenizer
-from quicktune.export import llamacpp
+from quicktune import llamacpp
+from quicktune.data.tokenizer import ChatTokenizer, stop_token_ids
 from quicktune.export.ollama import CHECK_CONVERSATIONS, TurnFormat, go_parity
 from quicktune.export.renderer import JINJA, OllamaRenderer
 
@@ -77,7 +76,7 @@ def reference_answers(
 
     hf_logging.disable_progress_bar()
 
-    from quicktune.train.backend import greedy_answers
+    from quicktune.inference import greedy_answers
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -102,7 +101,7 @@ def trained_vs_merged(
     """Same top token (fed the merged model's answers), then greedy answers compared with them."""
     import torch
 
-    from quicktune.train.backend import greedy_answers
+    from quicktune.inference import greedy_answers
 
     device = next(model.parameters()).device
     same = total = 0

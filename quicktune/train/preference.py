@@ -20,7 +20,7 @@ from typing import Any
 
 REFERENCE_ADAPTER = "ref"  # the name TRL gives the frozen copy of the starting adapter
 
-# TrainingArguments that trainer._sft_config derives from the recipe: DPO and ORPO take the same.
+# TrainingArguments that quicktune.train.config.sft_config derives from the recipe: DPO and ORPO take the same.
 _SHARED_ARGS = (
     "output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
     "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "num_train_epochs", "max_steps",
@@ -43,9 +43,9 @@ def preference_config(recipe, backend, run_dir: Path, train_rows: int, has_eval:
     """The DPOConfig or ORPOConfig a run trains with: the SFT run's arguments plus the recipe's
     ``preference`` section (beta; for DPO also loss_type, label_smoothing and sft_weight: TRL's
     ``sft`` loss on the chosen answer added with that weight)."""
-    from quicktune.train.trainer import _sft_config, planned_steps
+    from quicktune.train.config import planned_steps, sft_config
 
-    sft_args = _sft_config(recipe, run_dir, backend, has_eval, planned_steps(recipe, train_rows))
+    sft_args = sft_config(recipe, run_dir, backend, has_eval, planned_steps(recipe, train_rows))
     shared = {name: getattr(sft_args, name) for name in _SHARED_ARGS}
     settings = recipe.preference
     # lora.dropout is the recipe's to set: TRL would switch dropout off by default.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import platform
 import shutil
 import time
@@ -22,11 +21,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from quicktune.data.check import PreparedData, prepare_for_recipe
+from quicktune import runs
+from quicktune.backend import four_bit_summary, load_backend, require_device_for
+from quicktune.data.check import prepare_for_recipe
+from quicktune.data.report import PreparedData
 from quicktune.errors import QuicktuneError, RecipeError
 from quicktune.recipe import PREFERENCE_METHODS, Recipe
-from quicktune.train import runs
-from quicktune.train.backend import Backend, four_bit_summary, load_backend, require_device_for
+from quicktune.train.config import planned_steps, sft_config
 
 PACKAGES = ("quicktune", "torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "datasets", "accelerate")
 
@@ -90,76 +91,6 @@ def _rows(tokenized) -> list[dict[str, list[int]]]:
     return [{"input_ids": t.input_ids, "labels": t.labels} for t in tokenized if t.trained_tokens]
 
 
-def planned_steps(recipe: Recipe, train_rows: int) -> int:
-    """Optimizer steps the run will take (before packing changes the row count)."""
-    t = recipe.training
-    if t.max_steps:
-        return t.max_steps
-    return max(1, math.ceil(math.ceil(train_rows / (t.batch_size * t.grad_accumulation)) * t.epochs))
-
-
-def _packing(setting: bool | str, backend: Backend) -> bool:
-    """Packing is safe where sequences stay separate inside a packed row: Unsloth's padding-free
-    CUDA path. Unsloth's CPU fallback turns packing off by itself, so auto leaves it off there."""
-    if setting == "auto":
-        return backend.name == "unsloth" and backend.device == "cuda"
-    return bool(setting)
-
-
-def _sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool, total_steps: int, ranks=None):
-    from trl import SFTConfig
-
-    from quicktune.train.distributed import process_args
-
-    t = recipe.training
-    batch, accumulation, ddp = process_args(t, ranks)  # the recipe's global batch, split over the processes
-    eval_every = t.eval_every or max(1, total_steps // 5)
-    # Keeping the best checkpoint needs a save at every evaluation.
-    save_every = eval_every if has_eval else (t.save_every or max(1, total_steps // 5))
-    from quicktune.plan import optimizer_for
-
-    optimizer = optimizer_for(t.optimizer, backend.device)  # what `quicktune plan` assumes, too
-    on_cuda = backend.device == "cuda"
-    import torch
-
-    bf16 = on_cuda and torch.cuda.is_bf16_supported()
-    return SFTConfig(
-        output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=batch,
-        per_device_eval_batch_size=batch,
-        gradient_accumulation_steps=accumulation,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        weight_decay=t.weight_decay,
-        optim=optimizer,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.logging_every,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_every if has_eval else None,
-        save_strategy="steps",
-        save_steps=save_every,
-        save_total_limit=2,
-        load_best_model_at_end=has_eval,
-        metric_for_best_model="eval_loss" if has_eval else None,
-        greater_is_better=False if has_eval else None,
-        max_length=recipe.model.max_seq_length,
-        packing=_packing(t.packing, backend),
-        report_to=list(t.report_to),  # TrainingArguments' own integrations; logs also go to metrics.jsonl
-        disable_tqdm=True,
-        use_cpu=not on_cuda,
-        bf16=bf16,
-        fp16=on_cuda and not bf16,
-        gradient_checkpointing=False,  # handled by Unsloth / backend.add_lora
-        dataloader_num_workers=0,
-        save_only_model=False,
-        **ddp,
-    )
-
-
 # training.report_to: the package each integration needs (transformers' TensorBoardCallback uses
 # torch.utils.tensorboard, which imports the tensorboard package).
 REPORTER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -208,7 +139,7 @@ def load_parent(parent_ref: str | None, runs_root: Path, recipe: Recipe) -> Path
             hint=f"Export it (quicktune export {parent_dir}) and set model.base to its export/merged folder, "
             "or continue it with method: lora.",
         )
-    from quicktune.export.merge import read_plan
+    from quicktune.adapters import read_plan
 
     read_plan(parent_dir / "adapter")  # training on top of an adapter the export cannot merge is refused now
     _check_parent_layers(recipe, parent_ref, trained / "adapter_config.json")
@@ -303,8 +234,8 @@ def train(
         raise QuicktuneError("method full cannot train a 4-bit model")
     require_device_for(recipe.method, bool(recipe.model.load_in_4bit), backend)
 
-    from quicktune.train.base_model import prepare_base
-    from quicktune.train.distributed import main_first, on_main
+    from quicktune.base_model import prepare_base
+    from quicktune.train.ranks import main_first, on_main
 
     with main_first(ranks):  # converted tokenizers and GGUF bases land in the cache once
         prepared = prepare_data(recipe)
@@ -470,13 +401,13 @@ def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, 
                 seed=recipe.training.seed,
                 layers=lora_layers(recipe, model.config),
             )
-        from quicktune.export.merge import check_mergeable
+        from quicktune.adapters import check_mergeable
 
         check_mergeable(model)  # the export must be able to merge what is about to be trained
     if ranks is None:
         interrupt = StopOnInterrupt()
     else:
-        from quicktune.train.distributed import stop_on_interrupt_callback
+        from quicktune.train.ranks import stop_on_interrupt_callback
 
         interrupt = stop_on_interrupt_callback(ranks)
     callbacks = [*([MetricsLog(run_dir / "metrics.jsonl")] if main else []), interrupt, *extra_callbacks]
@@ -529,7 +460,7 @@ def _sft_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, callba
     train_rows = _rows(prepared.train_tokens)
     eval_rows = _rows(prepared.eval_tokens or [])
     total = planned_steps(recipe, len(train_rows))
-    args = _sft_config(recipe, run_dir, backend, bool(eval_rows), total, ranks)
+    args = sft_config(recipe, run_dir, backend, bool(eval_rows), total, ranks)
     if eval_rows and recipe.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.training.early_stopping_patience))
     trainer_class = SFTTrainer
@@ -591,7 +522,7 @@ def _checkpoint_bytes(run_dir: Path, model, method: str) -> int:
 def _raise_if_disk_full(exc: BaseException, run_dir: Path, needed: int) -> None:
     """A write that ran out of space: the cut-short files go (so the disk is not left full) and the
     error names the path and the space needed; the run resumes from its last complete checkpoint."""
-    cut_short = [p for p in runs._checkpoints(run_dir) if not runs.checkpoint_complete(p)]
+    cut_short = [p for p in runs.checkpoint_dirs(run_dir) if not runs.checkpoint_complete(p)]
     cut_short += [p for p in (run_dir / ".adapter.partial", run_dir / ".model.partial") if p.exists()]
     # a failed save (something cut short) with less room than it needs is the disk, however torch words it
     error = runs.disk_full_error(exc, cut_short[0] if cut_short else run_dir, needed, suspect=bool(cut_short))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from quicktune.errors import QuicktuneError
-from quicktune.train.runs import QUANT_ORDER, list_runs, read_manifest, run_label
+from quicktune.runs import QUANT_ORDER, list_runs, read_manifest, run_label
 from quicktune.ui.views import run_folder
 
 BASE = "base:"

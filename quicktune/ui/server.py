@@ -271,7 +271,7 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the page was closed or the chat reset: stop generating
         except QuicktuneError as exc:
-            self.wfile.write(f"\n[error: {exc.message}]".encode("utf-8"))
+            self.wfile.write(f"\n[error: {exc.message}]".encode())
         finally:
             pieces.close()
 

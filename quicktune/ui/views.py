@@ -1,6 +1,6 @@
 """What the dashboard's pages show, as JSON-ready dicts, read from the run folders.
 
-Read-only and torch-free: every run is found through ``quicktune.train.runs`` (the one run-folder
+Read-only and torch-free: every run is found through ``quicktune.runs`` (the one run-folder
 model), named in URLs as ``recipe/vN``, and must lie inside the runs folder the UI was started on.
 """
 
@@ -15,7 +15,7 @@ import yaml
 
 from quicktune.console import shell_path
 from quicktune.errors import QuicktuneError
-from quicktune.train.runs import (
+from quicktune.runs import (
     eval_reports,
     list_runs,
     read_manifest,
@@ -244,7 +244,7 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
 def compare_view(root: Path, first: str, second: str) -> dict[str, Any]:
     """Two runs side by side: both recipes (differing keys marked), `runs compare`'s table, the eval
     metrics of both on the same held-out rows with the change, and the rows where their answers differ."""
-    from quicktune.evaluate.compare import _scores_on_the_same_rows, compare_runs
+    from quicktune.evaluate.compare import compare_runs, scores_on_the_same_rows
 
     a, b = run_folder(root, first), run_folder(root, second)
     recipes = []
@@ -271,7 +271,7 @@ def compare_view(root: Path, first: str, second: str) -> dict[str, Any]:
         "notes": table.notes,
         "eval": None,
     }
-    shared = _scores_on_the_same_rows(a, b)
+    shared = scores_on_the_same_rows(a, b)
     if shared is None:
         return result
     sha, left, right, source = shared

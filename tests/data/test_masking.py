@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from quicktune.data.masking import IGNORE, tokenize_examples

@@ -125,7 +125,7 @@ def test_runs_compare_marks_the_metrics_that_got_worse(trained_run, second_run, 
     result = CliRunner().invoke(main, ["runs", "--runs-dir", str(runs_root), "compare", str(a.run_dir), str(b.run_dir),
                                        "--threshold", "0"])
     assert result.exit_code == 0, result.output
-    assert "▼" in result.output and f"is worse than" in result.output
+    assert "▼" in result.output and "is worse than" in result.output
     for name in worse_first.regressions:
         assert name in result.output.split("is worse than")[1]
 

@@ -103,7 +103,7 @@ def test_probe_general_base_vs_run(trained_run, wide_console):
     for probe_id in report["dropped"][:10]:
         assert probe_id in result.output
     # a probe report is not a held-out report: the run's headline still comes from those
-    from quicktune.train.runs import eval_reports
+    from quicktune.runs import eval_reports
 
     assert all(p.name != path.name for p, _ in eval_reports(trained_run.run_dir))
 

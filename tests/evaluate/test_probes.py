@@ -7,7 +7,16 @@ from collections import Counter
 
 import pytest
 
-from quicktune.evaluate.probes import PROBE_SETS, Probe, ProbeReport, ProbeScores, found, load_probes, passes, probe_file
+from quicktune.evaluate.probes import (
+    PROBE_SETS,
+    Probe,
+    ProbeReport,
+    ProbeScores,
+    found,
+    load_probes,
+    passes,
+    probe_file,
+)
 from quicktune.evaluate.probes.generate import probes, render
 
 
@@ -18,7 +27,7 @@ def test_the_shipped_set_is_what_the_generator_writes():
 def test_the_general_set_covers_five_abilities_with_exact_answers():
     loaded, sha = load_probes("general")
     assert len(sha) == 64 and len(loaded) == 40
-    assert Counter(p.category for p in loaded) == {c: 8 for c in ("arithmetic", "formatting", "copying", "counting", "reasoning")}
+    assert Counter(p.category for p in loaded) == dict.fromkeys(("arithmetic", "formatting", "copying", "counting", "reasoning"), 8)
     assert len({p.id for p in loaded}) == len(loaded)
     for probe in loaded:
         assert probe.answer and probe.match in ("exact", "casefold", "json")
@@ -98,8 +107,9 @@ def test_the_recipe_key_and_the_cli_name_the_shipped_sets(tmp_path, tiny_data):
 
 
 def test_probe_set_files_are_package_data():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert "evaluate/probes/*.jsonl" in pyproject["tool"]["setuptools"]["package-data"]["quicktune"]

@@ -25,9 +25,10 @@ import io
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -86,12 +87,7 @@ def smollm2_rebuilt(folder: Path, sources: Sources) -> Path:
 
 
 def _training_sentences() -> list[str]:
-    words = (
-        "the a of and to in is was for on that with as by at from his her it an were are which this be or "
-        "has had not but one all their they new more after also first two who its been she year there when "
-        "can over into time would some up other out only most these may him about through years then city "
-        "state world three made like answer word what say twice please forty user model system assistant"
-    ).split()
+    words = ["the", "a", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her", "it", "an", "were", "are", "which", "this", "be", "or", "has", "had", "not", "but", "one", "all", "their", "they", "new", "more", "after", "also", "first", "two", "who", "its", "been", "she", "year", "there", "when", "can", "over", "into", "time", "would", "some", "up", "other", "out", "only", "most", "these", "may", "him", "about", "through", "years", "then", "city", "state", "world", "three", "made", "like", "answer", "word", "what", "say", "twice", "please", "forty", "user", "model", "system", "assistant"]
     rnd = random.Random(0)
     sentences = [
         " ".join(rnd.choice(words).capitalize() if i == 0 else rnd.choice(words) for i in range(12))
@@ -459,8 +455,8 @@ def sources(smollm2_tokenizer, llama_cpp_src) -> Sources:
 def converted(request, tmp_path_factory, sources) -> Converted:
     from transformers import AutoTokenizer
 
+    from quicktune import llamacpp
     from quicktune.data.tokenizer import load_chat_tokenizer
-    from quicktune.export import llamacpp
 
     arch: Arch = request.param
     folder = tmp_path_factory.mktemp(arch.id)
@@ -497,8 +493,8 @@ def test_metadata(converted: Converted):
 
 
 def test_llamacpp_tokenizes_like_training(converted: Converted):
+    from quicktune import llamacpp
     from quicktune.data.tokenizer import tokenization_warnings
-    from quicktune.export import llamacpp
 
     # what `quicktune export` tells the user about this GGUF (check_metadata)
     warnings = tokenization_warnings(converted.fields, converted.tokenizer)
@@ -529,7 +525,7 @@ def test_llamacpp_tokenizes_like_training(converted: Converted):
 def test_llamacpp_logits_match_transformers(converted: Converted):
     import numpy as np
 
-    from quicktune.export import llamacpp
+    from quicktune import llamacpp
 
     arch, ids = converted.arch, converted.ids
     llm = llamacpp.load(converted.gguf, n_ctx=128, logits_all=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from quicktune import llamacpp
 from quicktune.cli import main
 from quicktune.errors import QuicktuneError
-from quicktune.export import llamacpp
 from quicktune.export.exporter import export_run
 from quicktune.models import read_gguf_fields
-from quicktune.train.runs import read_manifest
+from quicktune.runs import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -135,10 +135,9 @@ def test_a_killed_export_leaves_nothing_at_the_final_path(exported, trained_run)
 
 def test_atomic_path_keeps_nothing_when_the_writer_fails(tmp_path):
     final = tmp_path / "model.gguf"
-    with pytest.raises(KeyboardInterrupt):
-        with llamacpp.atomic_path(final) as temp:
-            temp.write_bytes(b"half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), llamacpp.atomic_path(final) as temp:
+        temp.write_bytes(b"half")
+        raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
 
 

@@ -27,8 +27,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_jsonl
-from tests.export.test_architectures import ARCHS, Arch, build_model, gemma_spm_published
-from tests.export.test_architectures import sources  # noqa: F401  (the fixture)
+from tests.export.test_architectures import (
+    ARCHS,
+    Arch,
+    build_model,
+    gemma_spm_published,
+    sources,  # noqa: F401  (the fixture)
+)
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +92,7 @@ def _recipe(folder: Path, model_dir: Path, targets: tuple[str, ...], steps: int)
 
 def _complete(llm, prompt: list[int]) -> tuple[str, list[int]]:
     """llama.cpp's own finish reason (no stop strings) and the greedy tokens (no stop ids)."""
-    from quicktune.export import llamacpp
+    from quicktune import llamacpp
 
     done = llm.create_completion(prompt, max_tokens=MAX_TOKENS, temperature=0.0, top_k=1, stop=[])
     # a stop id set nothing is in: greedy runs to the end, and we look at where the model ended
@@ -101,11 +106,11 @@ def _first_stop(tokens: list[int], stops: set[int]) -> int | None:
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_trained_tiny_model_stops_at_end_of_turn(family, tmp_path, sources):  # noqa: F811
+    from quicktune import llamacpp
     from quicktune.chat import open_session, resolve_target
-    from quicktune.export import llamacpp
     from quicktune.export.exporter import export_run
     from quicktune.recipe import load_recipe
-    from quicktune.train.runs import read_manifest
+    from quicktune.runs import read_manifest
     from quicktune.train.trainer import train
 
     arch: Arch = next(a for a in ARCHS if a.id == family)

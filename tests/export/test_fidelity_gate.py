@@ -82,7 +82,7 @@ def test_a_failing_export_exits_2_keeps_the_files_and_marks_the_manifest(trained
     from click.testing import CliRunner
 
     from quicktune.cli import main
-    from quicktune.train.runs import read_manifest
+    from quicktune.runs import read_manifest
 
     run_dir = tmp_path / "runs" / trained_run.run_dir.parent.name / trained_run.run_dir.name
     shutil.copytree(trained_run.run_dir, run_dir)

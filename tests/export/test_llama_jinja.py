@@ -159,7 +159,7 @@ def test_gguf_mode_reads_template_and_tokens_from_the_file(checker):
 
 def test_gguf_mode_handles_bos_like_llama_server(tmp_path, llama_cpp_src, official_templates, checker):
     """A Llama 3 vocabulary (llama.cpp adds BOS itself) with Llama 3.1's template in the file."""
-    from quicktune.export.llamacpp import rewrite_metadata
+    from quicktune.llamacpp import rewrite_metadata
 
     template = (official_templates / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text(encoding="utf-8")
     gguf = rewrite_metadata(
@@ -210,7 +210,7 @@ def test_every_template_in_llama_cpps_corpus(official_templates, checker, capsys
         for index, conversation in enumerate(conversations):
             try:
                 trained = tokenizer.render(conversation, add_generation_prompt=True)
-            except Exception:  # noqa: BLE001 - a template Python's Jinja cannot render
+            except Exception:
                 trained = None
             served = rendering.served(index)
             key = "llama.cpp raises" if served is None else "python raises" if trained is None else (

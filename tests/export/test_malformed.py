@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from quicktune import runs
 from quicktune.cli import main
-from quicktune.train import runs
 from tests.conftest import copy_run
 
 pytestmark = pytest.mark.slow

@@ -11,9 +11,9 @@ import json
 
 import pytest
 
+from quicktune import adapters, runs
 from quicktune.errors import QuicktuneError
 from quicktune.export import merge
-from quicktune.train import runs
 from tests.conftest import SMOLLM2
 
 IDS = [[1, 5, 9, 2, 33, 17, 60, 4, 8, 63, 0, 12]]
@@ -77,9 +77,9 @@ def _build(tmp_path, *, tied: bool = False, shard: str | None = None, head_store
     assert _perturb(peft_model) > 0
     peft_model.eval()
     expected = _logits(peft_model)
-    preflight = merge.check_mergeable(peft_model)  # what `train` checks before the first step
+    preflight = adapters.check_mergeable(peft_model)  # what `train` checks before the first step
     peft_model.save_pretrained(adapter_dir)
-    assert preflight.updates == merge.read_plan(adapter_dir).updates  # ... is what the export will merge
+    assert preflight.updates == adapters.read_plan(adapter_dir).updates  # ... is what the export will merge
     return base_dir, adapter_dir, expected
 
 
@@ -238,7 +238,7 @@ def test_the_preflight_refuses_an_adapter_the_merge_cannot_reproduce():
     # original base, it would count twice.
     model = get_peft_model(_tiny_model(False), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights="pissa"))
     with pytest.raises(QuicktuneError, match="init_lora_weights: 'pissa'"):
-        merge.check_mergeable(model)
+        adapters.check_mergeable(model)
 
 
 @pytest.mark.slow  # the dry run reads SmolLM2's tokenizer to check the data
@@ -262,7 +262,7 @@ def test_every_lora_config_default_is_known_to_the_merge():
     """A new LoraConfig field that is on by default would change the weights unseen: it must be listed."""
     from peft import LoraConfig
 
-    merge.check_config(LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]).to_dict())
+    adapters.check_config(LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]).to_dict())
 
 
 # --------------------------------------------------------------------------- the real model

@@ -18,7 +18,7 @@ from quicktune import templates
 from quicktune.data.tokenizer import ChatTokenizer
 from quicktune.export import ollama
 from quicktune.export.renderer import ollama_renderer
-from quicktune.export.ollama_parse import ModelfileSyntaxError, dropped_characters, go_is_print, read_modelfile
+from quicktune.ollama_rules import ModelfileSyntaxError, dropped_characters, go_is_print, read_modelfile
 
 GOLDEN = Path(__file__).parent / "golden"
 needs_go = pytest.mark.skipif(

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from quicktune.backend import Backend, require_device_for
 from quicktune.errors import QuicktuneError
-from quicktune.train.backend import Backend, require_device_for
 from tests.conftest import SMOLLM2
 
 PROBE = "model.layers.0.self_attn.q_proj"
@@ -131,7 +131,7 @@ def _nf4_round_trips(weight):
 
 @pytest.mark.slow
 def test_qlora_trains_lora_on_a_4_bit_base_on_the_cpu(qlora):
-    from quicktune.train.runs import read_manifest
+    from quicktune.runs import read_manifest
 
     result, seen, _ = qlora
     assert result.status == "finished" and result.metrics["steps"] == 3
@@ -146,7 +146,7 @@ def test_qlora_trains_lora_on_a_4_bit_base_on_the_cpu(qlora):
 
 @pytest.mark.slow
 def test_export_merges_into_the_dequantized_base_and_checks_it_against_the_trained_model(exported, qlora):
-    from quicktune.train.runs import read_manifest
+    from quicktune.runs import read_manifest
 
     result, _, _ = qlora
     # the merged weight is the NF4 round trip of the original plus the adapter's delta

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from quicktune.errors import QuicktuneError
-from quicktune.recipe import load_recipe
-from quicktune.train.distributed import describe_processes, launch, launch_argv, split_batch
+from quicktune.recipe import load_recipe, split_batch
+from quicktune.train.distributed import describe_processes, launch, launch_argv
 from tests.conftest import SMOLLM2
 
 # Measured on this 2-core CPU (float32 SmolLM2, LoRA r=8, global batch 4, 4 steps): the largest
@@ -70,8 +70,8 @@ def test_two_cpu_processes_train_like_one(tmp_path, tiny_data, monkeypatch):
     one adapter, written by the main process only; and a 2-process run resumes like one."""
     from safetensors.torch import load_file
 
+    from quicktune import runs
     from quicktune.console import console
-    from quicktune.train import runs
 
     # One thread per process: on a shared 2-core machine, OpenMP threads beyond the free cores
     # made a 1-process run of 4 steps take 11 minutes instead of under one.

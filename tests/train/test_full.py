@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from quicktune.train import runs
+from quicktune import runs
 from tests.conftest import SMOLLM2
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from quicktune import runs
 from quicktune.errors import QuicktuneError
-from quicktune.train import runs
 
 pytestmark = pytest.mark.slow
 CHECKPOINT_MIB = 32  # one SmolLM2 LoRA r8 checkpoint: adapter, Adam's two states, tokenizer (measured 31.7 MiB)

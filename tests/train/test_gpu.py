@@ -37,8 +37,8 @@ def random_llama(tmp_path_factory):
 
 
 def test_qlora_trains_on_cuda_with_unsloth(random_llama, tiny_data, tmp_path):
+    from quicktune.backend import load_backend
     from quicktune.recipe import load_recipe
-    from quicktune.train.backend import load_backend
     from quicktune.train.trainer import train
 
     assert load_backend().name == "unsloth"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from quicktune.train import runs
+from quicktune import runs
 from tests.conftest import SMOLLM2, TOPICS, chat, copy_run, write_jsonl
 
 pytestmark = pytest.mark.slow

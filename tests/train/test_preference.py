@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from quicktune.train import runs
+from quicktune import runs
 from quicktune.train.trainer import train
 from tests.conftest import SMOLLM2, TOPICS, write_jsonl
 from tests.train.test_trainer import InterruptAt
@@ -71,10 +71,10 @@ def dpo_run(tmp_path_factory, trained_run, pair_files):
 
 
 def _accuracy(run_dir, pair_file) -> tuple[float, float]:
+    from quicktune.backend import load_backend
     from quicktune.data.preference import prepare_pairs
     from quicktune.data.tokenizer import load_chat_tokenizer
     from quicktune.evaluate.preference import answer_logps, preference_scores
-    from quicktune.train.backend import load_backend
 
     manifest = runs.read_manifest(run_dir)
     tokenizer = load_chat_tokenizer(str(run_dir / "adapter"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from quicktune.backend import Backend
 from quicktune.recipe import load_recipe
-from quicktune.train.backend import Backend
 from quicktune.train.preference import preference_config
 
 

@@ -17,13 +17,13 @@ import time
 
 import pytest
 
-from quicktune.train import runs
-from tests.train.test_runs import _checkpoint, _fake_run
+from quicktune import runs
+from tests.runs.test_runs import _checkpoint, _fake_run
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from quicktune.train.runs import lock_run
+from quicktune.runs import lock_run
 with lock_run(Path(sys.argv[1]), "quicktune train"):
     print("held", flush=True)
     time.sleep(600)

@@ -9,7 +9,7 @@ import signal
 import pytest
 from safetensors.torch import load_file
 
-from quicktune.train import runs
+from quicktune import runs
 from quicktune.train.trainer import recipe_sha256, train
 
 pytestmark = pytest.mark.slow
@@ -145,7 +145,7 @@ def test_plain_transformers_fallback_when_unsloth_cannot_be_imported(make_recipe
         import sys
         sys.modules["unsloth"] = None  # makes `import unsloth` fail as if it were not installed
         from quicktune.recipe import load_recipe
-        from quicktune.train.backend import load_backend
+        from quicktune.backend import load_backend
         from quicktune.train.trainer import train
         backend = load_backend()
         assert backend.name == "transformers", backend

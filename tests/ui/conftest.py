@@ -57,7 +57,7 @@ def metric_lines(first: int, last: int, start_loss: float, eval_every: int = 5) 
 
 
 def _run_folder(root: Path, recipe, version: str, status: str, steps: int, parent: Path | None) -> Path:
-    from quicktune.train import runs
+    from quicktune import runs
     from quicktune.train.trainer import _data_manifest, package_versions, prepare_data, recipe_sha256
 
     run_dir = root / recipe.name / version
@@ -82,7 +82,7 @@ def _run_folder(root: Path, recipe, version: str, status: str, steps: int, paren
 def _export(run_dir: Path, gguf: Path) -> None:
     """What export writes, with the demo GGUF itself standing in for the run's quantization (a
     symlink: the chat loads it; the file server must refuse it, as it points outside the runs folder)."""
-    from quicktune.train import runs
+    from quicktune import runs
 
     export = run_dir / "export"
     export.mkdir()
@@ -112,8 +112,8 @@ def _export(run_dir: Path, gguf: Path) -> None:
 
 def _eval_report(run_dir: Path, answers: list[str], rows_sha: str, held: list[dict]) -> None:
     """An eval/base-<rows>.json as ``quicktune eval`` writes it (evaluate/runner.py: EvalReport.to_json)."""
+    from quicktune import runs
     from quicktune.evaluate.metrics import METRICS
-    from quicktune.train import runs
 
     prompts = [row["messages"][-2]["content"] for row in held]
     references = [row["messages"][-1]["content"] for row in held]

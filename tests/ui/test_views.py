@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from quicktune import runs
 from quicktune.errors import QuicktuneError
-from quicktune.train import runs
 from quicktune.ui import views
 
 

@@ -183,14 +183,14 @@ class ProbeReport:
 
 
 def report_path(report: ProbeReport) -> Path:
-    from quicktune.train.runs import EVAL_DIR
+    from quicktune.runs import EVAL_DIR
 
     return report.run_dir / EVAL_DIR / f"probes-{report.probe_set}-{report.sha256[:12]}.json"
 
 
 def write_probe_report(report: ProbeReport) -> tuple[Path, bool]:
     """(path, whether an earlier report of the same probes was replaced)."""
-    from quicktune.train.runs import write_atomic
+    from quicktune.runs import write_atomic
 
     path = report_path(report)
     replaced = path.is_file()
@@ -208,13 +208,13 @@ def evaluate_probes(
     progress=lambda message: None,
 ) -> ProbeReport:
     """Ask the probes of the comparator (the base model, or another run) and of the run."""
+    from quicktune.base_model import base_folder
     from quicktune.data.heldout import EvalSet
     from quicktune.data.records import Example, Message
     from quicktune.data.tokenizer import load_chat_tokenizer
-    from quicktune.evaluate.runner import _answer_budget, _run_subject, evaluate_hf
+    from quicktune.evaluate.runner import answer_budget, evaluate_hf, run_subject
     from quicktune.recipe import load_recipe
-    from quicktune.train.base_model import base_folder
-    from quicktune.train.runs import now, read_manifest, resolve_run, run_label, trained_dir
+    from quicktune.runs import now, read_manifest, resolve_run, run_label, trained_dir
 
     probes, sha = load_probes(probe_set)
     manifest = read_manifest(run_dir)
@@ -227,7 +227,7 @@ def evaluate_probes(
          for i, p in enumerate(probes)],
         f"quicktune's {probe_set} probe set",
     )
-    budget = _answer_budget(tokenizer, questions.references)
+    budget = answer_budget(tokenizer, questions.references)
     if against == "base":
         progress(f"the base model answers {len(probes)} probes")
         other = evaluate_hf("base", base_folder(manifest, recipe), None, recipe, tokenizer, questions, budget)
@@ -236,9 +236,9 @@ def evaluate_probes(
         other_dir = resolve_run(against, runs_root, run_dir.parent.name)
         against_label = run_label(other_dir)
         progress(f"{against_label} answers {len(probes)} probes")
-        other = _run_subject(other_dir, questions, tokenizer, budget)
+        other = run_subject(other_dir, questions, tokenizer, budget)
     progress(f"{run_label(run_dir)} answers {len(probes)} probes")
-    run = _run_subject(run_dir, questions, tokenizer, budget)
+    run = run_subject(run_dir, questions, tokenizer, budget)
     models = [
         ProbeScores(s.label, [a.text for a in s.answers], [passes(p, a.text) for p, a in zip(probes, s.answers)],
                     s.loss, s.seconds, [found(p, a.text) for p, a in zip(probes, s.answers)])

@@ -124,7 +124,7 @@ def render(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from quicktune.train.runs import write_atomic
+    from quicktune.runs import write_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "general.jsonl")

@@ -209,18 +209,17 @@ def rewrite_metadata(
         kind, item = kinds.get(key, (None, None))
         entries[key] = _encode_entry(key, value, kind, item, order)
 
-    with atomic_path(final) as temp:
-        with open(temp, "wb") as out:
-            out.write(b"GGUF" + struct.pack(order + "IQQ", header.version, len(header.tensors), len(entries)))
-            for blob in entries.values():
-                out.write(blob)
-            first, end = header.tensor_table
-            out.write(head[first:end])
-            if header.tensors:
-                out.write(bytes(-out.tell() % header.alignment))
-                with open(source, "rb") as handle:
-                    handle.seek(header.data_start)
-                    shutil.copyfileobj(handle, out, 16 << 20)
+    with atomic_path(final) as temp, open(temp, "wb") as out:
+        out.write(b"GGUF" + struct.pack(order + "IQQ", header.version, len(header.tensors), len(entries)))
+        for blob in entries.values():
+            out.write(blob)
+        first, end = header.tensor_table
+        out.write(head[first:end])
+        if header.tensors:
+            out.write(bytes(-out.tell() % header.alignment))
+            with open(source, "rb") as handle:
+                handle.seek(header.data_start)
+                shutil.copyfileobj(handle, out, 16 << 20)
     return final
 
 
@@ -236,18 +235,18 @@ def _read_layout(path: Path, tensors: bool):
 def _encode_entry(key: str, value: Any, kind: int | None, item: int | None, order: str) -> bytes:
     """One GGUF metadata entry: the key, its type and the value, typed as ``kind`` (for a new key:
     bool, uint32 for an int, else string)."""
-    from quicktune.models import _GGUF_ARRAY, _GGUF_SCALARS, _GGUF_STRING
+    from quicktune.models import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING
 
     def text(s: str) -> bytes:
         data = s.encode("utf-8")
         return struct.pack(order + "Q", len(data)) + data
 
     def packed(v: Any, k: int) -> bytes:
-        if k in _GGUF_SCALARS:
-            return struct.pack(order + _GGUF_SCALARS[k], v)
-        if k == _GGUF_STRING:
+        if k in GGUF_SCALARS:
+            return struct.pack(order + GGUF_SCALARS[k], v)
+        if k == GGUF_STRING:
             return text(str(v))
-        if k == _GGUF_ARRAY and item is not None and item != _GGUF_ARRAY:
+        if k == GGUF_ARRAY and item is not None and item != GGUF_ARRAY:
             return struct.pack(order + "IQ", item, len(v)) + b"".join(packed(x, item) for x in v)
         raise ValueError(f"{key}: cannot write a value of GGUF type {k}")
 
@@ -257,13 +256,13 @@ def _encode_entry(key: str, value: Any, kind: int | None, item: int | None, orde
 
 
 def _value_type(value: Any) -> int:
-    from quicktune.models import _GGUF_STRING
+    from quicktune.models import GGUF_STRING
 
     if isinstance(value, bool):
         return 7  # BOOL
     if isinstance(value, int):
         return 4  # UINT32
-    return _GGUF_STRING
+    return GGUF_STRING
 
 
 def _check_vocab_size(tensors: list, tokens: int | None) -> None:

@@ -5,8 +5,9 @@ import threading
 
 import pytest
 
+from quicktune import runs
 from quicktune.errors import QuicktuneError
-from quicktune.train import runs
+from quicktune.runs import files
 
 
 def test_versions_count_up_and_never_collide(tmp_path):
@@ -30,7 +31,7 @@ def test_write_atomic_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
     def boom(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
         runs.write_atomic(target, "new")
     assert target.read_text() == "old"
@@ -124,7 +125,7 @@ def test_the_gguf_chat_and_eval_use(tmp_path):
     with pytest.raises(QuicktuneError, match="has no q4_k_m GGUF"):
         runs.pick_quantization(run_dir, manifest, "q4_k_m")
     ggufs.update({q: {"file": f"export/x-{q}.gguf"} for q in ("q4_k_m", "q5_k_m")})
-    manifest["export"]["modelfiles"] = {q: "" for q in ("q4_k_m", "q5_k_m")}
+    manifest["export"]["modelfiles"] = dict.fromkeys(("q4_k_m", "q5_k_m"), "")
     assert runs.pick_quantization(run_dir, manifest) == "q5_k_m"  # unchecked: the most bits per weight
     checked = [{"name": "q4_k_m", "same_top_token": 0.928}, {"name": "q5_k_m", "same_top_token": 0.82}]
     manifest["export"]["fidelity"] = {"ggufs": checked}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from quicktune.data.tokenizer import cache_dir, load_chat_tokenizer
 from quicktune.models import ModelSource, resolve_model
-from quicktune.train.runs import sha256_file
+from quicktune.runs import sha256_file
 
 
 @dataclass
@@ -68,7 +68,7 @@ def base_folder(manifest: dict, recipe) -> str:
     loaded = (manifest.get("base_model") or {}).get("loaded_from")
     if loaded and (Path(loaded) / "config.json").is_file():
         return loaded
-    from quicktune.train.backend import load_backend
+    from quicktune.backend import load_backend
 
     load_backend()  # Unsloth before transformers, which prepare_base imports
     return prepare_base(recipe.model.base, recipe.model.revision).load_from

@@ -154,59 +154,6 @@ def four_bit_summary(model) -> dict[str, Any] | None:
     }
 
 
-# Greedy answers are generated in batches of about this many tokens (prompt + answer budget, per row),
-# never fewer than 8 rows nor more than 64. Decoding one token for a batch reads every weight once, so
-# larger batches are much cheaper per answer: on the 2-core VM the demo's 60 eval answers took 106 s in
-# batches of 8 and 59 s in batches of 30, all 60 answers identical (bench/README.md, "Quick start").
-GENERATE_BATCH_TOKENS = 8192
-
-
-def generate_batch_size(prompts: list[list[int]], max_new_tokens: int) -> int:
-    """Rows per batch for ``greedy_answers``: ~GENERATE_BATCH_TOKENS tokens, within 8..64 rows."""
-    longest = max(map(len, prompts), default=0) + max_new_tokens
-    return max(8, min(64, GENERATE_BATCH_TOKENS // max(1, longest)))
-
-
-def greedy_answers(model, prompts: list[list[int]], stops: set[int], pad_id: int | None, max_new_tokens: int,
-                   batch_size: int | None = None) -> list[list[int]]:
-    """Greedy continuations, each ending at (and including) its first stop token.
-
-    Prompts are left-padded in batches, of similar lengths (sorted, answers returned in the
-    prompts' order), ``generate_batch_size`` rows each unless ``batch_size`` is given;
-    ``batch_size=1`` needs no padding and is exact greedy decoding. The attention mask is
-    always given: pad may equal eos (SmolLM2).
-    """
-    import torch
-
-    device = next(model.parameters()).device
-    pad = pad_id if pad_id is not None else min(stops)
-    size = batch_size or generate_batch_size(prompts, max_new_tokens)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[list[int]] = [[] for _ in prompts]
-    with torch.inference_mode():
-        for first in range(0, len(order), size):
-            rows = order[first : first + size]
-            batch = [prompts[i] for i in rows]
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, prompt in enumerate(batch):
-                ids[row, width - len(prompt) :] = torch.tensor(prompt)
-                mask[row, width - len(prompt) :] = 1
-            generated = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=sorted(stops),
-                pad_token_id=pad,
-            )
-            for index, row in zip(rows, generated[:, width:].tolist()):
-                end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
-                out[index] = row[:end]
-    return out
-
-
 def _torch_dtype(name: str, device: str):
     import torch
 
@@ -233,7 +180,7 @@ def load_backend(unsloth: bool = True) -> Backend:
         _BACKEND = Backend(name="transformers", device="cuda" if torch.cuda.is_available() else "cpu")
         return _BACKEND
     try:
-        import unsloth  # noqa: F401  (patches transformers/trl/peft; must come first)
+        import unsloth
 
         name = "unsloth"
         if late:

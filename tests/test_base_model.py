@@ -12,7 +12,7 @@ from quicktune.errors import QuicktuneError
 def test_a_revision_loads_the_weights_of_that_commit(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from quicktune.train.base_model import prepare_base
+    from quicktune.base_model import prepare_base
 
     # A hub cache as huggingface_hub lays it out, with two commits of one repository (offline).
     repo = tmp_path / "hub" / "models--someone--tiny"

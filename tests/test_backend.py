@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from quicktune.train.backend import generate_batch_size, greedy_answers, load_backend
+from quicktune.backend import load_backend
+from quicktune.inference import generate_batch_size, greedy_answers
 from tests.conftest import SMOLLM2
 
 
@@ -16,8 +17,8 @@ def test_batch_size_follows_the_tokens_per_row_within_8_and_64_rows():
 
 
 def test_batched_answers_equal_one_prompt_at_a_time_in_the_prompts_order(smollm2_tokenizer):
-    from quicktune.data.check import stop_token_ids
-    from quicktune.train.base_model import prepare_base
+    from quicktune.base_model import prepare_base
+    from quicktune.data.tokenizer import stop_token_ids
 
     backend = load_backend()
     model, _ = backend.load_model(prepare_base(SMOLLM2).load_from, max_seq_length=256, load_in_4bit=False,
@@ -41,8 +42,8 @@ def test_lora_on_the_last_layers_only_backpropagates_through_them(name):
     (what makes the step cheaper)."""
     import torch
 
-    from quicktune.train.backend import Backend
-    from quicktune.train.base_model import prepare_base
+    from quicktune.backend import Backend
+    from quicktune.base_model import prepare_base
 
     backend = load_backend() if name == "unsloth" else Backend("transformers", "cpu")
     if backend.name != name:

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from quicktune.backend import load_backend
 from quicktune.data.masking import IGNORE, tokenize_examples
 from quicktune.data.records import Example, Message
-from quicktune.evaluate.runner import _loss_hf
-from quicktune.train.backend import load_backend
+from quicktune.inference import reference_loss
 from tests.conftest import SMOLLM2
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def _reference(model, rows) -> float:
 
 
 def test_batched_loss_equals_one_row_at_a_time_with_every_logit(smollm2_tokenizer):
-    from quicktune.train.base_model import prepare_base
+    from quicktune.base_model import prepare_base
 
     backend = load_backend()
     model, _ = backend.load_model(prepare_base(SMOLLM2).load_from, max_seq_length=256, load_in_4bit=False,
@@ -51,5 +51,5 @@ def test_batched_loss_equals_one_row_at_a_time_with_every_logit(smollm2_tokenize
     untrained = SimpleNamespace(input_ids=rows[1].input_ids, labels=[IGNORE] * len(rows[1].input_ids))
     reference = _reference(model, rows)
     for batch_tokens in (1, 64, 2048):  # one row a pass, two rows, all rows
-        assert _loss_hf(model, [*rows, untrained], batch_tokens=batch_tokens) == pytest.approx(reference, abs=2e-5)
-    assert _loss_hf(model, [untrained]) is None
+        assert reference_loss(model, [*rows, untrained], batch_tokens=batch_tokens) == pytest.approx(reference, abs=2e-5)
+    assert reference_loss(model, [untrained]) is None
