@@ -6,7 +6,9 @@ that needs it, so ``quicktune --help`` stays instant and never loads torch.
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -85,7 +87,6 @@ def recipes_export(recipe: str, out: str, overrides: tuple[str, ...], force: boo
       quicktune recipes export llama3.1-8b-qlora --axolotl llama3.1-8b.yaml
       quicktune recipes export mine.yaml --axolotl mine-axolotl.yaml --set training.max_steps=200
     """
-    from pathlib import Path
 
     from quicktune.axolotl import export_axolotl
     from quicktune.console import print_axolotl_export
@@ -112,7 +113,6 @@ def recipes_import(config: str, output: str | None, force: bool) -> None:
       quicktune recipes import axolotl.yaml
       quicktune recipes import examples/llama-3/qlora.yml -o llama3-qlora.yaml
     """
-    from pathlib import Path
 
     from quicktune.axolotl import import_axolotl
     from quicktune.console import print_axolotl_import
@@ -130,7 +130,10 @@ def data() -> None:
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("-r", "--recipe", help="Built-in recipe name or YAML path: its model's tokenizer and data settings.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False), help="Held-out file(s) to check for leakage.")
+@click.option(
+    "--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
+    help="Held-out file(s) to check for leakage.",
+)
 @click.option(
     "--semantic-threshold",
     "semantic",
@@ -141,7 +144,8 @@ def data() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def data_check(
-    files: tuple[str, ...], recipe: str | None, overrides: tuple[str, ...], eval_files: tuple[str, ...], semantic, as_json: bool
+    files: tuple[str, ...], recipe: str | None, overrides: tuple[str, ...], eval_files: tuple[str, ...], semantic,
+    as_json: bool,
 ) -> None:
     """Validate data FILES and show what training will see.
 
@@ -162,11 +166,10 @@ def data_check(
     from quicktune.data.check import check_data
 
     report = check_data(
-        list(files), recipe_ref=recipe, overrides=list(overrides), eval_files=list(eval_files), semantic_threshold=semantic
+        list(files), recipe_ref=recipe, overrides=list(overrides), eval_files=list(eval_files),
+        semantic_threshold=semantic,
     )
     if as_json:
-        import json
-
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
         from quicktune.console import print_data_report
@@ -200,11 +203,17 @@ RUNS_OPTION = click.option(
 
 def _training_command(func):
     func = click.option("--dry-run", is_flag=True, help="Check recipe and data and show the plan; load no model.")(func)
-    func = click.option("--new-run", is_flag=True,
-                        help="Start a new run folder even when an unfinished run of this recipe could be resumed.")(func)
-    func = click.option("--allow-data-change", is_flag=True,
-                        help="Resume even though a data file changed since the run started (recorded in its manifest).")(func)
-    func = click.option("--from", "parent", metavar="RUN", help="Continue from this run's adapter (runs/x/v3 or v3).")(func)
+    func = click.option(
+        "--new-run", is_flag=True,
+        help="Start a new run folder even when an unfinished run of this recipe could be resumed.",
+    )(func)
+    func = click.option(
+        "--allow-data-change", is_flag=True,
+        help="Resume even though a data file changed since the run started (recorded in its manifest).",
+    )(func)
+    func = click.option(
+        "--from", "parent", metavar="RUN", help="Continue from this run's adapter (runs/x/v3 or v3).",
+    )(func)
     func = click.option("--gpus", type=click.IntRange(1, 64), metavar="N",
                         help="Train on N processes, one per GPU, through accelerate launch (DDP; the recipe's global "
                         "batch is kept). Without CUDA: N CPU processes (gloo). Same as --set training.gpus=N.")(func)
@@ -277,9 +286,17 @@ QUANT_CHOICE = click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "bf16"])
 
 @main.command()
 @click.argument("run_ref", metavar="RUN")
-@click.option("-q", "--quant", "quants", multiple=True, type=QUANT_CHOICE, help="Quantization(s) to write; default: the recipe's export.quantizations.")
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Check the GGUF files against the merged model.")
-@click.option("--prompts", default=8, show_default=True, type=click.IntRange(1, 200), help="Held-out prompts for the fidelity check.")
+@click.option(
+    "-q", "--quant", "quants", multiple=True, type=QUANT_CHOICE,
+    help="Quantization(s) to write; default: the recipe's export.quantizations.",
+)
+@click.option(
+    "--verify/--no-verify", default=True, show_default=True, help="Check the GGUF files against the merged model.",
+)
+@click.option(
+    "--prompts", default=8, show_default=True, type=click.IntRange(1, 200),
+    help="Held-out prompts for the fidelity check.",
+)
 @RUNS_OPTION
 def export(run_ref: str, quants: tuple[str, ...], verify: bool, prompts: int, runs_dir: str) -> None:
     """Export a trained RUN: merged model, GGUF files, Ollama Modelfiles, fidelity check.
@@ -304,7 +321,9 @@ def export(run_ref: str, quants: tuple[str, ...], verify: bool, prompts: int, ru
 
 @main.command()
 @click.argument("target", metavar="RUN|GGUF")
-@click.option("-q", "--quant", type=QUANT_CHOICE, help="Which exported GGUF of RUN; default: the best one you asked for.")
+@click.option(
+    "-q", "--quant", type=QUANT_CHOICE, help="Which exported GGUF of RUN; default: the best one you asked for.",
+)
 @click.option("-p", "--prompt", help="Ask one question, print the answer and exit (for scripts).")
 @click.option("--system", help="System prompt; default: the one the run was trained with, as in its Modelfile.")
 @click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1), help="Longest answer.")
@@ -387,18 +406,33 @@ def runs_compare(runs_dir: str, first: str, second: str, threshold: float | None
     help="base, fewshot[:K] (the base model prompted with K training examples, default 3), another run (vN or a "
     "folder), or none.",
 )
-@click.option("--data", "data_files", multiple=True, type=click.Path(dir_okay=False), help="Held-out file(s) instead of the recipe's eval data.")
+@click.option(
+    "--data", "data_files", multiple=True, type=click.Path(dir_okay=False),
+    help="Held-out file(s) instead of the recipe's eval data.",
+)
 @click.option("--limit", type=click.IntRange(1), help="Score only the first N rows.")
-@click.option("--gguf", is_flag=False, flag_value="", default=None, metavar="[QUANT]", help="Also score the exported GGUF (default quantization, or QUANT) through llama.cpp.")
+@click.option(
+    "--gguf", is_flag=False, flag_value="", default=None, metavar="[QUANT]",
+    help="Also score the exported GGUF (default quantization, or QUANT) through llama.cpp.",
+)
 @click.option("--max-new-tokens", type=click.IntRange(1), help="Answer budget; default: the longest reference + 32.")
-@click.option("--judge", metavar="MODEL.gguf", help="A local GGUF chat model that compares the run's answer with the other's on each row, in both orders.")
-@click.option("--probe", type=click.Choice(["general"]), help="Instead of held-out rows: the shipped probe set of general abilities, base (or --against RUN) vs RUN.")
+@click.option(
+    "--judge", metavar="MODEL.gguf",
+    help="A local GGUF chat model that compares the run's answer with the other's on each row, in both orders.",
+)
+@click.option(
+    "--probe", type=click.Choice(["general"]),
+    help="Instead of held-out rows: the shipped probe set of general abilities, base (or --against RUN) vs RUN.",
+)
 @THRESHOLD_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout (and nothing else there).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout (and nothing else there).",
+)
 @RUNS_OPTION
 def evaluate(
     run_ref: str, against: str, data_files: tuple[str, ...], limit: int | None, gguf: str | None,
-    max_new_tokens: int | None, judge: str | None, probe: str | None, threshold: float | None, as_json: bool, runs_dir: str,
+    max_new_tokens: int | None, judge: str | None, probe: str | None, threshold: float | None, as_json: bool,
+    runs_dir: str,
 ) -> None:
     """Score RUN against the base model (or another run) on held-out data.
 
@@ -440,15 +474,14 @@ def evaluate(
         threshold=threshold, as_json=as_json,
     )
     if as_json:
-        import json
-
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
 
 
 @main.command()
 @click.argument("recipe")
 @click.option(
-    "--gpu", help='GPU to plan for, e.g. "RTX 4090", "RTX 3090", T4, A100 (default: RTX 4090; the CPU for a CPU recipe).'
+    "--gpu",
+    help='GPU to plan for, e.g. "RTX 4090", "RTX 3090", T4, A100 (default: RTX 4090; the CPU for a CPU recipe).',
 )
 @click.option(
     "--vram", type=click.FloatRange(1), help="Or the GPU memory in GiB (memory only: no time estimate without --gpu)."
@@ -483,8 +516,13 @@ def plan(recipe: str, gpu: str | None, vram: float | None, overrides: tuple[str,
 
 @main.command()
 @RUNS_OPTION
-@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on (0: any free one).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; anything but loopback is a warning.")
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free one).",
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on; anything but loopback is a warning.",
+)
 def ui(runs_dir: str, port: int, host: str) -> None:
     """A local web dashboard: runs, live loss curves, evals, exports, side-by-side chat.
 
@@ -520,15 +558,11 @@ def doctor(as_json: bool, runs_dir: str) -> None:
       quicktune doctor
       quicktune doctor --json
     """
-    from pathlib import Path
-
     from quicktune.doctor import as_json as checks_json
     from quicktune.doctor import run_checks
 
     checks = run_checks(Path(runs_dir))
     if as_json:
-        import json
-
         click.echo(json.dumps(checks_json(checks), indent=2))
         return
     from quicktune.console import print_checks

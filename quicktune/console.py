@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -10,8 +14,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from quicktune.plan import GIB
+
 if TYPE_CHECKING:
-    from quicktune.data.report import DataReport, TokenStats
+    from quicktune.data.report import DataReport, RenderedExample, TokenStats
     from quicktune.errors import QuicktuneError
     from quicktune.recipe import Recipe
 
@@ -23,8 +29,6 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # file:line
 def stdout_to_stderr():
     """Everything printed inside goes to stderr, Python's and C libraries' alike (a library's
     banner, llama.cpp's log), so a ``--json`` command's stdout holds its JSON and nothing else."""
-    import os
-    import sys
 
     sys.stdout.flush()
     try:
@@ -86,6 +90,41 @@ def _stats_rows(table: Table, label: str, stats: TokenStats | None) -> None:
 
 
 def print_data_report(report: DataReport) -> None:
+    """What ``data check`` found: the files, duplicates and leakage, token lengths, the system prompt,
+    the stop token, the rendered example(s) with trained tokens marked, and the warnings."""
+    _print_files(report)
+    _print_duplicates(report)
+    _print_semantic(report)
+    if report.train_tokens is not None:
+        tokens = Table(title="Tokens per row", title_justify="left")
+        for column in ("split", "rows", "min / p50 / mean / p95 / max", "trained tokens", "truncated"):
+            tokens.add_column(column, justify="right" if column != "split" else "left")
+        _stats_rows(tokens, "train", report.train_tokens)
+        _stats_rows(tokens, "eval", report.eval_tokens)
+        console.print(tokens)
+    else:
+        console.print("[dim]Token lengths and the rendered example need a tokenizer: add --recipe.[/]")
+    if report.system_prompt is not None:
+        _print_system_prompt(report.system_prompt)
+    if report.stop is not None:
+        stop = report.stop
+        note = (" (pad token = eos: quicktune builds labels itself, so the stop token is still trained)"
+                if stop.pad_equals_eos else "")
+        console.print(f"stop token after each answer: [bold]{escape(stop.text)}[/] id {stop.id}{note}")
+    if report.example is not None:
+        _print_example(report.example, "bold green",
+                       f"Rendered example ({escape(report.example.origin)}): [bold green]green[/] is trained, "
+                       "dim is context")
+    if report.example_rejected is not None:  # a preference pair: the answer training pushes down
+        _print_example(report.example_rejected, "bold red",
+                       f"The same prompt ({escape(report.example_rejected.origin)}): [bold red]red[/] is pushed down")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    if not report.warnings:
+        console.print("[green]✓ data looks good[/]")
+
+
+def _print_files(report: DataReport) -> None:
     files = Table(title="Data", title_justify="left")
     files.add_column("file")
     files.add_column("split")
@@ -97,6 +136,9 @@ def print_data_report(report: DataReport) -> None:
     console.print(
         f"train rows: [bold]{report.train_rows}[/]   eval rows: [bold]{report.eval_rows}[/] ({report.eval_source})"
     )
+
+
+def _print_duplicates(report: DataReport) -> None:
     console.print(
         f"duplicates: {report.exact_duplicates} exact, {report.near_duplicates} near "
         f"(dedupe: {report.dedupe}, {report.removed_duplicates} removed)   "
@@ -106,59 +148,36 @@ def print_data_report(report: DataReport) -> None:
         console.print(f"  [dim]duplicate[/] {escape(pair.first)} ≈ {escape(pair.second)} ({pair.similarity})")
     for pair in report.leakage_pairs:
         console.print(f"  [dim]leak[/] {escape(pair.first)} ≈ {escape(pair.second)} ({pair.similarity})")
+
+
+def _print_semantic(report: DataReport) -> None:
     if report.semantic_threshold is None:
         console.print(
             "[dim]semantic duplicates (same question in other words): not checked; "
             "--semantic-threshold 0.85 or data.semantic_threshold turns it on[/]"
         )
-    else:
+        return
+    console.print(
+        f"semantic duplicates (embedding cosine ≥ {report.semantic_threshold}, besides the above): "
+        f"{report.semantic_duplicates}   semantic leakage: {report.semantic_leakage}"
+    )
+    for pair in report.semantic_pairs:
         console.print(
-            f"semantic duplicates (embedding cosine ≥ {report.semantic_threshold}, besides the above): "
-            f"{report.semantic_duplicates}   semantic leakage: {report.semantic_leakage}"
+            f"  [dim]paraphrase[/] {escape(pair.first)} ≈ {escape(pair.second)} (cosine {pair.similarity})",
         )
-        for pair in report.semantic_pairs:
-            console.print(f"  [dim]paraphrase[/] {escape(pair.first)} ≈ {escape(pair.second)} (cosine {pair.similarity})")
-        for pair in report.semantic_leakage_pairs:
-            console.print(f"  [dim]leak in other words[/] {escape(pair.first)} ≈ {escape(pair.second)} (cosine {pair.similarity})")
+    for pair in report.semantic_leakage_pairs:
+        console.print(
+            f"  [dim]leak in other words[/] {escape(pair.first)} ≈ {escape(pair.second)} (cosine {pair.similarity})"
+        )
 
-    if report.train_tokens is not None:
-        tokens = Table(title="Tokens per row", title_justify="left")
-        for column in ("split", "rows", "min / p50 / mean / p95 / max", "trained tokens", "truncated"):
-            tokens.add_column(column, justify="right" if column != "split" else "left")
-        _stats_rows(tokens, "train", report.train_tokens)
-        _stats_rows(tokens, "eval", report.eval_tokens)
-        console.print(tokens)
-    else:
-        console.print("[dim]Token lengths and the rendered example need a tokenizer: add --recipe.[/]")
 
-    if report.system_prompt is not None:
-        _print_system_prompt(report.system_prompt)
-
-    if report.stop is not None:
-        stop = report.stop
-        note = " (pad token = eos: quicktune builds labels itself, so the stop token is still trained)" if stop.pad_equals_eos else ""
-        console.print(f"stop token after each answer: [bold]{escape(stop.text)}[/] id {stop.id}{note}")
-
-    if report.example is not None:
-        example = report.example
-        text = Text()
-        for token, trained in example.tokens:
-            text.append(token, style="bold green" if trained else "dim")
-        console.rule(f"Rendered example ({escape(example.origin)}): [bold green]green[/] is trained, dim is context")
-        console.print(text)
-        console.rule()
-    if report.example_rejected is not None:  # a preference pair: the answer training pushes down
-        text = Text()
-        for token, trained in report.example_rejected.tokens:
-            text.append(token, style="bold red" if trained else "dim")
-        console.rule(f"The same prompt ({escape(report.example_rejected.origin)}): [bold red]red[/] is pushed down")
-        console.print(text)
-        console.rule()
-
-    for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
-    if not report.warnings:
-        console.print("[green]✓ data looks good[/]")
+def _print_example(example: RenderedExample, style: str, title: str) -> None:
+    text = Text()
+    for token, trained in example.tokens:
+        text.append(token, style=style if trained else "dim")
+    console.rule(title)
+    console.print(text)
+    console.rule()
 
 
 def _print_system_prompt(system) -> None:
@@ -274,8 +293,6 @@ def print_checks(checks) -> None:
 
 
 def print_plan(plan, recipe_name: str, hardware: str = "") -> None:
-    from quicktune.plan import GIB
-
     s = plan.settings
     console.print(
         f"[bold]{recipe_name}[/]: {s.method} on {plan.arch.name} ({plan.arch.params / 1e9:.2f}B parameters, "
@@ -317,7 +334,10 @@ def print_plan(plan, recipe_name: str, hardware: str = "") -> None:
         console.print(f"time: {plan.time_note if plan.data_tokens else 'unknown: the training data was not found'}")
         return
     seconds = plan.epoch_seconds
-    duration = "under a second" if seconds < 1 else f"about {seconds:.0f} s" if seconds < 120 else f"about {seconds / 60:.0f} min"
+    if seconds < 1:
+        duration = "under a second"
+    else:
+        duration = f"about {seconds:.0f} s" if seconds < 120 else f"about {seconds / 60:.0f} min"
     console.print(
         f"time: ~{plan.data_tokens:,} tokens per epoch (4 characters per token) → {duration} per epoch "
         f"(an estimate {plan.time_note})"
@@ -346,8 +366,6 @@ def print_axolotl_import(imported, written) -> None:
 def shell_path(path) -> str:
     """A path as the user would type it in a shell started here: relative to the current folder
     when inside it, quoted for the shell."""
-    import shlex
-    from pathlib import Path
 
     try:
         text = str(Path(path).resolve().relative_to(Path.cwd().resolve()))

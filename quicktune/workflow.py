@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import shlex
+import time
+from contextlib import nullcontext
 from pathlib import Path
 
-from quicktune.console import console, print_data_report, shell_path
-from quicktune.recipe import Recipe, load_recipe
+from rich.table import Table
+
+from quicktune.chat import interactive, open_session, resolve_target
+from quicktune.console import console, print_data_report, print_fidelity, shell_path, stdout_to_stderr
+from quicktune.errors import QuicktuneError
+from quicktune.evaluate.compare import compare_runs
+from quicktune.evaluate.fewshot import parse_against
+from quicktune.evaluate.probes import evaluate_probes, write_probe_report
+from quicktune.evaluate.regression import DEFAULT_THRESHOLD
+from quicktune.evaluate.report import print_probe_report, print_report, write_report
+from quicktune.evaluate.runner import evaluate_run
+from quicktune.export.exporter import export_run, ollama_tag
+from quicktune.export.gate import FidelityFailed
+from quicktune.library_log import library_output_to_log
+from quicktune.plan import GIB, detect_vram_gib, make_plan
+from quicktune.recipe import PREFERENCE_METHODS, Recipe, load_recipe
+from quicktune.runs import find_resumable, holder, next_run_dir, read_manifest, resolve_run
+from quicktune.train.config import planned_steps
+from quicktune.train.trainer import check_reporters, load_parent, prepare_data, recipe_sha256, train
 
 
 def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None, new_run: bool = False) -> None:
-    from quicktune.runs import find_resumable, holder, next_run_dir
-    from quicktune.train.config import planned_steps
-    from quicktune.train.trainer import check_reporters, load_parent, prepare_data, recipe_sha256
-
     check_reporters(recipe)  # a dry run refuses what the real one would
     report = prepare_data(recipe).report
     print_data_report(report)
@@ -46,8 +63,6 @@ def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None, new_run: bool 
 
 def _same_command(command: str, recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None,
                   allow_data_change: bool = False) -> str:
-    import shlex
-
     words = ["quicktune", command, recipe_ref, *(f"--set={o}" for o in overrides)]
     if runs_dir != "runs":
         words.append(f"--runs-dir={runs_dir}")
@@ -67,11 +82,9 @@ def train_command(
     if dry_run:
         _dry_run(recipe, runs_root, parent, new_run)
         return None
-    from quicktune.train.trainer import train
 
     # Resuming is what this command does again: without --new-run, which would start yet another run.
     again = _same_command(command, recipe_ref, overrides, runs_dir, parent, allow_data_change)
-    from quicktune.library_log import library_output_to_log
 
     try:
         if (recipe.training.gpus or 1) > 1:  # one process per GPU (CPU processes without CUDA): accelerate launch
@@ -85,7 +98,9 @@ def train_command(
                                allow_data_change=allow_data_change, new_run=new_run)
                 log.move_into(result.run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training began: no new checkpoint
-        console.print(f"[yellow]stopped[/] without a new checkpoint. Run again (resumes the last checkpoint, if any): {again}")
+        console.print(
+            f"[yellow]stopped[/] without a new checkpoint. Run again (resumes the last checkpoint, if any): {again}",
+        )
         raise
     if result.status == "interrupted":
         console.print(
@@ -125,8 +140,6 @@ def _losses(m: dict) -> str:
 
 def check_plan(recipe_ref: str, overrides: list[str], force: bool) -> None:
     """Before anything loads: refuse a recipe that cannot fit this machine's GPU (``--force`` to try)."""
-    from quicktune.errors import QuicktuneError
-    from quicktune.plan import GIB, detect_vram_gib, make_plan
 
     vram = detect_vram_gib()
     if vram is None:
@@ -138,7 +151,9 @@ def check_plan(recipe_ref: str, overrides: list[str], force: bool) -> None:
         return
     fixes = [" ".join(f"--set {s}" for s in fix.sets) + f"  ({fix.note})" for fix in plan.fixes]
     if force:
-        console.print(f"[yellow]plan: needs about {plan.estimate.total / GIB:.1f} GiB of {vram:.0f}; --force: trying anyway[/]")
+        console.print(
+            f"[yellow]plan: needs about {plan.estimate.total / GIB:.1f} GiB of {vram:.0f}; --force: trying anyway[/]",
+        )
         return
     raise QuicktuneError(
         f"the plan needs about {plan.estimate.total / GIB:.1f} GiB of GPU memory; this GPU has {vram:.0f} GiB",
@@ -147,12 +162,8 @@ def check_plan(recipe_ref: str, overrides: list[str], force: bool) -> None:
     )
 
 
-def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool, force: bool = False,
-                *, allow_data_change: bool = False, new_run: bool = False):
-    import contextlib
-
-    from quicktune.library_log import library_output_to_log
-
+def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, dry_run: bool,
+                force: bool = False, *, allow_data_change: bool = False, new_run: bool = False):
     if not dry_run:
         check_plan(recipe_ref, overrides, force)
     phases = Phases()
@@ -166,7 +177,9 @@ def run_command(recipe_ref: str, overrides: list[str], runs_dir: str, parent: st
             exported = _export(result.run_dir, [], verify=True, prompts=8, next_steps=False)
             phases.split(("export and fidelity check", None))
             if _has_eval_data(result.run_dir):
-                _evaluate(result.run_dir, _run_against(result.run_dir), [], None, None, None, Path(runs_dir), examples=0)
+                _evaluate(
+                    result.run_dir, _run_against(result.run_dir), [], None, None, None, Path(runs_dir), examples=0,
+                )
                 phases.split(("eval", None))
             probes = load_recipe(str(result.run_dir / "recipe.yaml")).eval.probes
             for probe_set in probes:  # the forgetting check
@@ -182,8 +195,6 @@ class Phases:
     """Where the wall time of `quicktune run` went, phase by phase, for the closing line."""
 
     def __init__(self, clock=None):
-        import time
-
         self._clock = clock or time.perf_counter
         self._start = self._mark = self._clock()
         self.parts: list[tuple[str, float]] = []
@@ -197,7 +208,8 @@ class Phases:
 
     def line(self) -> str:
         total = self._clock() - self._start
-        return f"time: {_clock(total)} in all — " + ", ".join(f"{name} {_clock(seconds)}" for name, seconds in self.parts)
+        parts = ", ".join(f"{name} {_clock(seconds)}" for name, seconds in self.parts)
+        return f"time: {_clock(total)} in all — {parts}"
 
 
 def _clock(seconds: float) -> str:
@@ -208,8 +220,6 @@ def _clock(seconds: float) -> str:
 def _run_against(run_dir: Path) -> str:
     """What `run` scores a finished run against: a DPO/ORPO run against the run it started from
     (what it set out to correct), every other run against its base model."""
-    from quicktune.recipe import PREFERENCE_METHODS
-    from quicktune.runs import read_manifest
 
     manifest = read_manifest(run_dir)
     parent = manifest.get("parent")
@@ -219,8 +229,6 @@ def _run_against(run_dir: Path) -> str:
 
 
 def _has_eval_data(run_dir: Path) -> bool:
-    from quicktune.runs import read_manifest
-
     return bool((read_manifest(run_dir).get("data") or {}).get("eval_rows"))
 
 
@@ -229,16 +237,11 @@ def eval_command(
     as_json=False,
 ):
     """The report (an EvalReport, or a ProbeReport with ``probe``); with ``as_json`` nothing is printed on stdout."""
-    from contextlib import nullcontext
 
-    from quicktune.console import stdout_to_stderr
-    from quicktune.evaluate.regression import DEFAULT_THRESHOLD
-    from quicktune.runs import resolve_run
 
     run_dir = resolve_run(run_ref, Path(runs_dir))
     against = None if against == "none" else against
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    from quicktune.library_log import library_output_to_log
 
     # --json: stdout holds the JSON alone; the libraries' output goes to RUN/library.log either way
     with stdout_to_stderr() if as_json else nullcontext(), library_output_to_log(run_dir) as log:
@@ -251,9 +254,6 @@ def eval_command(
 
 
 def _refuse_with_probe(against, data_files, limit, gguf, max_new_tokens, judge) -> None:
-    from quicktune.errors import QuicktuneError
-    from quicktune.evaluate.fewshot import parse_against
-
     given = [flag for flag, value in (("--data", data_files), ("--limit", limit), ("--gguf", gguf is not None),
                                       ("--max-new-tokens", max_new_tokens), ("--judge", judge)) if value]
     if against is None or parse_against(against) is not None:
@@ -267,10 +267,6 @@ def _refuse_with_probe(against, data_files, limit, gguf, max_new_tokens, judge) 
 
 
 def _probe(run_dir, probe_set, against, runs_root, threshold, *, quiet=False):
-    from quicktune.evaluate.probes import evaluate_probes, write_probe_report
-    from quicktune.evaluate.regression import DEFAULT_THRESHOLD
-    from quicktune.evaluate.report import print_probe_report
-
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     with console.status("probing") as status:
         report = evaluate_probes(run_dir, probe_set, against=against or "base", runs_root=runs_root,
@@ -278,16 +274,14 @@ def _probe(run_dir, probe_set, against, runs_root, threshold, *, quiet=False):
     if not quiet:
         print_probe_report(report, console)
     path, replaced = write_probe_report(report)
-    console.print(f"report: {shell_path(path)}" + (" [dim](replaces the earlier report of these probes)[/]" if replaced else ""))
+    console.print(
+        f"report: {shell_path(path)}" + (" [dim](replaces the earlier report of these probes)[/]" if replaced else ""),
+    )
     return report
 
 
 def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_root, examples: int = 3, *, judge=None,
               threshold=None, quiet=False):
-    from quicktune.evaluate.regression import DEFAULT_THRESHOLD
-    from quicktune.evaluate.report import print_report, write_report
-    from quicktune.evaluate.runner import evaluate_run
-
     with console.status("evaluating") as status:
         report = evaluate_run(
             run_dir,
@@ -312,15 +306,9 @@ def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_ro
 
 
 def compare_command(first: str, second: str, runs_dir: str, threshold: float | None = None):
-    from rich.table import Table
-
-    from quicktune.evaluate.compare import compare_runs
-    from quicktune.runs import resolve_run
-
     root = Path(runs_dir)
     a = resolve_run(first, root)
     b = resolve_run(second, root, a.parent.name)
-    from quicktune.evaluate.regression import DEFAULT_THRESHOLD
 
     comparison = compare_runs(a, b, DEFAULT_THRESHOLD if threshold is None else threshold)
     table = Table(title=f"{comparison.names[0]} vs {comparison.names[1]}", title_justify="left")
@@ -335,7 +323,8 @@ def compare_command(first: str, second: str, runs_dir: str, threshold: float | N
     if comparison.regressions:
         console.print(
             f"[red]{comparison.names[1]} is worse than {comparison.names[0]}[/] on {', '.join(comparison.regressions)} "
-            f"(a share down by more than {comparison.threshold:g} points, the loss up by more than {comparison.threshold:g}%)"
+            f"(a share down by more than {comparison.threshold:g} points, "
+            f"the loss up by more than {comparison.threshold:g}%)"
         )
     for note in comparison.notes:
         console.print(f"[dim]{note}[/]")
@@ -343,9 +332,6 @@ def compare_command(first: str, second: str, runs_dir: str, threshold: float | N
 
 
 def export_command(run_ref: str, quants: list[str], runs_dir: str, *, verify: bool, prompts: int):
-    from quicktune.library_log import library_output_to_log
-    from quicktune.runs import resolve_run
-
     run_dir = resolve_run(run_ref, Path(runs_dir))
     with library_output_to_log(run_dir) as log:  # llama.cpp's and the converter's output: RUN/library.log
         log.move_into(run_dir)
@@ -353,10 +339,6 @@ def export_command(run_ref: str, quants: list[str], runs_dir: str, *, verify: bo
 
 
 def _export(run_dir: Path, quants: list[str], *, verify: bool, prompts: int, next_steps: bool = True):
-    from quicktune.console import print_fidelity
-    from quicktune.export.exporter import export_run
-    from quicktune.export.gate import FidelityFailed
-
     try:
         result = export_run(run_dir, quants, verify=verify, prompts=prompts, console=console)
     except FidelityFailed as failed:  # the table first, then the error that says which rows failed
@@ -377,8 +359,6 @@ def _export(run_dir: Path, quants: list[str], *, verify: bool, prompts: int, nex
 
 
 def _print_next_steps(result) -> None:
-    from quicktune.export.exporter import ollama_tag
-
     console.print("[bold]Ollama[/]:")
     for quant, modelfile in result.modelfiles.items():
         tag = ollama_tag(result.name, quant)
@@ -393,8 +373,6 @@ def chat_command(
     target: str, quant: str | None, prompt: str | None, system: str | None, max_tokens: int, runs_dir: str,
     num_ctx: int | None = None,
 ):
-    from quicktune.chat import interactive, open_session, resolve_target
-
     chat_target = resolve_target(target, Path(runs_dir), quant, num_ctx)
     session = open_session(chat_target, system=system, max_tokens=max_tokens)
     if prompt is not None:

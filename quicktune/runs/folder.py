@@ -60,7 +60,9 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise QuicktuneError(f"{path}: not UTF-8 text ({exc.reason})", hint=hint) from None
     except json.JSONDecodeError as exc:
-        raise QuicktuneError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}", hint=hint) from None
+        raise QuicktuneError(
+            f"{path}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}", hint=hint
+        ) from None
     if not isinstance(manifest, dict):
         raise QuicktuneError(f"{path}:1: expected a JSON object, found {type(manifest).__name__}", hint=hint)
     wrong = [

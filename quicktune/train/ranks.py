@@ -13,7 +13,6 @@ from typing import Any
 
 from quicktune.errors import QuicktuneError
 from quicktune.recipe import split_batch
-from quicktune.train.callbacks import StopOnInterrupt
 
 FORWARDED_WITHIN_S = 5.0  # a second SIGINT this soon after the first is the same Ctrl-C, forwarded
 
@@ -115,6 +114,8 @@ def join_processes() -> Ranks:
 
 def stop_on_interrupt_callback(ranks: Ranks):
     """Ctrl-C reaches every process, but not at the same step: stop (and save) together."""
+    from quicktune.train.callbacks import StopOnInterrupt  # transformers: imported once training starts
+
     class StopTogether(StopOnInterrupt):
         first = 0.0
 
