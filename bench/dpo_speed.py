@@ -213,7 +213,9 @@ def main() -> None:
                              if len(results) == 2 else None),
         "load_average_1min": {n: {"before": b, "after": a} for n, (b, a) in load.items()},
         "all_steps_s": {n: [s["wall_s"] for s in r["steps"]] for n, r in results.items()},
-        "median_check": {n: statistics.median(s["wall_s"] for s in r["steps"][args.warmup:]) for n, r in results.items()},
+        "median_check": {
+            n: statistics.median(s["wall_s"] for s in r["steps"][args.warmup:]) for n, r in results.items()
+        },
     })
 
 

@@ -167,7 +167,7 @@ def child_build_random(job: dict) -> dict:
 
 def child_merge(job: dict) -> dict:
     import safetensors.torch  # noqa: F401  (imported before the timer, as in a running export)
-    import torch  # noqa: F401
+    import torch  # noqa: F401  (likewise)
 
     from quicktune.export.merge import merge_adapter
 
@@ -469,9 +469,11 @@ def run_model(model: str, work: Path, layers: int, cold: bool) -> dict:
     steps.append(measure("convert", "convert", {"model_dir": str(merged), "out": str(ggufs["f16"]),
                                                 "log": str(logs / "convert-tool.log")},
                          folder_files(merged), model_work, cold))
-    for quant in QUANTS:
-        steps.append(measure(quant, "quantize", {"source": str(ggufs["f16"]), "out": str(ggufs[quant]),
-                                                 "quant": quant}, [ggufs["f16"]], model_work, cold))
+    steps.extend(
+        measure(quant, "quantize", {"source": str(ggufs["f16"]), "out": str(ggufs[quant]), "quant": quant},
+                [ggufs["f16"]], model_work, cold)
+        for quant in QUANTS
+    )
     return {
         "model": model,
         "prepared": prepared,
@@ -573,8 +575,7 @@ def main() -> None:
     reports = []
     try:
         load_before = os.getloadavg()
-        for model in chosen:
-            reports.append(run_model(model, work, args.layers, args.cache == "cold"))
+        reports.extend(run_model(model, work, args.layers, args.cache == "cold") for model in chosen)
         load_after = os.getloadavg()
     finally:
         if args.keep:

@@ -41,12 +41,16 @@ def main() -> None:
     runs = Path(tempfile.mkdtemp(prefix="qt-floors-"))
     try:
         start = time.perf_counter()
-        trained = quicktune("train", "smollm2-demo", "--runs-dir", str(runs), "--set", f"training.max_steps={args.steps}")
+        trained = quicktune(
+            "train", "smollm2-demo", "--runs-dir", str(runs), "--set", f"training.max_steps={args.steps}"
+        )
         if trained.returncode != 0:
             sys.exit(f"training failed:\n{trained.stderr[-2000:]}")
         run_dir = runs / "smollm2-demo" / "v1"
         quant_args = [a for q in QUANTS for a in ("--quant", q)]
-        exported = quicktune("export", str(run_dir), *quant_args, "--prompts", str(args.prompts), "--runs-dir", str(runs))
+        exported = quicktune(
+            "export", str(run_dir), *quant_args, "--prompts", str(args.prompts), "--runs-dir", str(runs)
+        )
         print(exported.stdout[-3000:], exported.stderr[-1500:], sep="\n")
         manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
         fidelity = manifest["export"]["fidelity"]
@@ -60,7 +64,9 @@ def main() -> None:
         print(f"\nsmollm2-demo, {args.steps} steps, {args.prompts} held-out prompts; export exit {exported.returncode}")
         print(f"{'GGUF':8} {'same top token':>15} {'identical':>10} {'stops':>6}")
         for row in fidelity["ggufs"]:
-            print(f"{row['name']:8} {row['same_top_token']:>15.2%} {row['identical_answers']!s:>10} {row['stops']!s:>6}")
+            print(
+                f"{row['name']:8} {row['same_top_token']:>15.2%} {row['identical_answers']!s:>10} {row['stops']!s:>6}"
+            )
         print(f"reference stops {fidelity['reference_stops']}/{fidelity['prompts']}; passed: {fidelity.get('passed')}")
         out = Path(__file__).parent / "results" / "fidelity_floors.json"
         out.parent.mkdir(exist_ok=True)

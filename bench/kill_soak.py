@@ -95,7 +95,7 @@ def _safetensors_whole(folder: Path) -> bool:
     try:
         for file in files:
             with safe_open(str(file), framework="np") as handle:
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 - safetensors' safe_open has keys() but is not iterable
                     handle.get_tensor(key)
     except Exception:
         return False
@@ -158,7 +158,8 @@ def state_of(run_dir: Path | None) -> dict:
     manifest = json.loads((run_dir / runs.MANIFEST).read_text())
     last = runs.latest_checkpoint(run_dir)
     return {"run": run_dir.name, "status": manifest.get("status"), "checkpoint": last.name if last else None,
-            "resumes": len(manifest.get("resumes") or []), "export": sorted((manifest.get("export") or {}).get("ggufs") or {})}
+            "resumes": len(manifest.get("resumes") or []),
+            "export": sorted((manifest.get("export") or {}).get("ggufs") or {})}
 
 
 # --- the soak -------------------------------------------------------------------------------------
@@ -268,7 +269,9 @@ def main() -> None:
     parser.add_argument("--export-delay", type=float, default=200.0, help="longest wait before an export kill (s)")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    parser.add_argument("--export-run", type=Path, help="only kill exports of this finished run (its export/ is redone)")
+    parser.add_argument(
+        "--export-run", type=Path, help="only kill exports of this finished run (its export/ is redone)"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     if args.export_run is not None:
@@ -329,7 +332,8 @@ def main() -> None:
 
 
 def print_table(rows, differences, after_rerun, export_after) -> None:
-    print("\n| # | command | kill at (s) | state at the kill | resumed | finished | partial files | cut-short checkpoints | leftovers |")
+    print("\n| # | command | kill at (s) | state at the kill | resumed | finished | partial files "
+          "| cut-short checkpoints | leftovers |")
     print("|---|---|---|---|---|---|---|---|---|")
     for number, row in enumerate(rows, 1):
         if not row.get("killed"):
@@ -339,11 +343,14 @@ def print_table(rows, differences, after_rerun, export_after) -> None:
             state = f"{at['run']} {at['status'] or 'starting'}, newest checkpoint {at['checkpoint'] or '-'}"
         else:
             state = "exported: " + (", ".join(row["at_kill"]["export"]) or "-")
-        resumed = row.get("resumed", "reused what was whole" if row["command"] == "export" and row.get("killed") else "-")
+        resumed = row.get(
+            "resumed", "reused what was whole" if row["command"] == "export" and row.get("killed") else "-"
+        )
         print(f"| {number} | {row['command']} | {row['kill_at_s']} | {state} | {resumed} | "
               f"{'yes' if row.get('finished') else 'no'} | {len(row.get('partial', []))} | "
               f"{len(row.get('cut_short_checkpoints', []))} | {len(row.get('leftovers', []))} |")
-    print(f"\nafter the reruns: partial files {sum(len(v['partial']) for v in after_rerun.values()) + len(export_after['partial'])}, "
+    partial = sum(len(v["partial"]) for v in after_rerun.values()) + len(export_after["partial"])
+    print(f"\nafter the reruns: partial files {partial}, "
           f"cut-short checkpoints {sum(len(v['cut_short_checkpoints']) for v in after_rerun.values())}, "
           f"leftovers {sum(len(v['leftovers']) for v in after_rerun.values()) + len(export_after['leftovers'])}")
     print("finished adapters vs the first finished run (max abs difference): "

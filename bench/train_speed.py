@@ -237,7 +237,7 @@ def run_trl(workdir: Path, steps: int, warmup: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ModelLossSFTTrainer = model_loss_sft_trainer()  # see bench/common.py
+    ModelLossSFTTrainer = model_loss_sft_trainer()  # noqa: N806 - a class (built in bench/common.py), named as one
 
     prepared = json.loads((workdir / "prepare.json").read_text())
     rows = json.loads((workdir / "rows.json").read_text())

@@ -15,14 +15,30 @@ so recipe -> Axolotl -> recipe gives the same resolved recipe. No torch here.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from quicktune.data.formats import detect_format, format_for
+from quicktune.data.load import read_records
+from quicktune.data.tokenizer import cache_dir, gguf_cache_key
 from quicktune.errors import QuicktuneError, RecipeError
-from quicktune.recipe import PREFERENCE_METHODS, LoraSection, Recipe, validate_recipe
+from quicktune.models import resolve_model
+from quicktune.plan import find_arch
+from quicktune.recipe import (
+    PREFERENCE_METHODS,
+    LoraSection,
+    Recipe,
+    TrainingSection,
+    deep_merge,
+    split_batch,
+    validate_recipe,
+)
+from quicktune.runs import write_atomic
+from quicktune.templates import FAMILY_TEMPLATES
 
 AXOLOTL_SCHEMA_VERSION = "0.19.0"
 BLOCK = "quicktune"
@@ -39,6 +55,10 @@ _OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_8bit": "adamw_8bit", "paged_
 # Axolotl's names for the same update rule, read back as quicktune's.
 _OPTIMIZERS_IN = {**_OPTIMIZERS, "adamw_torch_fused": "adamw_torch", "adamw_bnb_8bit": "adamw_8bit"}
 _SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+_DTYPES = {  # recipe model.dtype -> Axolotl's precision keys
+    "auto": {"bf16": "auto"}, "bfloat16": {"bf16": True}, "float16": {"fp16": True},
+    "float32": {"bf16": False, "fp16": False},
+}
 # Axolotl's own defaults (0.19.0 schema) for the keys imported here, used when a config leaves one out.
 AXOLOTL_DEFAULTS = {
     "sequence_len": 512, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "num_epochs": 1.0,
@@ -55,16 +75,17 @@ RECIPE_KEYS = {
     "model.load_in_4bit": "load_in_4bit", "model.chat_template": "chat_template, chat_template_jinja",
     "model.trust_remote_code": "trust_remote_code", "model.revision": "kept", "model.dtype": "bf16, fp16",
     "lora.r": "lora_r", "lora.alpha": "lora_alpha", "lora.dropout": "lora_dropout",
-    "lora.target_modules": "lora_target_modules", "lora.use_dora": "peft_use_dora", "lora.use_rslora": "peft_use_rslora",
-    "lora.last_layers": "peft_layers_to_transform",
+    "lora.target_modules": "lora_target_modules", "lora.use_dora": "peft_use_dora",
+    "lora.use_rslora": "peft_use_rslora", "lora.last_layers": "peft_layers_to_transform",
     "data.train": "datasets", "data.eval": "test_datasets", "data.format": "datasets[].type, kept when pinned",
     "data.eval_fraction": "val_set_size", "data.system_prompt": "kept",
     "data.train_on_responses_only": "roles_to_train, train_on_eos, train_on_inputs",
     "data.dedupe": "dataset_exact_deduplication", "data.semantic_threshold": "kept",
     "training.epochs": "num_epochs", "training.max_steps": "max_steps", "training.learning_rate": "learning_rate",
     "training.lr_scheduler": "lr_scheduler", "training.warmup_ratio": "warmup_ratio",
-    "training.weight_decay": "weight_decay", "training.optimizer": "optimizer", "training.batch_size": "micro_batch_size",
-    "training.grad_accumulation": "gradient_accumulation_steps", "training.seed": "seed",
+    "training.weight_decay": "weight_decay", "training.optimizer": "optimizer",
+    "training.batch_size": "micro_batch_size", "training.grad_accumulation": "gradient_accumulation_steps",
+    "training.seed": "seed",
     "training.packing": "sample_packing", "training.gradient_checkpointing": "gradient_checkpointing",
     "training.eval_every": "eval_steps", "training.save_every": "save_steps",
     "training.early_stopping_patience": "early_stopping_patience", "training.logging_every": "logging_steps",
@@ -83,9 +104,6 @@ class AxolotlExport:
 
 
 def _file_format(recipe: Recipe, path: str) -> str:
-    from quicktune.data.formats import detect_format, format_for
-    from quicktune.data.load import read_records
-
     fmt = format_for(recipe.data.format, path)
     if fmt != "auto":
         return fmt
@@ -114,15 +132,11 @@ def _dataset(path: str, fmt: str, responses_only: bool) -> dict[str, Any]:
 
 def _base_model(spec: str) -> tuple[str, str | None]:
     """What Axolotl loads for a recipe's base, and why it differs from model.base when it does."""
-    from quicktune.models import resolve_model
-
     source = resolve_model(spec)
     if source.kind == "dir":
         return str(source.path), None
     if source.kind == "hub":
         return spec, None
-    from quicktune.data.tokenizer import cache_dir, gguf_cache_key
-
     folder = cache_dir() / "models" / gguf_cache_key(source.path)
     state = "exists" if (folder / "config.json").is_file() else "is written by the first `quicktune train` of it"
     return str(folder), (f"a GGUF file; Axolotl loads Hugging Face weights, so base_model is the folder quicktune "
@@ -131,8 +145,6 @@ def _base_model(spec: str) -> tuple[str, str | None]:
 
 def _layer_count(base: str, why: str) -> int:
     """The base's decoder layers, from its config.json, GGUF or quicktune's table (never downloads)."""
-    from quicktune.plan import find_arch
-
     try:
         return find_arch(base).layers
     except QuicktuneError as exc:
@@ -154,53 +166,98 @@ def _as_last_layers(layers: Any, base: Any) -> tuple[int | None, str]:
     return len(layers), ""
 
 
+@dataclass
+class _ExportDraft:
+    """The export as it is written: Axolotl's keys, in the order they are written; the recipe values quicktune
+    keeps for itself (the ``quicktune: recipe`` block); the values Axolotl gets only an approximation of (``quicktune:
+    as_written``, read back by ``recipes import``); and the notes listed for the user."""
+
+    config: dict[str, Any]
+    keep: dict[str, Any]
+    notes: list[str]
+    lossy: list[dict[str, Any]] = field(default_factory=list)
+
+    def kept(self, section: str) -> dict[str, Any]:
+        """The kept values of one recipe section, made on first use."""
+        return self.keep.setdefault(section, {})
+
+    def lossy_value(self, key: str, value: Any, written: dict[str, Any], why: str) -> None:
+        """Records that recipe ``key`` = ``value`` was written as the Axolotl keys ``written``, and why."""
+        self.lossy.append({"key": key, "value": value, "axolotl": written})
+        self.notes.append(f"{key}: {why}")
+
+
 def to_axolotl(recipe: Recipe) -> AxolotlExport:
     """The Axolotl config that trains what ``recipe`` trains, as far as Axolotl can say it."""
-    m, lo, d, t = recipe.model, recipe.lora, recipe.data, recipe.training
+    draft = _start_export(recipe)
+    _export_model(recipe, draft)
+    _export_lora(recipe, draft)
+    _export_data(recipe, draft)
+    _export_training(recipe.training, draft)
+    draft.config["output_dir"] = f"./outputs/{recipe.name}"
+    draft.config[BLOCK] = {"recipe": draft.keep, "as_written": draft.lossy}
+    return AxolotlExport(draft.config, draft.notes)
+
+
+def _start_export(recipe: Recipe) -> _ExportDraft:
+    """Reads the recipe's method and its quicktune-only keys (name, description, hardware, export, eval); returns
+    a draft with an empty config that keeps them. Raises QuicktuneError for a preference method (not mapped)."""
     if recipe.method in PREFERENCE_METHODS:
         raise QuicktuneError(f"method {recipe.method}: the Axolotl export maps supervised recipes (lora, qlora, full); "
                              "preference training (Axolotl's rl: dpo / orpo) is not mapped yet")
-    keep: dict[str, Any] = {"name": recipe.name, "description": recipe.description, "hardware": recipe.hardware,
-                            "export": recipe.export.model_dump(mode="json"), "eval": recipe.eval.model_dump(mode="json")}
-    lossy: list[dict[str, Any]] = []
+    keep = {"name": recipe.name, "description": recipe.description, "hardware": recipe.hardware,
+            "export": recipe.export.model_dump(mode="json"), "eval": recipe.eval.model_dump(mode="json")}
     notes = ["name, description, hardware, export.*, eval.*: quicktune's own (GGUF export, Ollama, eval metric)"]
+    return _ExportDraft(config={}, keep=keep, notes=notes)
 
-    def lossy_value(key: str, value: Any, written: dict[str, Any], why: str) -> None:
-        lossy.append({"key": key, "value": value, "axolotl": written})
-        notes.append(f"{key}: {why}")
 
+def _export_model(recipe: Recipe, draft: _ExportDraft) -> None:
+    """Reads recipe.model and recipe.method; writes base_model, trust_remote_code, adapter, load_in_4bit, the
+    precision keys, sequence_len and the chat template (model.revision is kept: Axolotl's schema has no key)."""
+    m, config = recipe.model, draft.config
     base, why = _base_model(m.base)
-    config: dict[str, Any] = {"base_model": base}
+    config["base_model"] = base
     if why:
-        lossy_value("model.base", m.base, {"base_model": base}, why)
+        draft.lossy_value("model.base", m.base, {"base_model": base}, why)
     if m.trust_remote_code:
         config["trust_remote_code"] = True
     if m.revision:  # Axolotl's loaders read cfg.revision_of_model, but its schema drops the key
-        keep["model"] = {"revision": m.revision}
-        notes.append("model.revision: Axolotl 0.19's schema has no revision key (revision_of_model is dropped)")
+        draft.kept("model")["revision"] = m.revision
+        draft.notes.append("model.revision: Axolotl 0.19's schema has no revision key (revision_of_model is dropped)")
     if recipe.method != "full":
         config["adapter"] = recipe.method
     config["load_in_4bit"] = bool(m.load_in_4bit)
-    config.update({"auto": {"bf16": "auto"}, "bfloat16": {"bf16": True}, "float16": {"fp16": True},
-                   "float32": {"bf16": False, "fp16": False}}[m.dtype])
+    config.update(_DTYPES[m.dtype])
     config["sequence_len"] = m.max_seq_length
     if m.chat_template == "auto":
         config["chat_template"] = "tokenizer_default"
     else:
-        from quicktune.templates import FAMILY_TEMPLATES
-
         config["chat_template"] = "jinja"  # quicktune's family template, word for word
         config["chat_template_jinja"] = FAMILY_TEMPLATES[m.chat_template]
-    if recipe.method != "full":
-        config.update(lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, lora_target_modules=list(lo.target_modules))
-        if lo.use_dora:
-            config["peft_use_dora"] = True
-        if lo.use_rslora:
-            config["peft_use_rslora"] = True
-        if lo.last_layers is not None:  # Axolotl (PEFT) names the layers: the last N of the base
-            total = _layer_count(m.base, "lora.last_layers: the Axolotl export writes the layers' indices")
-            config["peft_layers_to_transform"] = list(range(total - min(lo.last_layers, total), total))
 
+
+def _export_lora(recipe: Recipe, draft: _ExportDraft) -> None:
+    """Reads recipe.lora (nothing for method full); writes lora_r, lora_alpha, lora_dropout, lora_target_modules,
+    peft_use_dora, peft_use_rslora and peft_layers_to_transform (the indices of the base's last N layers)."""
+    if recipe.method == "full":
+        return
+    lo, config = recipe.lora, draft.config
+    config.update(lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+                  lora_target_modules=list(lo.target_modules))
+    if lo.use_dora:
+        config["peft_use_dora"] = True
+    if lo.use_rslora:
+        config["peft_use_rslora"] = True
+    if lo.last_layers is not None:  # Axolotl (PEFT) names the layers: the last N of the base
+        total = _layer_count(recipe.model.base, "lora.last_layers: the Axolotl export writes the layers' indices")
+        config["peft_layers_to_transform"] = list(range(total - min(lo.last_layers, total), total))
+
+
+def _export_data(recipe: Recipe, draft: _ExportDraft) -> None:
+    """Reads recipe.data and the first record of each data file it names (for its format); writes datasets,
+    test_datasets, val_set_size, train_on_inputs and dataset_exact_deduplication; keeps data.format,
+    data.system_prompt and data.semantic_threshold."""
+    d, config = recipe.data, draft.config
     formats = {path: _file_format(recipe, path) for path in (*d.train, *d.eval)}
     config["datasets"] = [_dataset(p, formats[p], d.train_on_responses_only) for p in d.train]
     if d.eval:
@@ -208,7 +265,23 @@ def to_axolotl(recipe: Recipe) -> AxolotlExport:
     config["val_set_size"] = d.eval_fraction
     config["train_on_inputs"] = not d.train_on_responses_only
     if d.format != "auto":
-        keep.setdefault("data", {})["format"] = d.format
+        draft.kept("data")["format"] = d.format
+    draft.notes.extend(_format_notes(formats))
+    if d.system_prompt is not None:
+        draft.kept("data")["system_prompt"] = d.system_prompt
+        draft.notes.append("data.system_prompt: inserted into every row without one; Axolotl has no such key "
+                           "(default_system_message only changes ChatML's default)")
+    config["dataset_exact_deduplication"] = d.dedupe != "none"
+    if d.dedupe in ("near", "semantic"):
+        draft.lossy_value("data.dedupe", d.dedupe, {"dataset_exact_deduplication": True},
+                          "Axolotl removes exact duplicates only")
+    draft.kept("data")["semantic_threshold"] = d.semantic_threshold
+    draft.notes.append("data.semantic_threshold: quicktune's check for rows that say the same thing in other words")
+
+
+def _format_notes(formats: dict[str, str]) -> list[str]:
+    """Reads each data file's format; returns a note for each file Axolotl renders otherwise than quicktune."""
+    notes = []
     for path, fmt in formats.items():
         if fmt == "alpaca":
             notes.append(f"data ({Path(path).name}, alpaca): Axolotl's alpaca type renders its own Alpaca prompt, "
@@ -216,17 +289,13 @@ def to_axolotl(recipe: Recipe) -> AxolotlExport:
         elif fmt == "sharegpt":
             notes.append(f"data ({Path(path).name}, sharegpt): a row's top-level `system` field is read by quicktune "
                          "only; Axolotl matches speaker names case-sensitively")
-    if d.system_prompt is not None:
-        keep.setdefault("data", {})["system_prompt"] = d.system_prompt
-        notes.append("data.system_prompt: inserted into every row without one; Axolotl has no such key "
-                     "(default_system_message only changes ChatML's default)")
-    config["dataset_exact_deduplication"] = d.dedupe != "none"
-    if d.dedupe in ("near", "semantic"):
-        lossy_value("data.dedupe", d.dedupe, {"dataset_exact_deduplication": True},
-                    "Axolotl removes exact duplicates only")
-    keep.setdefault("data", {})["semantic_threshold"] = d.semantic_threshold
-    notes.append("data.semantic_threshold: quicktune's check for rows that say the same thing in other words")
+    return notes
 
+
+def _export_training(t: TrainingSection, draft: _ExportDraft) -> None:
+    """Reads recipe.training; writes the schedule, optimizer, batch, seed, packing, checkpointing and step-count
+    keys; keeps training.gpus, training.packing (auto) and training.report_to."""
+    config = draft.config
     config["num_epochs"] = t.epochs
     if t.max_steps:
         config["max_steps"] = t.max_steps
@@ -234,27 +303,15 @@ def to_axolotl(recipe: Recipe) -> AxolotlExport:
                   weight_decay=t.weight_decay)
     if t.optimizer == "auto":
         config["optimizer"] = "adamw_8bit"
-        lossy_value("training.optimizer", "auto", {"optimizer": "adamw_8bit"},
-                    "auto picks adamw_8bit on a GPU and adamw_torch on the CPU; written as adamw_8bit")
+        draft.lossy_value("training.optimizer", "auto", {"optimizer": "adamw_8bit"},
+                          "auto picks adamw_8bit on a GPU and adamw_torch on the CPU; written as adamw_8bit")
     else:
         config["optimizer"] = _OPTIMIZERS[t.optimizer]
-    from quicktune.recipe import split_batch
-
-    # Axolotl's micro_batch_size and gradient_accumulation_steps are per process (GPU).
-    batch, accumulation = split_batch(t.batch_size, t.grad_accumulation, t.gpus or 1)
-    config.update(micro_batch_size=batch, gradient_accumulation_steps=accumulation, seed=t.seed)
-    if t.gpus:
-        keep.setdefault("training", {})["gpus"] = t.gpus
-        notes.append(f"training.gpus: Axolotl takes the process count from `accelerate launch --num_processes "
-                     f"{t.gpus}`; micro_batch_size and gradient_accumulation_steps are per process")
-        if batch != t.batch_size:
-            lossy.append({"key": "training.batch_size", "value": t.batch_size, "axolotl": {"micro_batch_size": batch}})
-        if accumulation != t.grad_accumulation:
-            lossy.append({"key": "training.grad_accumulation", "value": t.grad_accumulation,
-                          "axolotl": {"gradient_accumulation_steps": accumulation}})
+    _export_batch(t, draft)
     if t.packing == "auto":
-        keep.setdefault("training", {})["packing"] = "auto"
-        notes.append("training.packing: auto packs on CUDA with Unsloth only; Axolotl's sample_packing is left unset")
+        draft.kept("training")["packing"] = "auto"
+        draft.notes.append("training.packing: auto packs on CUDA with Unsloth only; Axolotl's sample_packing is left "
+                           "unset")
     else:
         config["sample_packing"] = bool(t.packing)
     config["gradient_checkpointing"] = t.gradient_checkpointing
@@ -264,16 +321,31 @@ def to_axolotl(recipe: Recipe) -> AxolotlExport:
             config[theirs] = getattr(t, ours)
     config["logging_steps"] = t.logging_every
     if t.report_to:
-        keep.setdefault("training", {})["report_to"] = list(t.report_to)
-        notes.append("training.report_to: Axolotl reports through its own keys (wandb_project, use_tensorboard)")
-    config["output_dir"] = f"./outputs/{recipe.name}"
-    config[BLOCK] = {"recipe": keep, "as_written": lossy}
-    return AxolotlExport(config, notes)
+        draft.kept("training")["report_to"] = list(t.report_to)
+        draft.notes.append("training.report_to: Axolotl reports through its own keys (wandb_project, use_tensorboard)")
+
+
+def _export_batch(t: TrainingSection, draft: _ExportDraft) -> None:
+    """Reads training.batch_size, grad_accumulation, gpus and seed; writes micro_batch_size and
+    gradient_accumulation_steps per process (as Axolotl reads them) and seed; keeps training.gpus."""
+    batch, accumulation = split_batch(t.batch_size, t.grad_accumulation, t.gpus or 1)
+    draft.config.update(micro_batch_size=batch, gradient_accumulation_steps=accumulation, seed=t.seed)
+    if not t.gpus:
+        return
+    draft.kept("training")["gpus"] = t.gpus
+    draft.notes.append(f"training.gpus: Axolotl takes the process count from `accelerate launch --num_processes "
+                       f"{t.gpus}`; micro_batch_size and gradient_accumulation_steps are per process")
+    if batch != t.batch_size:
+        draft.lossy.append({"key": "training.batch_size", "value": t.batch_size,
+                            "axolotl": {"micro_batch_size": batch}})
+    if accumulation != t.grad_accumulation:
+        draft.lossy.append({"key": "training.grad_accumulation", "value": t.grad_accumulation,
+                            "axolotl": {"gradient_accumulation_steps": accumulation}})
 
 
 def axolotl_yaml(export: AxolotlExport, source: str) -> str:
-    header = [f"# Axolotl config written by `quicktune recipes export {source} --axolotl` (Axolotl "
-              f"{AXOLOTL_SCHEMA_VERSION} schema).", "# Recipe keys with no exact Axolotl equivalent:"]
+    header = [(f"# Axolotl config written by `quicktune recipes export {source} --axolotl` (Axolotl "
+               f"{AXOLOTL_SCHEMA_VERSION} schema)."), "# Recipe keys with no exact Axolotl equivalent:"]
     header += [f"#   {note}" for note in export.no_equivalent]
     header.append(f"# `{BLOCK}:` keeps them for `quicktune recipes import`; Axolotl drops keys it does not know.")
     return "\n".join(header) + "\n" + yaml.safe_dump(export.config, sort_keys=False, allow_unicode=True, width=120)
@@ -281,8 +353,6 @@ def axolotl_yaml(export: AxolotlExport, source: str) -> str:
 
 def write_new(path: Path, text: str, force: bool) -> None:
     """Never replace a file that is there unless asked; the file appears whole or not at all."""
-    from quicktune.runs import write_atomic
-
     if path.exists() and not force:
         raise QuicktuneError(f"{path} already exists", hint="Choose another name, or add --force to replace it.")
     write_atomic(path, text)
@@ -316,7 +386,8 @@ class _Reader:
             self.data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            raise RecipeError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+            line = mark.line + 1 if mark else 1
+            raise RecipeError(f"{path}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
         if not isinstance(self.data, dict):
             raise RecipeError(f"{path}:1: an Axolotl config is a mapping of keys (base_model:, datasets:, ...)")
         self.lines: dict[tuple, int] = {}
@@ -344,7 +415,9 @@ class _Reader:
         self.unmapped.append(f"{self.where(*keys)}: {dotted}: {why}")
 
 
-def _dataset_in(entry: Any, index: int, key: str, reader: _Reader, base_dir: Path) -> tuple[str, str, bool | None] | None:
+def _dataset_in(
+    entry: Any, index: int, key: str, reader: _Reader, base_dir: Path
+) -> tuple[str, str, bool | None] | None:
     """(path, format, responses_only or None) of one dataset entry, or None when it cannot be mapped."""
     at = (key, index)
     if not isinstance(entry, dict):
@@ -368,69 +441,116 @@ def _dataset_in(entry: Any, index: int, key: str, reader: _Reader, base_dir: Pat
     if entry.get("split") not in (None, "train"):
         reader.skip((*at, "split"), "a local file is read whole")
     kind = entry.get("type")
-    responses_only = None
     if kind == "chat_template":
-        mapping = entry.get("message_property_mappings") or {
-            "role": entry.get("message_field_role") or "role", "content": entry.get("message_field_content") or "content"}
-        if not isinstance(mapping, dict):
-            reader.skip((*at, "message_property_mappings"), "expected a mapping of role and content to fields")
+        chat = _chat_dataset(entry, at, reader)
+        if chat is None:
             return None
-        layout = (entry.get("field_messages") or "messages", mapping.get("role"), mapping.get("content"))
-        fmt = {("messages", "role", "content"): "messages", ("conversations", "from", "value"): "sharegpt"}.get(layout)
-        if fmt is None:
-            reader.skip((*at, "field_messages"), f"messages under {layout[0]!r} with role {layout[1]!r} and content "
-                                                  f"{layout[2]!r}: quicktune reads messages (role/content) or "
-                                                  "conversations (from/value)")
-            return None
-        roles = entry.get("roles")
-        if roles is not None and fmt == "sharegpt" and roles != _SHAREGPT_ROLES:
-            reader.skip((*at, "roles"), "quicktune maps speakers human/user, gpt/assistant/model/chatgpt, system")
-        trained = entry.get("roles_to_train")
-        if isinstance(trained, list):
-            responses_only = list(trained) == ["assistant"]
-            if not responses_only and "assistant" not in trained:
-                reader.skip((*at, "roles_to_train"), "quicktune trains the answers, or every token")
+        fmt, responses_only = chat
     elif kind == "alpaca":
-        fmt = "alpaca"
+        fmt, responses_only = "alpaca", None
     elif kind == "completion" and entry.get("field") in (None, "text"):
-        fmt = "text"
+        fmt, responses_only = "text", None
     else:
         reader.skip((*at, "type"), f"dataset type {kind!r}: quicktune maps chat_template, alpaca and completion")
         return None
     return str(path.resolve()), fmt, responses_only
 
 
+def _chat_dataset(entry: dict[str, Any], at: tuple[str, int], reader: _Reader) -> tuple[str, bool | None] | None:
+    """Reads a chat_template dataset entry's message fields, roles and roles_to_train; returns (format,
+    responses_only or None), or None when quicktune cannot read its messages (listed as not imported)."""
+    mapping = entry.get("message_property_mappings") or {
+        "role": entry.get("message_field_role") or "role",
+        "content": entry.get("message_field_content") or "content",
+    }
+    if not isinstance(mapping, dict):
+        reader.skip((*at, "message_property_mappings"), "expected a mapping of role and content to fields")
+        return None
+    layout = (entry.get("field_messages") or "messages", mapping.get("role"), mapping.get("content"))
+    fmt = {("messages", "role", "content"): "messages", ("conversations", "from", "value"): "sharegpt"}.get(layout)
+    if fmt is None:
+        reader.skip((*at, "field_messages"), f"messages under {layout[0]!r} with role {layout[1]!r} and content "
+                                              f"{layout[2]!r}: quicktune reads messages (role/content) or "
+                                              "conversations (from/value)")
+        return None
+    roles = entry.get("roles")
+    if roles is not None and fmt == "sharegpt" and roles != _SHAREGPT_ROLES:
+        reader.skip((*at, "roles"), "quicktune maps speakers human/user, gpt/assistant/model/chatgpt, system")
+    responses_only = None
+    trained = entry.get("roles_to_train")
+    if isinstance(trained, list):
+        responses_only = list(trained) == ["assistant"]
+        if not responses_only and "assistant" not in trained:
+            reader.skip((*at, "roles_to_train"), "quicktune trains the answers, or every token")
+    return fmt, responses_only
+
+
+@dataclass
+class _ImportDraft:
+    """The recipe as it is read from an Axolotl config: the recipe mapping so far, the Axolotl keys consumed, the
+    config line of each recipe key (for the recipe's own errors) and the keys read with Axolotl's defaults."""
+
+    reader: _Reader
+    recipe: dict[str, Any] = field(default_factory=lambda: {"model": {}, "lora": {}, "data": {}, "training": {}})
+    used: set[str] = field(default_factory=lambda: {BLOCK})
+    lines: dict[tuple[str, ...], str] = field(default_factory=dict)
+    defaults: list[str] = field(default_factory=list)
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return self.reader.data
+
+    def take(self, key: str, target: tuple[str, ...] | None = None) -> Any:
+        """The config's value of ``key`` (Axolotl's default where it leaves a key out, noted in ``defaults``),
+        marked as used; ``target`` is the recipe key whose errors name ``key``'s line."""
+        self.used.add(key)
+        if target is not None:
+            self.lines[target] = self.reader.where(key)
+        if self.cfg.get(key) is None and key in AXOLOTL_DEFAULTS:
+            self.defaults.append(f"{key}: {AXOLOTL_DEFAULTS[key]!r}")
+            return AXOLOTL_DEFAULTS[key]
+        return self.cfg.get(key)
+
+
 def from_axolotl(path: Path) -> AxolotlImport:
     """A quicktune recipe from an Axolotl config; every key it cannot map is listed with its line."""
-    from quicktune.data.formats import detect_format
-    from quicktune.data.load import read_records
+    draft = _ImportDraft(_Reader(path))
+    block = draft.cfg.get(BLOCK) if isinstance(draft.cfg.get(BLOCK), dict) else {}
+    _import_model(draft)
+    _import_lora(draft)
+    _import_data(draft, path.parent)
+    _import_schedule(draft)
+    _import_run_settings(draft)
+    _apply_block(draft.recipe, block, draft.cfg, draft.reader)
+    _import_last_layers(draft)
+    draft.recipe.setdefault("name", _name_from(path))
+    _skip_unmapped(draft)
+    loaded = validate_recipe(draft.recipe, lines=draft.lines, source=str(path))
+    text = loaded.to_yaml()
+    return AxolotlImport(loaded, text, sorted(draft.reader.unmapped, key=_by_line), draft.defaults)
 
-    reader = _Reader(path)
-    cfg = reader.data
-    used: set[str] = {BLOCK}
-    lines: dict[tuple[str, ...], str] = {}
-    defaults: list[str] = []
 
-    def take(key: str, target: tuple[str, ...] | None = None):
-        used.add(key)
-        if target is not None:
-            lines[target] = reader.where(key)
-        if cfg.get(key) is None and key in AXOLOTL_DEFAULTS:
-            defaults.append(f"{key}: {AXOLOTL_DEFAULTS[key]!r}")
-            return AXOLOTL_DEFAULTS[key]
-        return cfg.get(key)
+def _import_model(draft: _ImportDraft) -> None:
+    """Reads base_model, sequence_len, trust_remote_code, bf16 and fp16, then the method and chat template
+    steps; writes the recipe's model section."""
+    model = draft.recipe["model"]
+    model["base"] = draft.take("base_model", ("model", "base"))
+    model["max_seq_length"] = draft.take("sequence_len", ("model", "max_seq_length"))
+    if draft.take("trust_remote_code") is not None:
+        model["trust_remote_code"] = draft.cfg["trust_remote_code"]
+    _import_method(draft)
+    bf16, fp16 = draft.take("bf16"), draft.take("fp16")
+    model["dtype"] = ("float16" if fp16 else "bfloat16" if bf16 is True
+                      else "float32" if bf16 is False and fp16 is False else "auto")
+    _import_chat_template(draft)
 
-    block = cfg.get(BLOCK) if isinstance(cfg.get(BLOCK), dict) else {}
-    recipe: dict[str, Any] = {"model": {}, "lora": {}, "data": {}, "training": {}}
-    model, lora, data, training = recipe["model"], recipe["lora"], recipe["data"], recipe["training"]
 
-    model["base"] = take("base_model", ("model", "base"))
-    model["max_seq_length"] = take("sequence_len", ("model", "max_seq_length"))
-    if take("trust_remote_code") is not None:
-        model["trust_remote_code"] = cfg["trust_remote_code"]
-    adapter = take("adapter", ("method",))
-    four_bit = bool(take("load_in_4bit", ("model", "load_in_4bit")))
-    if take("load_in_8bit"):
+def _import_method(draft: _ImportDraft) -> None:
+    """Reads adapter, load_in_4bit and load_in_8bit; writes the recipe's method and model.load_in_4bit."""
+    recipe, reader = draft.recipe, draft.reader
+    adapter = draft.take("adapter", ("method",))
+    four_bit = bool(draft.take("load_in_4bit", ("model", "load_in_4bit")))
+    if draft.take("load_in_8bit"):
         reader.skip(("load_in_8bit",), "quicktune loads 16-bit (lora) or 4-bit (qlora) weights")
     if isinstance(adapter, str) and adapter in ("lora", "qlora"):
         recipe["method"] = "qlora" if adapter == "qlora" or four_bit else "lora"
@@ -439,16 +559,17 @@ def from_axolotl(path: Path) -> AxolotlImport:
     else:
         recipe["method"] = "qlora" if four_bit else "lora"
         reader.skip(("adapter",), f"adapter {adapter!r}: quicktune trains lora or qlora adapters")
-    model["load_in_4bit"] = four_bit
-    bf16, fp16 = take("bf16"), take("fp16")
-    model["dtype"] = ("float16" if fp16 else "bfloat16" if bf16 is True
-                      else "float32" if bf16 is False and fp16 is False else "auto")
-    template, jinja = take("chat_template", ("model", "chat_template")), take("chat_template_jinja")
+    recipe["model"]["load_in_4bit"] = four_bit
+
+
+def _import_chat_template(draft: _ImportDraft) -> None:
+    """Reads chat_template and chat_template_jinja; writes model.chat_template: the quicktune family whose
+    template the jinja is word for word, else auto (the tokenizer's own)."""
+    model, reader = draft.recipe["model"], draft.reader
+    template, jinja = draft.take("chat_template", ("model", "chat_template")), draft.take("chat_template_jinja")
     template = template if isinstance(template, str) or template is None else repr(template)
     model["chat_template"] = "auto"
     if template == "jinja" or (template is None and jinja):
-        from quicktune.templates import FAMILY_TEMPLATES
-
         family = next((name for name, text in FAMILY_TEMPLATES.items() if text == jinja), None)
         if family:
             model["chat_template"] = family
@@ -459,116 +580,152 @@ def from_axolotl(path: Path) -> AxolotlImport:
         reader.skip(("chat_template",), f"Axolotl's built-in {template!r} template is not one of quicktune's; "
                                         "using the tokenizer's own (model.chat_template: auto)")
 
-    if recipe["method"] != "full":
-        for theirs, ours in (("lora_r", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"),
-                             ("lora_target_modules", "target_modules"), ("peft_use_dora", "use_dora"),
-                             ("peft_use_rslora", "use_rslora")):
-            value = take(theirs, ("lora", ours))
-            if value is not None:
-                lora[ours] = value
-        if take("lora_target_linear") and "target_modules" not in lora:
-            lora["target_modules"] = LoraSection().target_modules
-            defaults.append("lora_target_linear: read as the 7 attention and MLP projections of a Llama-style model")
 
-    datasets: dict[str, list[tuple[str, str, bool | None]]] = {"datasets": [], "test_datasets": []}
-    for key in datasets:
-        entries = take(key)
-        if entries is None:
-            continue
-        if not isinstance(entries, list):
-            reader.skip((key,), "expected a list of datasets")
-            continue
-        for index, entry in enumerate(entries):
-            found = _dataset_in(entry, index, key, reader, path.parent)
-            if found:
-                datasets[key].append(found)
+def _import_lora(draft: _ImportDraft) -> None:
+    """Reads the lora_* and peft_use_* keys and lora_target_linear (for an adapter method); writes the recipe's
+    lora section."""
+    if draft.recipe["method"] == "full":
+        return
+    lora = draft.recipe["lora"]
+    for theirs, ours in (("lora_r", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"),
+                         ("lora_target_modules", "target_modules"), ("peft_use_dora", "use_dora"),
+                         ("peft_use_rslora", "use_rslora")):
+        value = draft.take(theirs, ("lora", ours))
+        if value is not None:
+            lora[ours] = value
+    if draft.take("lora_target_linear") and "target_modules" not in lora:
+        lora["target_modules"] = LoraSection().target_modules
+        draft.defaults.append("lora_target_linear: read as the 7 attention and MLP projections of a Llama-style model")
+
+
+def _import_data(draft: _ImportDraft, base_dir: Path) -> None:
+    """Reads datasets, test_datasets (their files relative to ``base_dir``, and each file's first record),
+    val_set_size, train_on_inputs and dataset_exact_deduplication; writes the recipe's data section."""
+    data, reader = draft.recipe["data"], draft.reader
+    datasets = _import_datasets(draft, base_dir)
     data["train"] = [p for p, _, _ in datasets["datasets"]]
     data["eval"] = [p for p, _, _ in datasets["test_datasets"]]
-    lines[("data", "train")] = reader.where("datasets")
-    lines[("data", "eval")] = reader.where("test_datasets")
-    split = take("val_set_size", ("data", "eval_fraction"))
+    draft.lines[("data", "train")] = reader.where("datasets")
+    draft.lines[("data", "eval")] = reader.where("test_datasets")
+    split = draft.take("val_set_size", ("data", "eval_fraction"))
     if split:
         if isinstance(split, (int, float)) and split >= 1:
             reader.skip(("val_set_size",), "a row count: quicktune takes a fraction (data.eval_fraction)")
         else:
             data["eval_fraction"] = split
-    inputs = take("train_on_inputs")
+    inputs = draft.take("train_on_inputs")
     per_dataset = {r for _, _, r in (*datasets["datasets"], *datasets["test_datasets"]) if r is not None}
     if len(per_dataset) > 1:
         reader.skip(("datasets",), "roles_to_train differs between datasets: quicktune has one setting for all")
     data["train_on_responses_only"] = per_dataset.pop() if len(per_dataset) == 1 else not inputs
-    dedupe = take("dataset_exact_deduplication")
+    dedupe = draft.take("dataset_exact_deduplication")
     data["dedupe"] = "exact" if dedupe else "none"
     pinned = {p: f for p, f, _ in (*datasets["datasets"], *datasets["test_datasets"])
               if f != detect_format(next((r.value for r in read_records(p) if r.error is None), None))}
     data["format"] = pinned or "auto"
 
-    training["epochs"] = take("num_epochs", ("training", "epochs"))
-    if take("max_steps") is not None:
-        training["max_steps"] = cfg["max_steps"]
-        lines[("training", "max_steps")] = reader.where("max_steps")
-    training["learning_rate"] = take("learning_rate", ("training", "learning_rate"))
-    scheduler = take("lr_scheduler", ("training", "lr_scheduler"))
+
+def _import_datasets(draft: _ImportDraft, base_dir: Path) -> dict[str, list[tuple[str, str, bool | None]]]:
+    """Reads datasets and test_datasets; returns, under each key, (path, format, responses_only or None) of each
+    entry quicktune can train on (the others are listed as not imported)."""
+    datasets: dict[str, list[tuple[str, str, bool | None]]] = {"datasets": [], "test_datasets": []}
+    for key in datasets:
+        entries = draft.take(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            draft.reader.skip((key,), "expected a list of datasets")
+            continue
+        for index, entry in enumerate(entries):
+            found = _dataset_in(entry, index, key, draft.reader, base_dir)
+            if found:
+                datasets[key].append(found)
+    return datasets
+
+
+def _import_schedule(draft: _ImportDraft) -> None:
+    """Reads num_epochs, max_steps, learning_rate, lr_scheduler, warmup_steps, warmup_ratio, weight_decay and
+    optimizer; writes them into the recipe's training section."""
+    training, reader = draft.recipe["training"], draft.reader
+    training["epochs"] = draft.take("num_epochs", ("training", "epochs"))
+    if draft.take("max_steps") is not None:
+        training["max_steps"] = draft.cfg["max_steps"]
+        draft.lines[("training", "max_steps")] = reader.where("max_steps")
+    training["learning_rate"] = draft.take("learning_rate", ("training", "learning_rate"))
+    scheduler = draft.take("lr_scheduler", ("training", "lr_scheduler"))
     if isinstance(scheduler, str) and scheduler in _SCHEDULERS:
         training["lr_scheduler"] = scheduler
     else:
         reader.skip(("lr_scheduler",), f"{scheduler!r}: quicktune schedules {', '.join(_SCHEDULERS)}")
-    if take("warmup_steps") is not None:
+    if draft.take("warmup_steps") is not None:
         reader.skip(("warmup_steps",), "quicktune takes warmup as a fraction of the steps (training.warmup_ratio)")
-    training["warmup_ratio"] = take("warmup_ratio", ("training", "warmup_ratio"))
-    training["weight_decay"] = take("weight_decay", ("training", "weight_decay"))
-    optimizer = take("optimizer", ("training", "optimizer"))
+    training["warmup_ratio"] = draft.take("warmup_ratio", ("training", "warmup_ratio"))
+    training["weight_decay"] = draft.take("weight_decay", ("training", "weight_decay"))
+    optimizer = draft.take("optimizer", ("training", "optimizer"))
     if isinstance(optimizer, str) and optimizer in _OPTIMIZERS_IN:
         training["optimizer"] = _OPTIMIZERS_IN[optimizer]
     else:
         reader.skip(("optimizer",), f"{optimizer!r}: quicktune trains with {', '.join(_OPTIMIZERS)}")
-    training["batch_size"] = take("micro_batch_size", ("training", "batch_size"))
-    training["grad_accumulation"] = take("gradient_accumulation_steps", ("training", "grad_accumulation"))
-    training["seed"] = take("seed", ("training", "seed"))
-    packing = take("sample_packing", ("training", "packing"))
+
+
+def _import_run_settings(draft: _ImportDraft) -> None:
+    """Reads micro_batch_size, gradient_accumulation_steps, seed, sample_packing, gradient_checkpointing and the
+    step counts (eval_steps, save_steps, early_stopping_patience, logging_steps); writes them into the recipe's
+    training section."""
+    training, reader = draft.recipe["training"], draft.reader
+    training["batch_size"] = draft.take("micro_batch_size", ("training", "batch_size"))
+    training["grad_accumulation"] = draft.take("gradient_accumulation_steps", ("training", "grad_accumulation"))
+    training["seed"] = draft.take("seed", ("training", "seed"))
+    packing = draft.take("sample_packing", ("training", "packing"))
     if packing is not None:
         training["packing"] = bool(packing)
-    checkpointing = take("gradient_checkpointing", ("training", "gradient_checkpointing"))
+    checkpointing = draft.take("gradient_checkpointing", ("training", "gradient_checkpointing"))
     if isinstance(checkpointing, bool):
         training["gradient_checkpointing"] = checkpointing
     else:
-        reader.skip(("gradient_checkpointing",), f"{checkpointing!r}: quicktune checkpoints on the device (true/false)")
+        reader.skip(("gradient_checkpointing",),
+                    f"{checkpointing!r}: quicktune checkpoints on the device (true/false)")
     for theirs, ours in (("eval_steps", "eval_every"), ("save_steps", "save_every"),
                          ("early_stopping_patience", "early_stopping_patience"), ("logging_steps", "logging_every")):
-        value = take(theirs, ("training", ours))
+        value = draft.take(theirs, ("training", ours))
         if isinstance(value, float) and not value.is_integer():
             reader.skip((theirs,), "a fraction of the run: quicktune counts steps")
         elif value is not None:  # anything but a number is reported at its line by the recipe's validation
             training[ours] = int(value) if isinstance(value, float) else value
+
+
+def _import_last_layers(draft: _ImportDraft) -> None:
+    """Reads peft_layers_to_transform against the recipe's base (which the quicktune: block may have restored);
+    writes lora.last_layers when the indices are the base's last N layers."""
+    layers = draft.take("peft_layers_to_transform")
+    if layers is None:
+        return
+    recipe = draft.recipe
+    base = recipe["model"].get("base") if isinstance(recipe.get("model"), dict) else None
+    last, why = (None, "no adapter: a full fine-tune trains every layer") if recipe.get("method") == "full" \
+        else _as_last_layers(layers, base)
+    if last is None or not isinstance(recipe.get("lora"), dict):
+        draft.reader.skip(("peft_layers_to_transform",), why or "the recipe's lora section is not a mapping")
+    else:
+        recipe["lora"]["last_layers"] = last
+        draft.lines[("lora", "last_layers")] = draft.reader.where("peft_layers_to_transform")
+
+
+def _skip_unmapped(draft: _ImportDraft) -> None:
+    """Reads the config's keys no step used; lists each that holds a value as not imported (output_dir with
+    where quicktune writes instead)."""
+    cfg, reader = draft.cfg, draft.reader
     if cfg.get("output_dir") is not None:
         reader.skip(("output_dir",), "quicktune writes each run to runs/<recipe>/vN")
-        used.add("output_dir")
-
-    _apply_block(recipe, block, cfg, reader)
-    layers = take("peft_layers_to_transform")
-    if layers is not None:  # read against the base the recipe trains, which the block may have restored
-        base = recipe["model"].get("base") if isinstance(recipe.get("model"), dict) else None
-        last, why = (None, "no adapter: a full fine-tune trains every layer") if recipe.get("method") == "full" \
-            else _as_last_layers(layers, base)
-        if last is None or not isinstance(recipe.get("lora"), dict):
-            reader.skip(("peft_layers_to_transform",), why or "the recipe's lora section is not a mapping")
-        else:
-            recipe["lora"]["last_layers"] = last
-            lines[("lora", "last_layers")] = reader.where("peft_layers_to_transform")
-    recipe.setdefault("name", _name_from(path))
+        draft.used.add("output_dir")
     for key, value in cfg.items():
-        if key not in used and value is not None:
+        if key not in draft.used and value is not None:
             reader.skip((key,), "no quicktune equivalent")
-    loaded = validate_recipe(recipe, lines=lines, source=str(path))
-    text = loaded.to_yaml()
-    return AxolotlImport(loaded, text, sorted(reader.unmapped, key=_by_line), defaults)
 
 
 def _apply_block(recipe: dict[str, Any], block: dict[str, Any], cfg: dict[str, Any], reader: _Reader) -> None:
     """Values quicktune kept for itself: taken as they are, or, for those Axolotl has a lossy
     translation of, only while the Axolotl keys still hold what quicktune wrote."""
-    from quicktune.recipe import deep_merge
-
     kept = block.get("recipe") if isinstance(block.get("recipe"), dict) else {}
     recipe.update(deep_merge(recipe, kept))
     written_as = block.get("as_written")
@@ -589,8 +746,6 @@ def _apply_block(recipe: dict[str, Any], block: dict[str, Any], cfg: dict[str, A
 
 
 def _name_from(path: Path) -> str:
-    import re
-
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._") or "imported"
     return name if name[0].isalnum() else f"x{name}"
 

@@ -8,12 +8,21 @@ vocabulary; an answer ends at the end-of-turn or EOS token, as in Ollama. No tor
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quicktune import llamacpp
+from quicktune.data.system_prompt import served_prompt
+from quicktune.data.tokenizer import ChatTokenizer, gguf_special_tokens
 from quicktune.errors import QuicktuneError
+from quicktune.export.exporter import chat_context, trained_context
+from quicktune.models import read_gguf_fields
+from quicktune.recipe import load_recipe
+from quicktune.runs import exported_gguf, pick_quantization, read_manifest, resolve_run, run_label
+from quicktune.templates import TemplateError
 
 MIN_ANSWER = 16  # tokens: below this a message leaves no room to answer
 HELP = "/reset starts over · /system TEXT sets the system prompt (/system alone clears it) · /exit leaves"
@@ -33,9 +42,6 @@ def resolve_target(ref: str, runs_root: Path, quant: str | None, num_ctx: int | 
     """A run (any form ``resolve_run`` takes) with its recipe's settings, or a GGUF file as it is.
 
     A GGUF inside a run's export folder is that run with that quantization."""
-    from quicktune.recipe import load_recipe
-    from quicktune.runs import pick_quantization, read_manifest, resolve_run, run_label
-
     path = Path(ref)
     if path.suffix == ".gguf" and not path.is_file():
         raise QuicktuneError(f"{ref}: no such GGUF file")
@@ -53,12 +59,7 @@ def resolve_target(ref: str, runs_root: Path, quant: str | None, num_ctx: int | 
             return ChatTarget(path, num_ctx=num_ctx or _gguf_context(path), label=path.name)
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
     wanted = pick_quantization(run_dir, manifest, quant)
-    from quicktune.runs import exported_gguf
-
     gguf = exported_gguf(run_dir, manifest, wanted)
-    from quicktune.data.system_prompt import served_prompt
-    from quicktune.export.exporter import chat_context
-
     return ChatTarget(
         gguf,
         system=served_prompt(recipe, manifest),  # the Modelfile's SYSTEM: what training used
@@ -71,20 +72,19 @@ def resolve_target(ref: str, runs_root: Path, quant: str | None, num_ctx: int | 
 
 def _modelfile_context(run_dir: Path, manifest: dict, quant: str) -> int | None:
     """num_ctx of the quantization's Modelfile, as Ollama will run it (it may be edited, or older)."""
-    import re
-
     name = ((manifest.get("export") or {}).get("modelfiles") or {}).get(quant)
     path = run_dir / name if name else None
-    found = re.search(r"^PARAMETER num_ctx (\d+)\s*$", path.read_text(encoding="utf-8"), re.M) if path and path.is_file() else None
+    found = (
+        re.search(r"^PARAMETER num_ctx (\d+)\s*$", path.read_text(encoding="utf-8"), re.M)
+        if path and path.is_file()
+        else None
+    )
     return int(found.group(1)) if found else None
 
 
 def _gguf_context(gguf: Path) -> int:
     """A GGUF no run exported: 4096 tokens, or less when the model was trained on less."""
-    from quicktune.export.exporter import trained_context
-    from quicktune.llamacpp import check_gguf
-
-    check_gguf(gguf)  # a damaged file is named as such before its header is read for the context
+    llamacpp.check_gguf(gguf)  # a damaged file is named as such before its header is read for the context
 
     return min(4096, trained_context(gguf) or 4096)
 
@@ -108,8 +108,6 @@ class ChatSession:
         return [*system, *self.history, {"role": "user", "content": user}]
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        from quicktune.templates import TemplateError
-
         try:
             text = self.tokenizer.render(messages, add_generation_prompt=True)
         except TemplateError as exc:
@@ -161,10 +159,6 @@ class ChatSession:
 
 
 def open_session(target: ChatTarget, *, system: str | None = None, max_tokens: int = 512) -> ChatSession:
-    from quicktune import llamacpp
-    from quicktune.data.tokenizer import ChatTokenizer, gguf_special_tokens
-    from quicktune.models import read_gguf_fields
-
     fields = read_gguf_fields(target.gguf, "tokenizer.")
     template = fields.get("tokenizer.chat_template")
     if not template:

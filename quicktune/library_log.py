@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quicktune.console import console, err_console, print_library_log
+
 LOG_NAME = "library.log"
 
 # (pattern in the libraries' output, what it means for the user). Only what changes what the user
@@ -31,8 +33,10 @@ LOG_NAME = "library.log"
 NOTICES: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(r"Failed to load CPU gemm_4bit_forward"),
-        "bitsandbytes has no fast 4-bit CPU kernel on this machine: 4-bit layers run on its slower path "
-        "(method: lora trains this model at about the same speed)",
+        (
+            "bitsandbytes has no fast 4-bit CPU kernel on this machine: 4-bit layers run on its slower path "
+            "(method: lora trains this model at about the same speed)"
+        ),
     ),
     (
         re.compile(r"Unsloth could not be imported|Unsloth: .*(?:not|cannot) .*(?:supported|patch)", re.I),
@@ -87,8 +91,6 @@ def library_output_to_log(folder: Path) -> Iterator[LibraryLog]:
     if _ACTIVE:
         yield _ACTIVE[-1]
         return
-    from quicktune.console import print_library_log
-
     opened: list[LibraryLog] = []
     try:
         with _redirected(folder) as log:
@@ -108,8 +110,6 @@ def _redirected(folder: Path) -> Iterator[LibraryLog]:
     """Route descriptors 1 and 2 to a log under ``folder``; quicktune's consoles keep the terminal.
 
     With QUICKTUNE_VERBOSE=1 nothing is redirected and the log holds only a note saying so."""
-    from quicktune.console import console, err_console
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     log = LibraryLog(folder / f".library-{os.getpid()}.log")

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 
 from quicktune.errors import QuicktuneError
 
-COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser", "parameter", "message", "requires")
+COMMANDS = (
+    "from", "license", "template", "system", "adapter", "draft",
+    "renderer", "parser", "parameter", "message", "requires",
+)
 ROLES = ("system", "user", "assistant")
 _BLANK = " \t"  # separates words; inside a value always kept
 _BREAK = "\r\n"  # may end a value

@@ -9,10 +9,14 @@ measurements in tests/test_plan.py.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from quicktune.recipe import PREFERENCE_METHODS  # trained on pairs: two sequences a row
+from quicktune.errors import QuicktuneError
+from quicktune.models import read_gguf_header, resolve_model
+from quicktune.recipe import PREFERENCE_METHODS, too_many_layers  # methods trained on pairs: two sequences a row
 
 GB = 1e9
 GIB = 2**30
@@ -100,17 +104,29 @@ class Arch:
 
 
 def _arch(name, layers, hidden, intermediate, heads, kv_heads, vocab, tied, source, head_dim=None):
-    return Arch(name, layers, hidden, intermediate, heads, kv_heads, head_dim or hidden // heads, vocab, tied, source)
+    return Arch(
+        name, layers, hidden, intermediate, heads, kv_heads, head_dim or hidden // heads, vocab, tied, source
+    )
 
 
 # The built-in recipes' models, from each repository's config.json on the Hugging Face hub.
 KNOWN = {
-    "meta-llama-3.1-8b": _arch("Llama 3.1 8B", 32, 4096, 14336, 32, 8, 128256, False, "meta-llama/Llama-3.1-8B-Instruct config.json"),
+    "meta-llama-3.1-8b": _arch(
+        "Llama 3.1 8B", 32, 4096, 14336, 32, 8, 128256, False, "meta-llama/Llama-3.1-8B-Instruct config.json"
+    ),
     "qwen2.5-7b": _arch("Qwen2.5 7B", 28, 3584, 18944, 28, 4, 152064, False, "Qwen/Qwen2.5-7B-Instruct config.json"),
-    "mistral-7b": _arch("Mistral 7B v0.3", 32, 4096, 14336, 32, 8, 32768, False, "mistralai/Mistral-7B-Instruct-v0.3 config.json"),
-    "gemma-2-9b": _arch("Gemma 2 9B", 42, 3584, 14336, 16, 8, 256000, True, "google/gemma-2-9b-it config.json", head_dim=256),
-    "phi-3.5-mini": _arch("Phi-3.5 mini", 32, 3072, 8192, 32, 32, 32064, False, "microsoft/Phi-3.5-mini-instruct config.json"),
-    "smollm2-135m": _arch("SmolLM2 135M", 30, 576, 1536, 9, 3, 49152, True, "HuggingFaceTB/SmolLM2-135M-Instruct config.json"),
+    "mistral-7b": _arch(
+        "Mistral 7B v0.3", 32, 4096, 14336, 32, 8, 32768, False, "mistralai/Mistral-7B-Instruct-v0.3 config.json"
+    ),
+    "gemma-2-9b": _arch(
+        "Gemma 2 9B", 42, 3584, 14336, 16, 8, 256000, True, "google/gemma-2-9b-it config.json", head_dim=256
+    ),
+    "phi-3.5-mini": _arch(
+        "Phi-3.5 mini", 32, 3072, 8192, 32, 32, 32064, False, "microsoft/Phi-3.5-mini-instruct config.json"
+    ),
+    "smollm2-135m": _arch(
+        "SmolLM2 135M", 30, 576, 1536, 9, 3, 49152, True, "HuggingFaceTB/SmolLM2-135M-Instruct config.json"
+    ),
 }
 
 
@@ -141,9 +157,9 @@ def find_gpu(text: str) -> Gpu:
     for name, gpu in GPUS.items():
         if name in key or key in name:
             return gpu
-    from quicktune.errors import QuicktuneError
-
-    raise QuicktuneError(f"unknown GPU {text!r}", hint=f"Known: {', '.join(g.name for g in GPUS.values())}; or give --vram GB.")
+    raise QuicktuneError(
+        f"unknown GPU {text!r}", hint=f"Known: {', '.join(g.name for g in GPUS.values())}; or give --vram GB."
+    )
 
 
 # --- the model's shape -----------------------------------------------------------------------------
@@ -168,8 +184,6 @@ def arch_from_config(config: dict, source: str) -> Arch:
 
 
 def arch_from_gguf(path: Path) -> Arch:
-    from quicktune.models import read_gguf_header
-
     header = read_gguf_header(path, tensors=True)
     fields = header.fields
     arch = fields.get("general.architecture")
@@ -196,8 +210,6 @@ def _known(name: str) -> Arch | None:
 
 def find_arch(base: str) -> Arch:
     """config.json of a local folder or the hub cache (never downloads), a GGUF, or the table."""
-    from quicktune.models import resolve_model
-
     source = resolve_model(base)
     if source.kind == "gguf":
         known = _known(source.path.name)
@@ -215,8 +227,6 @@ def find_arch(base: str) -> Arch:
     known = _known(base)
     if known is not None:
         return known
-    from quicktune.errors import QuicktuneError
-
     raise QuicktuneError(
         f"quicktune does not know the shape of {base}",
         hint="Point model.base at a local folder with config.json (or download it once) and plan again.",
@@ -307,23 +317,39 @@ def suggestions(arch: Arch, s: Settings, vram_gib: float, grad_accumulation: int
     """The nearest settings that fit: one change at a time, the mildest first."""
     options: list[tuple[tuple[str, ...], str, Settings]] = []
     if not s.gradient_checkpointing:
-        options.append((("training.gradient_checkpointing=true",), "recompute activations", replace(s, gradient_checkpointing=True)))
+        options.append(
+            (
+                ("training.gradient_checkpointing=true",),
+                "recompute activations",
+                replace(s, gradient_checkpointing=True),
+            )
+        )
     batch = s.batch
     while batch > 1:
         batch //= 2
         accumulation = grad_accumulation * s.batch // batch
         options.append(
-            ((f"training.batch_size={batch}", f"training.grad_accumulation={accumulation}"), "same rows per step", replace(s, batch=batch))
+            (
+                (f"training.batch_size={batch}", f"training.grad_accumulation={accumulation}"),
+                "same rows per step",
+                replace(s, batch=batch),
+            )
         )
     seq = s.seq
     while seq > 512:
         seq //= 2
         options.append(((f"model.max_seq_length={seq}",), "longer rows are cut", replace(s, seq=seq)))
     if s.method in PREFERENCE_METHODS and not s.quantized:
-        options.append((("model.load_in_4bit=true",), "4-bit base weights", replace(s, four_bit=True, optimizer="adamw_8bit")))
+        options.append(
+            (("model.load_in_4bit=true",), "4-bit base weights", replace(s, four_bit=True, optimizer="adamw_8bit"))
+        )
     elif not s.quantized:
         options.append(
-            (("method=qlora", "model.load_in_4bit=true"), "4-bit base weights", replace(s, method="qlora", optimizer="adamw_8bit"))
+            (
+                ("method=qlora", "model.load_in_4bit=true"),
+                "4-bit base weights",
+                replace(s, method="qlora", optimizer="adamw_8bit"),
+            )
         )
     if s.rank > 8:
         options.append(((f"lora.r={s.rank // 2}",), "a smaller adapter", replace(s, rank=s.rank // 2)))
@@ -337,8 +363,12 @@ def suggestions(arch: Arch, s: Settings, vram_gib: float, grad_accumulation: int
 
 def disk_bytes(arch: Arch, s: Settings, quantizations: list[str], kept_checkpoints: int = 3) -> dict[str, float]:
     trainable = arch.params if s.method == "full" else arch.lora_params(s.rank, list(s.targets), s.last_layers)
-    per_checkpoint = trainable * (2 if s.method == "full" else LORA_WEIGHT_BYTES) + trainable * OPTIMIZER_BYTES.get(s.optimizer, 2)
-    out = {"checkpoints": kept_checkpoints * per_checkpoint, "merged 16-bit": arch.params * 2, "F16 GGUF": arch.params * 2}
+    per_checkpoint = (
+        trainable * (2 if s.method == "full" else LORA_WEIGHT_BYTES) + trainable * OPTIMIZER_BYTES.get(s.optimizer, 2)
+    )
+    out = {
+        "checkpoints": kept_checkpoints * per_checkpoint, "merged 16-bit": arch.params * 2, "F16 GGUF": arch.params * 2
+    }
     for quant in quantizations:
         if quant not in ("f16",):
             out[f"{quant} GGUF"] = arch.params * GGUF_BITS[quant] / 8
@@ -439,13 +469,7 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
     on_cpu = gpu is None and vram is None and is_cpu_recipe(recipe)
     settings = settings_for(recipe, device="cpu" if on_cpu else "cuda")
     if settings.last_layers is not None and settings.last_layers > arch.layers:  # training refuses it too
-        from quicktune.errors import RecipeError
-
-        raise RecipeError(
-            f"{recipe.where(('lora', 'last_layers'))}: lora.last_layers is {settings.last_layers}, and "
-            f"{recipe.model.base} has {arch.layers} decoder layers",
-            hint=f"Set it to at most {arch.layers}, or remove it to put LoRA on every layer.",
-        )
+        raise too_many_layers(recipe, settings.last_layers, arch.layers)
     result = estimate(arch, settings)
     tokens = data_tokens(recipe)
     disk = disk_bytes(arch, settings, recipe.export.quantizations)
@@ -475,7 +499,10 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
 
 def _preference_note(s: Settings) -> str:
     if s.method == "dpo":
-        return f"; DPO: chosen and rejected side by side, plus the frozen reference's forward pass (x{s.work_factor:.2f})"
+        return (
+            "; DPO: chosen and rejected side by side, plus the frozen reference's forward pass "
+            f"(x{s.work_factor:.2f})"
+        )
     if s.method == "orpo":
         return "; ORPO: chosen and rejected side by side"
     return ""
@@ -483,15 +510,15 @@ def _preference_note(s: Settings) -> str:
 
 def detect_vram_gib() -> float | None:
     """The first CUDA GPU's memory, from nvidia-smi (no torch); None without an NVIDIA GPU."""
-    import shutil
-    import subprocess
-
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
     try:
         done = subprocess.run(
-            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
         return float(done.stdout.split()[0]) / 1024 if done.returncode == 0 and done.stdout.strip() else None
     except (OSError, ValueError, subprocess.SubprocessError):

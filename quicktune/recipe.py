@@ -47,6 +47,12 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+def _one_or_many_validator(*fields: str) -> Any:
+    """A section's before-validator for its list ``fields``: one string there is a list of one (``train: a.jsonl``
+    reads as ``train: [a.jsonl]``); any other value goes on to the list's own validation."""
+    return field_validator(*fields, mode="before")(staticmethod(_as_list))
+
+
 class ModelSection(_Section):
     base: str = Field(description="Hub id, local folder, local .gguf file, or pkg://<package>/<file>.")
     max_seq_length: int = Field(2048, gt=0, le=131072)
@@ -73,10 +79,7 @@ class LoraSection(_Section):
         "fewer activations (with it, the recomputation needs the gradient through every layer).",
     )
 
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return _as_list(value)
+    _one_or_many = _one_or_many_validator("target_modules")
 
 
 class DataSection(_Section):
@@ -100,10 +103,7 @@ class DataSection(_Section):
         "leaves the check off.",
     )
 
-    @field_validator("train", "eval", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return _as_list(value)
+    _one_or_many = _one_or_many_validator("train", "eval")
 
     @field_validator("format", mode="before")
     @classmethod
@@ -188,7 +188,8 @@ class ExportSection(_Section):
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)
     num_ctx: int | None = Field(
-        None, gt=0, description="Chat context in tokens; default max(model.max_seq_length, 2048), at most the base model's."
+        None, gt=0,
+        description="Chat context in tokens; default max(model.max_seq_length, 2048), at most the base model's.",
     )
     merge_base: str | None = Field(
         None,
@@ -201,10 +202,7 @@ class ExportSection(_Section):
         "(export.merge_base). lora and full runs merge into the weights they trained: original.",
     )
 
-    @field_validator("quantizations", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return _as_list(value)
+    _one_or_many = _one_or_many_validator("quantizations")
 
 
 class PreferenceSection(_Section):
@@ -436,6 +434,8 @@ _REPLACED = {("data", "format")}
 
 
 def deep_merge(low: dict[str, Any], high: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``high`` over ``low``, as a new mapping: a mapping in both is merged key by key (except at the ``_REPLACED``
+    key paths; ``path`` is where ``low`` and ``high`` sit in the recipe), any other value of ``high`` wins."""
     merged = dict(low)
     for key, value in high.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict) and (*path, key) not in _REPLACED:
@@ -533,23 +533,23 @@ def _unhonoured_keys(recipe: Recipe) -> list[tuple[tuple[str, ...], str]]:
     found = []
     if recipe.model.trust_remote_code:
         found.append((("model", "trust_remote_code"),
-                      "quicktune trains only architectures transformers ships, which llama.cpp can convert to GGUF; "
-                      "a model that needs its own code could be trained but not exported: remove the key"))
+                      ("quicktune trains only architectures transformers ships, which llama.cpp can convert to GGUF; "
+                       "a model that needs its own code could be trained but not exported: remove the key")))
     if recipe.model.revision is not None and _local_model(recipe.model.base):
         found.append((("model", "revision"),
-                      f"pins a commit of a hub model, and model.base ({recipe.model.base}) is a local file or folder, "
-                      "which has no revisions: remove the key"))
+                      (f"pins a commit of a hub model, and model.base ({recipe.model.base}) is a local file or "
+                       "folder, which has no revisions: remove the key")))
     if recipe.training.early_stopping_patience and not (recipe.data.eval or recipe.data.eval_fraction):
         found.append((("training", "early_stopping_patience"),
-                      "stops training when the eval loss stops improving, and the recipe has no eval data: "
-                      "set data.eval or data.eval_fraction, or remove the key"))
+                      ("stops training when the eval loss stops improving, and the recipe has no eval data: "
+                       "set data.eval or data.eval_fraction, or remove the key")))
     if (recipe.training.gpus or 1) > 1 and recipe.method in PREFERENCE_METHODS:
-        found.append((("training", "gpus"), f"method {recipe.method} trains on one process; several processes "
-                                            "(accelerate launch) train lora, qlora and full: remove the key"))
+        found.append((("training", "gpus"), (f"method {recipe.method} trains on one process; several processes "
+                                             "(accelerate launch) train lora, qlora and full: remove the key")))
     if recipe.method == "full":
-        for key in sorted(recipe.lora.model_fields_set):
-            found.append((("lora", key), "method full trains every weight, so LoRA settings do nothing: "
-                                         "remove the key, or train an adapter with method: lora"))
+        found.extend((("lora", key), ("method full trains every weight, so LoRA settings do nothing: "
+                                      "remove the key, or train an adapter with method: lora"))
+                     for key in sorted(recipe.lora.model_fields_set))
     return found
 
 
@@ -639,4 +639,14 @@ def split_batch(batch_size: int, grad_accumulation: int, processes: int) -> tupl
         f"training.batch_size x grad_accumulation = {batch_size} x {grad_accumulation} rows per step cannot be "
         f"split evenly over {processes} processes",
         hint=f"Make training.grad_accumulation or training.batch_size a multiple of {processes}.",
+    )
+
+
+def too_many_layers(recipe: Recipe, wanted: int, total: int) -> RecipeError:
+    """The error for ``lora.last_layers`` above the base model's decoder layers (``total``), named at the
+    recipe line (or --set) that set it: training and ``quicktune plan`` refuse it with the same words."""
+    return RecipeError(
+        f"{recipe.where(('lora', 'last_layers'))}: lora.last_layers is {wanted}, and {recipe.model.base} has "
+        f"{total} decoder layers",
+        hint=f"Set it to at most {total}, or remove it to put LoRA on every layer.",
     )

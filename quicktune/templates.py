@@ -15,7 +15,12 @@ from __future__ import annotations
 import json
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # Each family's turn format, for base models whose tokenizer has no chat template.
 # Written for quicktune; a system message is folded into the first user turn where
@@ -82,38 +87,29 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-@lru_cache(maxsize=1)
-def _generation_block():
+class GenerationBlock(Extension):
     """transformers' ``{% generation %}`` ... ``{% endgeneration %}`` tag.
 
     transformers uses the block to mark the assistant's tokens; its text renders as usual.
     quicktune finds the answer spans itself (``data/masking.py``), so here the block only
     renders its body, which is what makes these templates render as they do in transformers.
     """
-    from jinja2 import nodes
-    from jinja2.ext import Extension
 
-    class GenerationBlock(Extension):
-        tags = {"generation"}
+    tags: ClassVar[set[str]] = {"generation"}
 
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
 
-        def _body(self, caller):
-            return caller()
-
-    return GenerationBlock
+    def _body(self, caller):
+        return caller()
 
 
 @lru_cache(maxsize=16)
 def compile_template(source: str):
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _generation_block()]
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, GenerationBlock]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
@@ -159,8 +155,6 @@ def _date_values(day: date) -> dict[str, str]:  # one strftime per day, not two 
 
 
 def _render(source: str, **values: Any) -> str:
-    import jinja2
-
     try:
         return compile_template(source).render(**values)
     except TemplateError:
@@ -172,7 +166,5 @@ def _render(source: str, **values: Any) -> str:
 @lru_cache(maxsize=16)
 def template_variables(source: str) -> frozenset[str]:
     """The variables a template reads that it does not set itself."""
-    from jinja2 import meta
-
     environment = compile_template(source).environment
     return frozenset(meta.find_undeclared_variables(environment.parse(source)))

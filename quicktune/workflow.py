@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,9 +24,10 @@ from quicktune.export.exporter import export_run, ollama_tag
 from quicktune.export.gate import FidelityFailed
 from quicktune.library_log import library_output_to_log
 from quicktune.plan import GIB, detect_vram_gib, make_plan
-from quicktune.recipe import PREFERENCE_METHODS, Recipe, load_recipe
+from quicktune.recipe import PREFERENCE_METHODS, Recipe, load_recipe, split_batch
 from quicktune.runs import find_resumable, holder, next_run_dir, read_manifest, resolve_run
 from quicktune.train.config import planned_steps
+from quicktune.train.distributed import describe_processes, launch
 from quicktune.train.trainer import check_reporters, load_parent, prepare_data, recipe_sha256, train
 
 
@@ -44,10 +46,6 @@ def _dry_run(recipe: Recipe, runs_root: Path, parent: str | None, new_run: bool 
         f"lr {t.learning_rate}, max_seq_length {recipe.model.max_seq_length}, seed {t.seed}"
     )
     if (t.gpus or 1) > 1:
-        from quicktune.plan import detect_vram_gib
-        from quicktune.recipe import split_batch
-        from quicktune.train.distributed import describe_processes
-
         on_gpus = detect_vram_gib() is not None  # without torch; the launch itself counts the GPUs
         batch, accumulation = split_batch(t.batch_size, t.grad_accumulation, t.gpus)
         console.print(f"  on {describe_processes(t.gpus, int(on_gpus))}: {batch} x {accumulation} rows per process")
@@ -88,8 +86,6 @@ def train_command(
 
     try:
         if (recipe.training.gpus or 1) > 1:  # one process per GPU (CPU processes without CUDA): accelerate launch
-            from quicktune.train.distributed import launch
-
             result = launch(recipe_ref, overrides, runs_dir, parent, recipe.training.gpus, console,
                             allow_data_change=allow_data_change, new_run=new_run)
         else:
@@ -376,8 +372,6 @@ def chat_command(
     chat_target = resolve_target(target, Path(runs_dir), quant, num_ctx)
     session = open_session(chat_target, system=system, max_tokens=max_tokens)
     if prompt is not None:
-        import sys
-
         for piece in session.reply(prompt):
             sys.stdout.write(piece)
             sys.stdout.flush()

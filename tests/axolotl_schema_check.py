@@ -9,8 +9,8 @@ compared with the validated one. Prints one JSON object per file.
 
 Axolotl's config modules also import torch, transformers, accelerate, PIL and yaml; those come from
 the project's own environment, named by QUICKTUNE_STACK_SITE (the test passes its interpreter's
-site-packages folders, joined by os.pathsep) and searched after the virtualenv's packages, so Axolotl's pinned pydantic is the
-one it validates with.
+site-packages folders, joined by os.pathsep) and searched after the virtualenv's packages, so
+Axolotl's pinned pydantic is the one it validates with.
 """
 
 from __future__ import annotations

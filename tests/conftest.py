@@ -26,7 +26,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def chat(user: str, answer: str, system: str | None = None) -> dict:
     messages = [{"role": "system", "content": system}] if system else []
-    return {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+    return {"messages": [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
 
 
 TOPICS = ["tea", "rain", "chess", "maps", "bread", "jazz", "owls", "kites", "salt", "ferns", "clocks", "boats"]

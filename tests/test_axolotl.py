@@ -160,7 +160,8 @@ def test_import_lists_every_unmapped_key_with_its_line(tmp_path):
     result, written = _import(tmp_path, config)
     assert result.exit_code == 0, result.output
     recipe = load_recipe(str(written))
-    assert (recipe.method, recipe.model.base, recipe.model.max_seq_length) == ("qlora", "NousResearch/Meta-Llama-3.1-8B", 4096)
+    assert (recipe.method, recipe.model.base, recipe.model.max_seq_length) == (
+        "qlora", "NousResearch/Meta-Llama-3.1-8B", 4096)
     assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) == (32, 16, 0.05)
     assert recipe.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert recipe.data.train == [str(train)] and recipe.data.eval_fraction == 0.05 and recipe.data.format == "auto"
@@ -238,9 +239,11 @@ def test_exports_pass_axolotls_own_validation(tmp_path):
         pytest.skip(f"no Axolotl virtualenv at {AXOLOTL_PYTHON} (make it with .ci/axolotl-venv)")
     files = [_export(tmp_path, name) for name in sorted(builtin_recipes())
              if load_recipe(name).method not in PREFERENCE_METHODS]
-    files.append(_export(tmp_path, "smollm2-demo", "training.gpus=2", "model.chat_template=chatml", "lora.last_layers=4"))
-    # torch, transformers, yaml … come from this interpreter's environment, whichever checkout made the venv
-    site = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))  # the same folder on most systems
+    files.append(_export(tmp_path, "smollm2-demo", "training.gpus=2", "model.chat_template=chatml",
+                         "lora.last_layers=4"))
+    # torch, transformers, yaml … come from this interpreter's environment, whichever checkout made the venv;
+    # purelib and platlib are the same folder on most systems
+    site = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
     env = {**os.environ, "QUICKTUNE_STACK_SITE": os.pathsep.join(site)}
     done = subprocess.run([str(AXOLOTL_PYTHON), str(SCHEMA_CHECK), *map(str, files)], capture_output=True, text=True,
                           timeout=600, env=env)
@@ -255,12 +258,12 @@ def test_exports_pass_axolotls_own_validation(tmp_path):
 
 
 AXOLOTL_KEYS = ["base_model", "adapter", "load_in_4bit", "load_in_8bit", "sequence_len", "lora_r", "lora_alpha",
-                "lora_dropout", "lora_target_modules", "lora_target_linear", "datasets", "test_datasets", "val_set_size",
-                "num_epochs", "max_steps", "learning_rate", "lr_scheduler", "optimizer", "micro_batch_size",
-                "gradient_accumulation_steps", "warmup_ratio", "warmup_steps", "eval_steps", "save_steps", "seed",
-                "bf16", "fp16", "chat_template", "chat_template_jinja", "sample_packing", "gradient_checkpointing",
-                "train_on_inputs", "dataset_exact_deduplication", "quicktune", "output_dir", "wandb_project",
-                "peft_layers_to_transform"]
+                "lora_dropout", "lora_target_modules", "lora_target_linear", "datasets", "test_datasets",
+                "val_set_size", "num_epochs", "max_steps", "learning_rate", "lr_scheduler", "optimizer",
+                "micro_batch_size", "gradient_accumulation_steps", "warmup_ratio", "warmup_steps", "eval_steps",
+                "save_steps", "seed", "bf16", "fp16", "chat_template", "chat_template_jinja", "sample_packing",
+                "gradient_checkpointing", "train_on_inputs", "dataset_exact_deduplication", "quicktune", "output_dir",
+                "wandb_project", "peft_layers_to_transform"]
 
 
 def test_any_axolotl_mapping_imports_or_names_its_lines(tmp_path_factory):

@@ -51,7 +51,9 @@ def test_every_command_has_help(command):
     assert result.exit_code == 0
     assert "Usage:" in result.output
     if command and command != ["data"]:
-        assert "Example" in result.output or "quick start" in result.output or command[-1] in ("runs", "show", "recipes")
+        assert (
+            "Example" in result.output or "quick start" in result.output or command[-1] in ("runs", "show", "recipes")
+        )
 
 
 def test_export_and_chat_help_import_nothing_heavy():

@@ -113,7 +113,8 @@ def test_no_sentence_appears_twice(train: list[dict], eval_rows: list[dict]) -> 
 
 def test_no_eval_person_place_pair_occurs_in_train(train: list[dict], eval_rows: list[dict]) -> None:
     seen = {(_answer(r)["person"], _answer(r)["place"]) for r in train}
-    leaked = [(_answer(r)["person"], _answer(r)["place"]) for r in eval_rows if (_answer(r)["person"], _answer(r)["place"]) in seen]
+    held = [(_answer(r)["person"], _answer(r)["place"]) for r in eval_rows]
+    leaked = [who_where for who_where in held if who_where in seen]
     assert not leaked
 
 

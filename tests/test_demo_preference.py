@@ -39,7 +39,8 @@ def test_each_pair_is_the_right_answer_against_a_wrong_time():
             assert row["prompt"][0] == {"role": "system", "content": SYSTEM} and row["prompt"][-1]["role"] == "user"
             assert list(chosen) == list(rejected) == ["title", "person", "place", "day", "time"]
             assert rejected["time"] in candidates(chosen["time"])
-            assert {k: v for k, v in chosen.items() if k != "time"} == {k: v for k, v in rejected.items() if k != "time"}
+            assert ({k: v for k, v in chosen.items() if k != "time"}
+                    == {k: v for k, v in rejected.items() if k != "time"})
 
 
 def test_held_out_pairs_follow_the_eval_rows_and_training_pairs_the_fresh_rows():

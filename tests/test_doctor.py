@@ -16,7 +16,9 @@ def test_doctor_json_lists_every_check_with_fixes(tmp_path):
     result = CliRunner().invoke(main, ["doctor", "--json", "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     checks = {c["name"]: c for c in json.loads(result.output)}
-    for name in ("python", "torch", "4-bit (QLoRA)", "unsloth", "llama-cpp-python", "GGUF converter", "ollama", "disk", "hub"):
+    for name in (
+        "python", "torch", "4-bit (QLoRA)", "unsloth", "llama-cpp-python", "GGUF converter", "ollama", "disk", "hub"
+    ):
         assert name in checks, name
     assert checks["llama-cpp-python"]["status"] == "ok" and checks["GGUF converter"]["status"] == "ok"
     import torch

@@ -53,6 +53,7 @@ def test_training_prints_only_quicktune_lines_and_logs_the_rest(tiny_data, tmp_p
     # what every training prints: Unsloth's banner and torch's _pytree deprecation warnings
     # (or the notice that Unsloth could not be imported, where it cannot)
     assert ("no GPU found" in text or "Unsloth" in text) and "_pytree" in text
-    for seen in ("Loading weights", "Truncating train dataset", "Dropping fully masked examples"):  # transformers', TRL's bars
+    # transformers', TRL's bars
+    for seen in ("Loading weights", "Truncating train dataset", "Dropping fully masked examples"):
         assert seen in text
     assert not list((tmp_path / "runs").glob(".library-*.log"))  # moved into the run folder, not copied

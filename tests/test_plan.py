@@ -18,7 +18,9 @@ LLAMA8B = KNOWN["meta-llama-3.1-8b"]
 
 
 def test_shapes_by_hand():
-    tiny = Arch("tiny", layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, head_dim=4, vocab=10, tied=False, source="-")
+    tiny = Arch(
+        "tiny", layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, head_dim=4, vocab=10, tied=False, source="-"
+    )
     # per layer: q 8x8 + k,v 2x(8x4) + o 8x8 = 192; mlp 3 x 8 x 16 = 384
     assert tiny.linear_params == 2 * (192 + 384)
     assert tiny.params == 1152 + 2 * 10 * 8 + (2 * 2 * 8 + 8)
@@ -59,8 +61,10 @@ def test_within_15_percent_of_unsloths_published_peaks():
 def test_within_15_percent_of_unsloths_minimum_vram_table(arch, qlora_gb, lora_gb):
     # Unsloth's requirements page: "absolute minimum" VRAM by size, QLoRA (4-bit) and LoRA (16-bit)
     small = dict(batch=1, seq=512, rank=16, targets=ALL7, gradient_checkpointing=True)
-    assert estimate(KNOWN[arch], Settings("qlora", optimizer="adamw_8bit", **small)).total / GB == pytest.approx(qlora_gb, rel=0.15)
-    assert estimate(KNOWN[arch], Settings("lora", optimizer="adamw_8bit", **small)).total / GB == pytest.approx(lora_gb, rel=0.15)
+    qlora = estimate(KNOWN[arch], Settings("qlora", optimizer="adamw_8bit", **small))
+    assert qlora.total / GB == pytest.approx(qlora_gb, rel=0.15)
+    lora = estimate(KNOWN[arch], Settings("lora", optimizer="adamw_8bit", **small))
+    assert lora.total / GB == pytest.approx(lora_gb, rel=0.15)
 
 
 @pytest.mark.parametrize("name", ["llama3.1-8b-qlora", "qwen2.5-7b-qlora", "mistral-7b-qlora", "gemma2-9b-qlora"])
@@ -103,9 +107,9 @@ def test_unknown_gpu_is_a_clear_error():
 
 
 def test_run_refuses_a_plan_that_cannot_fit(monkeypatch):
-    from quicktune import plan, workflow
+    from quicktune import workflow
 
-    monkeypatch.setattr(plan, "detect_vram_gib", lambda: 6.0)
+    monkeypatch.setattr(workflow, "detect_vram_gib", lambda: 6.0)  # the name check_plan calls (imported from plan)
     result = CliRunner().invoke(main, ["run", "llama3.1-8b-qlora"])
     assert result.exit_code == 2 and "this GPU has 6 GiB" in result.output and "--force" in result.output
     workflow.check_plan("llama3.1-8b-qlora", [], force=True)  # --force: a warning, no error
@@ -130,7 +134,8 @@ def test_plan_times_the_gpu_it_was_given():
     assert "Peak VRAM estimate on RTX 3090" in text and "on RTX 3090, from its 16-bit throughput" in text
     assert "4090" not in text
     # the same data on a slower card takes longer
-    fast, slow = make_plan(load_recipe("llama3.1-8b-qlora"), gpu="RTX 4090"), make_plan(load_recipe("llama3.1-8b-qlora"), gpu="T4")
+    fast = make_plan(load_recipe("llama3.1-8b-qlora"), gpu="RTX 4090")
+    slow = make_plan(load_recipe("llama3.1-8b-qlora"), gpu="T4")
     assert slow.epoch_seconds > fast.epoch_seconds > 0
 
 

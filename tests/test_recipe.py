@@ -73,7 +73,8 @@ def test_duplicate_key_and_bad_yaml(tmp_path):
 
 def test_qlora_needs_4bit(tmp_path):
     with pytest.raises(RecipeError, match="load_in_4bit"):
-        load_recipe(write(tmp_path / "r.yaml", MINIMAL.replace("  base: some/model", "  base: x/y\n  load_in_4bit: false")))
+        load_recipe(write(tmp_path / "r.yaml",
+                          MINIMAL.replace("  base: some/model", "  base: x/y\n  load_in_4bit: false")))
     recipe = load_recipe(write(tmp_path / "l.yaml", MINIMAL + "method: lora\n"))
     assert recipe.model.load_in_4bit is False
 
@@ -121,7 +122,7 @@ def test_override_errors_point_at_the_flag(tmp_path):
     with pytest.raises(RecipeError) as excinfo:
         load_recipe(path, ["training.batchsize=4"])
     assert problems_of(excinfo)[0].startswith("--set training.batchsize=4: training.batchsize: unknown key")
-    with pytest.raises(RecipeError, match="KEY.PATH=VALUE"):
+    with pytest.raises(RecipeError, match=r"KEY.PATH=VALUE"):
         load_recipe(path, ["training.batch_size"])
     with pytest.raises(RecipeError, match="is a value, not a section"):
         load_recipe(path, ["method.x=1"])
@@ -211,7 +212,7 @@ def test_a_child_recipes_format_mapping_replaces_its_parents(tmp_path):
     child = write(tmp_path / "child.yaml", text)
     assert load_recipe(child).data.format == {str(tmp_path / "mine.csv"): "alpaca"}
     # changing the files without the mapping: the parent's entry names a file no longer used
-    with pytest.raises(RecipeError, match="train.jsonl is not one of data.train or data.eval"):
+    with pytest.raises(RecipeError, match=r"train.jsonl is not one of data.train or data.eval"):
         load_recipe(str(tmp_path / "parent.yaml"), ["data.train=other.jsonl"])
 
 
@@ -229,7 +230,8 @@ def test_builtin_recipes_pin_nothing_a_users_data_must_undo(path):
 def test_a_missing_data_file_names_the_recipe_line(tmp_path):
     from quicktune.recipe import check_data_files
 
-    path = write(tmp_path / "recipe.yaml", "model:\n  base: some/model\ndata:\n  eval: held.jsonl\n  train: /nonexistent/path/train.jsonl\n")
+    path = write(tmp_path / "recipe.yaml",
+                 "model:\n  base: some/model\ndata:\n  eval: held.jsonl\n  train: /nonexistent/path/train.jsonl\n")
     (tmp_path / "held.jsonl").write_text("{}\n")
     recipe = load_recipe(path)  # loading is fine: an exported run's recipe loads without its data
     with pytest.raises(RecipeError) as excinfo:
@@ -269,7 +271,8 @@ def test_a_key_quicktune_cannot_honour_is_refused_with_its_line(tmp_path, extra,
 
 def test_honoured_settings_of_those_keys_load(tmp_path):
     path = write(tmp_path / "r.yaml", "method: full\nmodel:\n  base: some/model\n  revision: 0123abc\n"
-                                      "data:\n  train: t.jsonl\n  eval_fraction: 0.1\ntraining:\n  early_stopping_patience: 2\n")
+                                      "data:\n  train: t.jsonl\n  eval_fraction: 0.1\n"
+                                      "training:\n  early_stopping_patience: 2\n")
     recipe = load_recipe(path)
     assert recipe.model.revision == "0123abc" and recipe.training.early_stopping_patience == 2
     # a full run's resolved recipe (what export reads back) has no lora section, and loads again

@@ -8,12 +8,12 @@ import re
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")  # the `test` extra installs it
-import yaml  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import yaml  # noqa: E402 (after the importorskip above: hypothesis is optional)
+from hypothesis import HealthCheck, given, settings  # noqa: E402 (after the importorskip above: hypothesis is optional)
+from hypothesis import strategies as st  # noqa: E402 (after the importorskip above: hypothesis is optional)
 
-from quicktune.errors import QuicktuneError  # noqa: E402
-from quicktune.recipe import Recipe, load_recipe  # noqa: E402
+from quicktune.errors import QuicktuneError  # noqa: E402 (after the importorskip above: hypothesis is optional)
+from quicktune.recipe import Recipe, load_recipe  # noqa: E402 (after the importorskip above: hypothesis is optional)
 
 
 def _schema_keys() -> list[str]:
@@ -28,11 +28,13 @@ scalars = (st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats() | s
            | st.sampled_from(["qlora", "lora", "full", "auto", "q4_k_m", "smollm2-demo", "train.jsonl", "~/x", "."]))
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5), inner, max_size=4),
+    lambda inner: (st.lists(inner, max_size=3)
+                   | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5), inner, max_size=4)),
     max_leaves=20,
 )
 documents = st.dictionaries(st.sampled_from(KEYS), values, max_size=6)
-FUZZ = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=80, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _check(error: QuicktuneError, path) -> None:

@@ -13,8 +13,8 @@ Formats:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,8 @@ def _mismatch_hint(name: str, fmt: str, pinned: bool, looks_like: Counter[str]) 
     )
 
 
-def _require_dict(value: Any) -> dict[str, Any]:
+def require_dict(value: Any) -> dict[str, Any]:
+    """``value`` itself when it is a JSON object; else ``Invalid``."""
     if not isinstance(value, dict):
         raise Invalid(f"expected a JSON object, got {type(value).__name__}")
     return value
@@ -152,6 +153,75 @@ def _string(record: dict[str, Any], key: str, *, label: str | None = None, requi
     if not isinstance(value, str):
         raise Invalid(f"{label}: expected a string, got {type(value).__name__}")
     return value
+
+
+# --- one parser for every list of turns ---------------------------------------------------------------
+
+
+def _known_role(role: Any, label: str) -> str:
+    if role not in ROLES:
+        raise Invalid(f"{label}: unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    return role
+
+
+def _openai_role(turn: dict[str, Any], label: str) -> str:
+    """``role``: a string naming one of ``ROLES``."""
+    return _known_role(_string(turn, "role", label=label), label)
+
+
+def _trl_role(turn: dict[str, Any], label: str) -> str:
+    """``role`` in a preference pair: present and one of ``ROLES`` (a value that is not a string is an
+    unknown role there, not a wrong type)."""
+    role = turn.get("role")
+    if role is None:
+        raise Invalid(f"{label}: missing field")
+    return _known_role(role, label)
+
+
+def _sharegpt_role(turn: dict[str, Any], label: str) -> str:
+    """``from``: a ShareGPT speaker name in any case, mapped onto one of ``ROLES``."""
+    speaker = _string(turn, "from", label=label)
+    role = _SHAREGPT_ROLES.get(speaker.lower())
+    if role is None:
+        raise Invalid(
+            f"{label}: unknown speaker {speaker!r}; expected one of {', '.join(_SHAREGPT_ROLES)} (any case)"
+        )
+    return role
+
+
+@dataclass(frozen=True)
+class TurnLayout:
+    """How a record spells one turn: the key naming the speaker, the key holding the text, and how the
+    speaker is read into a role (``read_role(turn, "label[i].key")``, raising ``Invalid``)."""
+
+    speaker: str
+    text: str
+    read_role: Callable[[dict[str, Any], str], str]
+
+
+OPENAI_TURNS = TurnLayout("role", "content", _openai_role)  # {"role": ..., "content": ...}
+TRL_TURNS = TurnLayout("role", "content", _trl_role)  # the same, inside a preference pair
+SHAREGPT_TURNS = TurnLayout("from", "value", _sharegpt_role)  # {"from": "human"|"gpt"|..., "value": ...}
+
+
+def parse_turns(
+    value: Any, label: str, layout: TurnLayout = OPENAI_TURNS, *, expected: str = "a list"
+) -> list[Message]:
+    """The ``Message``s of a list of turns found at ``label`` (``messages``, ``prompt``, ...).
+
+    Reads each turn's role and text as ``layout`` spells them; the first problem is raised as
+    ``Invalid`` naming its field (``label[i].key``). ``expected`` says what ``value`` should have
+    been when it is not a list. Turn order is not checked here (``check_turns``)."""
+    if not isinstance(value, list):
+        raise Invalid(f"{label}: expected {expected}, got {type(value).__name__}")
+    messages = []
+    for index, turn in enumerate(value):
+        where = f"{label}[{index}]"
+        if not isinstance(turn, dict):
+            raise Invalid(f"{where}: expected an object with {layout.speaker} and {layout.text}")
+        role = layout.read_role(turn, f"{where}.{layout.speaker}")
+        messages.append(Message(role, _string(turn, layout.text, label=f"{where}.{layout.text}")))
+    return messages
 
 
 def _finish(messages: list[Message], origin: str, system_prompt: str | None, where: str) -> Example:
@@ -181,53 +251,38 @@ def check_turns(messages: list[Message], where: str) -> None:
         raise Invalid(f"{where}: the last turn must be the assistant's (nothing to learn after it)")
 
 
-def _parse_messages(value: Any, origin: str, system_prompt: str | None) -> Example:
-    record = _require_dict(value)
-    turns = record.get("messages")
+# --- one parser per format ------------------------------------------------------------------------------
+
+
+def _turn_list(record: dict[str, Any], key: str) -> list[Any]:
+    """``record[key]``, present and a list."""
+    turns = record.get(key)
     if turns is None:
-        raise Invalid("messages: missing field")
+        raise Invalid(f"{key}: missing field")
     if not isinstance(turns, list):
-        raise Invalid(f"messages: expected a list, got {type(turns).__name__}")
-    messages = []
-    for index, turn in enumerate(turns):
-        label = f"messages[{index}]"
-        if not isinstance(turn, dict):
-            raise Invalid(f"{label}: expected an object with role and content")
-        role = _string(turn, "role", label=f"{label}.role")
-        if role not in ROLES:
-            raise Invalid(f"{label}.role: unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        content = _string(turn, "content", label=f"{label}.content")
-        messages.append(Message(role, content))
+        raise Invalid(f"{key}: expected a list, got {type(turns).__name__}")
+    return turns
+
+
+def _parse_messages(value: Any, origin: str, system_prompt: str | None) -> Example:
+    record = require_dict(value)
+    messages = parse_turns(_turn_list(record, "messages"), "messages")
     return _finish(messages, origin, system_prompt, "messages")
 
 
 def _parse_sharegpt(value: Any, origin: str, system_prompt: str | None) -> Example:
-    record = _require_dict(value)
-    turns = record.get("conversations")
-    if turns is None:
-        raise Invalid("conversations: missing field")
-    if not isinstance(turns, list):
-        raise Invalid(f"conversations: expected a list, got {type(turns).__name__}")
+    record = require_dict(value)
+    turns = _turn_list(record, "conversations")
     messages = []
     system = _string(record, "system", required=False)
     if system:
         messages.append(Message("system", system))
-    for index, turn in enumerate(turns):
-        label = f"conversations[{index}]"
-        if not isinstance(turn, dict):
-            raise Invalid(f"{label}: expected an object with from and value")
-        speaker = _string(turn, "from", label=f"{label}.from")
-        role = _SHAREGPT_ROLES.get(speaker.lower())
-        if role is None:
-            raise Invalid(
-                f"{label}.from: unknown speaker {speaker!r}; expected one of {', '.join(_SHAREGPT_ROLES)} (any case)"
-            )
-        messages.append(Message(role, _string(turn, "value", label=f"{label}.value")))
+    messages += parse_turns(turns, "conversations", SHAREGPT_TURNS)
     return _finish(messages, origin, system_prompt, "conversations")
 
 
 def _parse_alpaca(value: Any, origin: str, system_prompt: str | None) -> Example:
-    record = _require_dict(value)
+    record = require_dict(value)
     instruction = _string(record, "instruction")
     extra = _string(record, "input", required=False)
     output = _string(record, "output")
@@ -245,7 +300,7 @@ def _parse_alpaca(value: Any, origin: str, system_prompt: str | None) -> Example
 
 
 def _parse_text(value: Any, origin: str, system_prompt: str | None) -> Example:
-    record = _require_dict(value)
+    record = require_dict(value)
     text = _string(record, "text")
     if not text.strip():
         raise Invalid("text: empty")

@@ -9,8 +9,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from quicktune.data.records import Example
+from quicktune.data.check import load_examples, prepare_for_recipe
+from quicktune.data.preference import holds_pairs, load_pairs
+from quicktune.data.records import Example, Problems
 from quicktune.errors import QuicktuneError
+from quicktune.recipe import PREFERENCE_METHODS, Recipe
 
 
 @dataclass
@@ -36,28 +39,21 @@ class EvalSet:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-
 def _all_pairs(data_files: list[str]) -> bool:
-    from quicktune.data.preference import holds_pairs
-
     return all(holds_pairs(path) for path in data_files)
 
 
-def load_eval_set(recipe, data_files: list[str], limit: int | None, *, train_if_no_eval: bool = False) -> EvalSet:
+def load_eval_set(
+    recipe: Recipe, data_files: list[str], limit: int | None, *, train_if_no_eval: bool = False
+) -> EvalSet:
     """``--data`` files, else the recipe's held-out split (the same rows training evaluated on);
     with ``train_if_no_eval``, the last training rows when the recipe holds nothing out.
 
     A dpo/orpo run reads ``--data`` files of preference pairs as pairs (scored with preference
     accuracy too) and files of conversations as conversations: its task metrics on the rows an
     SFT run is scored on, e.g. the demo's eval.jsonl for ``smollm2-demo-dpo``."""
-    from quicktune.data.check import load_examples, prepare_for_recipe
-    from quicktune.recipe import PREFERENCE_METHODS
-
     pairs = None
     if data_files and recipe.method in PREFERENCE_METHODS and _all_pairs(data_files):
-        from quicktune.data.preference import load_pairs
-        from quicktune.data.records import Problems
-
         problems = Problems()
         pairs, _ = load_pairs(list(data_files), recipe.data.format, recipe.data.system_prompt, "eval", problems)
         problems.raise_if_any(", ".join(data_files))
@@ -69,7 +65,8 @@ def load_eval_set(recipe, data_files: list[str], limit: int | None, *, train_if_
         prepared = prepare_for_recipe(recipe, tokenize=False)
         examples = prepared.eval
         pairs = getattr(prepared, "eval_pairs", None)  # a dpo/orpo recipe's held-out pairs
-        source = "the recipe's eval data (" + (", ".join(recipe.data.eval) or f"{recipe.data.eval_fraction:.0%} of train") + ")"
+        held_from = ", ".join(recipe.data.eval) or f"{recipe.data.eval_fraction:.0%} of train"
+        source = f"the recipe's eval data ({held_from})"
         if not examples and train_if_no_eval:
             examples, source = prepared.train[::-1], "the last training rows (the recipe has no eval data)"
             pairs = None

@@ -15,6 +15,7 @@ only that rendering a longer conversation extends the shorter one, which is chec
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from quicktune.data.records import Example
@@ -104,8 +105,6 @@ def tokenize_examples(
     core. So each batch is encoded in a thread while the next one is rendered (and the one
     before it labelled): the two overlap instead of taking turns.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     out: list[Tokenized] = []
     pending = None  # (rendered batch, its encodings to come)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quicktune-encode") as pool:

@@ -21,27 +21,38 @@ so TRL never re-renders or re-tokenizes anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from quicktune.data import quality
-from quicktune.data.formats import LOOKS, Invalid, check_turns, detect_format, format_for, strip_message_edges
+from quicktune.data.formats import (
+    LOOKS,
+    TRL_TURNS,
+    Invalid,
+    check_turns,
+    detect_format,
+    format_for,
+    parse_turns,
+    require_dict,
+    strip_message_edges,
+)
 from quicktune.data.load import read_records
 from quicktune.data.masking import IGNORE, Rendered, Tokenized, label_tokens
-from quicktune.data.records import ROLES, Example, Message, Problems
-from quicktune.data.report import (
-    DataReport,
-    FileSummary,
-    PreparedData,
-    RenderedExample,
-    StopToken,
-    pair_summaries,
-    token_stats,
+from quicktune.data.pipeline import (
+    Chosen,
+    DataSettings,
+    RowKind,
+    Split,
+    prepare_rows,
+    recipe_tokenizer,
+    select_rows,
+    stop_token,
 )
-from quicktune.data.system_prompt import summarise, template_default
-from quicktune.data.tokenizer import stop_token_ids
+from quicktune.data.records import Example, Message, Problems, message_dicts
+from quicktune.data.report import DataReport, FileSummary, PreparedData, RenderedExample, token_stats
+from quicktune.data.tokenizer import ChatTokenizer, stop_token_ids
 from quicktune.errors import DataError
+from quicktune.recipe import Recipe
 
 MAX_LONG_SHOWN = 10
 
@@ -54,9 +65,8 @@ class PreferencePair:
     rejected: str
 
     def conversation(self, answer: str) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.content} for m in self.prompt] + [
-            {"role": "assistant", "content": answer}
-        ]
+        """The prompt answered with ``answer``, as the chat template renders it."""
+        return message_dicts((*self.prompt, Message("assistant", answer)))
 
     def as_example(self) -> Example:
         """The prompt answered with the chosen answer: what task metrics and the export's checks use."""
@@ -104,25 +114,9 @@ def holds_pairs(path: str | Path) -> bool:
 # --- parsing ----------------------------------------------------------------------------------------
 
 
-def _messages(value: Any, label: str) -> list[Message]:
-    if not isinstance(value, list):
-        raise Invalid(f"{label}: expected a string or a list of messages, got {type(value).__name__}")
-    out = []
-    for index, turn in enumerate(value):
-        where = f"{label}[{index}]"
-        if not isinstance(turn, dict):
-            raise Invalid(f"{where}: expected an object with role and content")
-        role, content = turn.get("role"), turn.get("content")
-        if role is None:
-            raise Invalid(f"{where}.role: missing field")
-        if role not in ROLES:
-            raise Invalid(f"{where}.role: unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        if content is None:
-            raise Invalid(f"{where}.content: missing field")
-        if not isinstance(content, str):
-            raise Invalid(f"{where}.content: expected a string, got {type(content).__name__}")
-        out.append(Message(role, content))
-    return out
+def _turns(value: Any, label: str) -> list[Message]:
+    """A list of messages in a pair (``formats.parse_turns``, as TRL spells them)."""
+    return parse_turns(value, label, TRL_TURNS, expected="a string or a list of messages")
 
 
 def _answer(value: Any, label: str) -> str:
@@ -130,7 +124,7 @@ def _answer(value: Any, label: str) -> str:
     if isinstance(value, str):
         text = value
     else:
-        turns = _messages(value, label)
+        turns = _turns(value, label)
         if len(turns) != 1 or turns[0].role != "assistant":
             raise Invalid(f"{label}: expected one assistant message (the answer), got {len(turns)} message(s)"
                            + (f" starting with {turns[0].role}" if turns else ""))
@@ -140,28 +134,32 @@ def _answer(value: Any, label: str) -> str:
     return text
 
 
-def parse_pair(value: Any, origin: str, system_prompt: str | None = None) -> PreferencePair:
-    if not isinstance(value, dict):
-        raise Invalid(f"expected a JSON object, got {type(value).__name__}")
-    missing = [key for key in ("chosen", "rejected") if value.get(key) is None]
+def _prompt_and_answers(record: dict[str, Any]) -> tuple[list[Message], Any, Any]:
+    """A pair's prompt messages, and its chosen and rejected answers as given (strings or lists):
+    an explicit prompt, or the shared start of two whole conversations."""
+    missing = [key for key in ("chosen", "rejected") if record.get(key) is None]
     if missing:
         raise Invalid(f"{missing[0]}: missing field")
-    chosen, rejected = value["chosen"], value["rejected"]
-    if value.get("prompt") is None:
+    chosen, rejected = record["chosen"], record["rejected"]
+    if record.get("prompt") is None:
         if not (isinstance(chosen, list) and isinstance(rejected, list) and len(chosen) > 1):
             raise Invalid("prompt: missing field (or give chosen and rejected as whole conversations)")
-        left, right = _messages(chosen, "chosen"), _messages(rejected, "rejected")
+        left, right = _turns(chosen, "chosen"), _turns(rejected, "rejected")
         if left[:-1] != right[:-1]:
             raise Invalid("chosen, rejected: the two conversations differ before their last message, "
                            "so they do not answer the same prompt")
-        prompt = left[:-1]
-        chosen, rejected = [chosen[-1]], [rejected[-1]]
-    elif isinstance(value["prompt"], str):
-        if not value["prompt"].strip():
+        return left[:-1], [chosen[-1]], [rejected[-1]]
+    if isinstance(record["prompt"], str):
+        if not record["prompt"].strip():
             raise Invalid("prompt: empty")
-        prompt = [Message("user", value["prompt"])]
-    else:
-        prompt = _messages(value["prompt"], "prompt")
+        return [Message("user", record["prompt"])], chosen, rejected
+    return _turns(record["prompt"], "prompt"), chosen, rejected
+
+
+def parse_pair(value: Any, origin: str, system_prompt: str | None = None) -> PreferencePair:
+    """One record as a ``PreferencePair`` (the system prompt added where the prompt has none);
+    the first problem is raised as ``Invalid``, naming its field."""
+    prompt, chosen, rejected = _prompt_and_answers(require_dict(value))
     good, bad = _answer(chosen, "chosen"), _answer(rejected, "rejected")
     if good.strip() == bad.strip():
         raise Invalid("chosen, rejected: the same answer, so there is nothing to prefer")
@@ -174,6 +172,8 @@ def parse_pair(value: Any, origin: str, system_prompt: str | None = None) -> Pre
 def load_pairs(
     paths: list[str], fmt: str | dict[str, str], system_prompt: str | None, split: str, problems: Problems
 ) -> tuple[list[PreferencePair], list[FileSummary]]:
+    """Every file's pairs, and one summary per file; broken records (and files pinned to another
+    format) go into ``problems``."""
     pairs: list[PreferencePair] = []
     summaries = []
     for path in paths:
@@ -181,26 +181,34 @@ def load_pairs(
         if pinned not in ("auto", "preference"):
             problems.add(path, f"data.format says {pinned}, but method dpo/orpo trains preference pairs")
             continue
-        rows, seen = 0, False
-        for raw in read_records(path):
-            seen = True
-            if raw.error is not None:
-                problems.add(raw.origin, raw.error)
-                continue
-            try:
-                pairs.append(parse_pair(raw.value, raw.origin, system_prompt))
-                rows += 1
-            except Invalid as exc:
-                other = detect_format(raw.value)
-                looks = f" — this record looks like {LOOKS[other]}" if other not in (None, "preference") else ""
-                problems.add(raw.origin, f"{exc}{looks}")
-                if looks:
-                    problems.hint("Preference training needs prompt/chosen/rejected pairs (README, Preference "
-                                  "training); conversations are trained with method: lora or qlora.")
-        if not seen:
-            problems.add(path, "no records found (the file is empty)")
-        summaries.append(FileSummary(path, "preference", rows, split, "detected" if pinned == "auto" else "data.format"))
+        rows = _read_pair_file(path, system_prompt, problems)
+        pairs += rows
+        summaries.append(
+            FileSummary(path, "preference", len(rows), split, "detected" if pinned == "auto" else "data.format")
+        )
     return pairs, summaries
+
+
+def _read_pair_file(path: str, system_prompt: str | None, problems: Problems) -> list[PreferencePair]:
+    """One file's pairs; each broken record goes into ``problems``, saying what it looks like instead."""
+    pairs, seen = [], False
+    for raw in read_records(path):
+        seen = True
+        if raw.error is not None:
+            problems.add(raw.origin, raw.error)
+            continue
+        try:
+            pairs.append(parse_pair(raw.value, raw.origin, system_prompt))
+        except Invalid as exc:
+            other = detect_format(raw.value)
+            looks = f" — this record looks like {LOOKS[other]}" if other not in (None, "preference") else ""
+            problems.add(raw.origin, f"{exc}{looks}")
+            if looks:
+                problems.hint("Preference training needs prompt/chosen/rejected pairs (README, Preference "
+                              "training); conversations are trained with method: lora or qlora.")
+    if not seen:
+        problems.add(path, "no records found (the file is empty)")
+    return pairs
 
 
 # --- tokens -----------------------------------------------------------------------------------------
@@ -221,8 +229,7 @@ def _render_side(tokenizer, pair: PreferencePair, answer: str, prefix: str) -> R
 def tokenize_pairs(tokenizer, pairs: list[PreferencePair]) -> list[TokenizedPair]:
     out = []
     for pair in pairs:
-        prefix = tokenizer.render([{"role": m.role, "content": m.content} for m in pair.prompt],
-                                  add_generation_prompt=True)
+        prefix = tokenizer.render(message_dicts(pair.prompt), add_generation_prompt=True)
         sides = [_render_side(tokenizer, pair, answer, prefix) for answer in (pair.chosen, pair.rejected)]
         encodings = tokenizer.encode_batch([side.text for side in sides])
         starts = []
@@ -277,12 +284,65 @@ def _prompt_key(pair: PreferencePair) -> str:
 
 
 def _strip_edges(pairs: list[PreferencePair]) -> tuple[list[PreferencePair], int]:
+    """The pairs with no whitespace at the edges of a message or answer, and how many changed."""
     examples, changed = strip_message_edges(
-        [Example(p.origin, (*p.prompt, Message("assistant", p.chosen), Message("assistant", p.rejected))) for p in pairs]
+        [Example(p.origin, (*p.prompt, Message("assistant", p.chosen), Message("assistant", p.rejected)))
+         for p in pairs]
     )
     out = [PreferencePair(p.origin, e.messages[:-2], e.messages[-2].content, e.messages[-1].content)
            for p, e in zip(pairs, examples)]
     return out, changed
+
+
+class Pairs(RowKind):
+    """Preference rows: prompt/chosen/rejected pairs, compared by prompt and both answers."""
+
+    def read(self, paths, fmt, system_prompt, split, problems):
+        return load_pairs(paths, fmt, system_prompt, split, problems)
+
+    def strip_edges(self, rows):
+        return _strip_edges(rows)
+
+    def check_settings(self, settings: DataSettings) -> None:
+        if settings.dedupe == "semantic":
+            raise DataError("data.dedupe: semantic compares conversations; preference pairs are de-duplicated "
+                            "exact or near (set data.dedupe: exact or near)")
+
+    def select(self, loaded, evaluation, settings: DataSettings) -> Chosen:
+        return select_rows(
+            loaded, evaluation, settings.dedupe, None, settings.eval_fraction, settings.seed,
+            dedupe_key=_dedupe_key, prompt_key=_prompt_key,
+        )
+
+    def warnings(self, chosen: Chosen, edged: int, settings: DataSettings) -> list[str]:
+        warnings = []
+        if edged:
+            warnings.append(f"{edged} message(s) start or end with whitespace, which the chat template "
+                            "trims: quicktune strips it")
+        if chosen.near and settings.dedupe != "near":
+            warnings.append(f"{len(chosen.near)} near-duplicate pair(s) kept; set data.dedupe: near to drop them")
+        if chosen.leaks:
+            warnings.append(f"{len(chosen.leaks)} eval pair(s) have the same or nearly the same prompt as a "
+                            "training pair: held-out preference accuracy will overstate how well the model "
+                            "generalises")
+        return warnings
+
+    def examples(self, rows: list[PreferencePair]) -> list[Example]:
+        return [p.as_example() for p in rows]
+
+    def tokenize(self, tokenizer, rows, settings: DataSettings) -> list[TokenizedPair]:
+        return tokenize_pairs(tokenizer, rows)
+
+    def describe_tokens(self, report, tokenizer, train, train_tokens, eval_tokens, max_seq_length) -> None:
+        _describe_pair_tokens(report, tokenizer, train_tokens, eval_tokens, max_seq_length)
+
+    def prepared(self, data: PreparedData, split: Split) -> PreparedPairs:
+        return PreparedPairs(
+            data.train, data.eval, data.train_tokens, data.eval_tokens, data.report, split.train, split.evaluation
+        )
+
+
+PAIRS = Pairs()
 
 
 def prepare_pairs(
@@ -295,114 +355,67 @@ def prepare_pairs(
     export_system: str | None = None,
     dedupe: str = "exact",
     seed: int = 3407,
-    tokenizer=None,
+    tokenizer: ChatTokenizer | None = None,
     max_seq_length: int = 2048,
 ) -> PreparedPairs:
     """Load, check, de-duplicate, split and (with a tokenizer) tokenize preference pairs."""
-    problems = Problems()
-    loaded, files = load_pairs(list(train_paths), fmt, system_prompt, "train", problems)
-    held, eval_files = load_pairs(list(eval_paths), fmt, system_prompt, "eval", problems)
-    files += eval_files
-    problems.raise_if_any(", ".join(Path(p).name for p in [*train_paths, *eval_paths]))
-    warnings = []
-    if tokenizer is not None and tokenizer.trims_messages():
-        loaded, edged = _strip_edges(loaded)
-        held, edged_eval = _strip_edges(held)
-        if edged + edged_eval:
-            warnings.append(f"{edged + edged_eval} message(s) start or end with whitespace, which the chat template "
-                            "trims: quicktune strips it")
-
-    if dedupe == "semantic":
-        raise DataError("data.dedupe: semantic compares conversations; preference pairs are de-duplicated "
-                        "exact or near (set data.dedupe: exact or near)")
-    found = quality.find_duplicates([quality.normalise(_dedupe_key(p)) for p in loaded])
-    exact, near = found.exact, found.near
-    dropping = {"none": [], "exact": exact, "near": exact + near}[dedupe]
-    train = [loaded[i] for i in quality.drop_duplicates(len(loaded), dropping)]
-    removed = len(loaded) - len(train)
-    if eval_fraction and not held:
-        train, held = quality.hold_out(train, eval_fraction, seed)
-    eval_source = "files" if eval_paths else (f"fraction {eval_fraction}" if eval_fraction else "none")
-    leaks = quality.leakage_pairs([_prompt_key(p) for p in train], [_prompt_key(p) for p in held])
-    if near and dedupe != "near":
-        warnings.append(f"{len(near)} near-duplicate pair(s) kept; set data.dedupe: near to drop them")
-    if leaks:
-        warnings.append(f"{len(leaks)} eval pair(s) have the same or nearly the same prompt as a training pair: "
-                        "held-out preference accuracy will overstate how well the model generalises")
-    report = DataReport(
-        files=files,
-        train_rows=len(train),
-        eval_rows=len(held),
-        eval_source=eval_source,
+    settings = DataSettings(
+        train_paths=list(train_paths),
+        eval_paths=list(eval_paths),
+        eval_fraction=eval_fraction,
+        fmt=fmt,
+        system_prompt=system_prompt,
+        export_system=export_system,
         dedupe=dedupe,
-        exact_duplicates=len(exact),
-        near_duplicates=len(near),
-        removed_duplicates=removed,
-        duplicate_pairs=pair_summaries(exact + near, loaded, loaded),
-        leakage=len(leaks),
-        leakage_pairs=pair_summaries(leaks, train, held),
-        warnings=warnings,
+        seed=seed,
+        max_seq_length=max_seq_length,
     )
-    train_examples, eval_examples = [p.as_example() for p in train], [p.as_example() for p in held]
-    report.system_prompt = summarise(
-        train_examples,
-        recipe_prompt=system_prompt,
-        export_prompt=export_system,
-        template_default=template_default(tokenizer) if tokenizer is not None and tokenizer.chat_template else None,
-    )
-    if report.system_prompt is not None and report.system_prompt.warning:
-        report.warnings.append(report.system_prompt.warning)
-    train_tokens = eval_tokens = None
-    if tokenizer is not None:
-        train_tokens, eval_tokens = tokenize_pairs(tokenizer, train), tokenize_pairs(tokenizer, held)
-        _describe_pair_tokens(report, tokenizer, train_tokens, eval_tokens, max_seq_length)
-    return PreparedPairs(train_examples, eval_examples, train_tokens, eval_tokens, report, train, held)
+    return prepare_rows(PAIRS, settings, tokenizer)
 
 
-def _describe_pair_tokens(report: DataReport, tokenizer, train_tokens, eval_tokens, max_seq_length: int) -> None:
+def _describe_pair_tokens(
+    report: DataReport,
+    tokenizer: ChatTokenizer,
+    train_tokens: list[TokenizedPair],
+    eval_tokens: list[TokenizedPair],
+    max_seq_length: int,
+) -> None:
+    """Writes into ``report`` the token statistics (each pair's longer side), the stop token, warnings
+    about pairs that will be cut, and the first training pair as rendered; raises for a pair with an
+    answer of no tokens."""
     stops = stop_token_ids(tokenizer)
     report.train_tokens = token_stats([_as_tokenized(p, max_seq_length) for p in train_tokens], max_seq_length, stops)
     report.eval_tokens = token_stats([_as_tokenized(p, max_seq_length) for p in eval_tokens], max_seq_length, stops)
-    end = tokenizer.end_of_turn()
-    report.stop = StopToken(end, tokenizer.token_id(end),
-                            tokenizer.pad_id is not None and tokenizer.pad_id == tokenizer.eos_id)
+    report.stop = stop_token(tokenizer, tokenizer.end_of_turn())
     for split, tokenized in (("training", train_tokens), ("eval", eval_tokens)):
-        long = [p for p in tokenized if p.full_length > max_seq_length]
-        if long:
-            shown = ", ".join(f"{p.origin} ({p.full_length})" for p in long[:MAX_LONG_SHOWN])
-            more = f" and {len(long) - MAX_LONG_SHOWN} more" if len(long) > MAX_LONG_SHOWN else ""
-            report.warnings.append(
-                f"{len(long)} {split} pair(s) are longer than max_seq_length {max_seq_length} tokens and will be cut, "
-                f"the answers compared without their ends: {shown}{more}"
-            )
-        no_answer = [p for p in tokenized if not p.chosen_ids or not p.rejected_ids]
-        if no_answer:
-            raise DataError(f"{len(no_answer)} {split} pair(s) have an answer with no tokens",
-                            problems=[p.origin for p in no_answer[:MAX_LONG_SHOWN]])
+        _check_lengths(report, split, tokenized, max_seq_length)
     if train_tokens:
         report.example = rendered_side(tokenizer, train_tokens[0], "chosen")
         report.example_rejected = rendered_side(tokenizer, train_tokens[0], "rejected")
 
 
-def prepare_pairs_for_recipe(recipe, *, train_paths=(), eval_paths=(), tokenize: bool = True) -> PreparedPairs:
-    from quicktune.data.tokenizer import load_chat_tokenizer
+def _check_lengths(report: DataReport, split: str, tokenized: list[TokenizedPair], max_seq_length: int) -> None:
+    """Warns (in ``report``) of one split's pairs longer than ``max_seq_length``; raises for a pair
+    with an answer of no tokens."""
+    long = [p for p in tokenized if p.full_length > max_seq_length]
+    if long:
+        shown = ", ".join(f"{p.origin} ({p.full_length})" for p in long[:MAX_LONG_SHOWN])
+        more = f" and {len(long) - MAX_LONG_SHOWN} more" if len(long) > MAX_LONG_SHOWN else ""
+        report.warnings.append(
+            f"{len(long)} {split} pair(s) are longer than max_seq_length {max_seq_length} tokens and will be cut, "
+            f"the answers compared without their ends: {shown}{more}"
+        )
+    no_answer = [p for p in tokenized if not p.chosen_ids or not p.rejected_ids]
+    if no_answer:
+        raise DataError(f"{len(no_answer)} {split} pair(s) have an answer with no tokens",
+                        problems=[p.origin for p in no_answer[:MAX_LONG_SHOWN]])
 
-    section = recipe.data
-    train_paths = list(train_paths or section.train)
-    eval_paths = list(eval_paths or section.eval)
-    tokenizer = None
-    if tokenize:
-        tokenizer = load_chat_tokenizer(recipe.model.base, chat_template=recipe.model.chat_template,
-                                        revision=recipe.model.revision)
-    return prepare_pairs(
-        train_paths,
-        eval_paths=eval_paths,
-        eval_fraction=0.0 if eval_paths else section.eval_fraction,
-        fmt=section.format,
-        system_prompt=section.system_prompt,
-        export_system=recipe.export.system,
-        dedupe=section.dedupe,
-        seed=recipe.training.seed,
-        tokenizer=tokenizer,
-        max_seq_length=recipe.model.max_seq_length,
-    )
+
+def prepare_pairs_for_recipe(
+    recipe: Recipe, *, train_paths: list[str] = (), eval_paths: list[str] = (), tokenize: bool = True
+) -> PreparedPairs:
+    """``prepare_pairs`` with a recipe's tokenizer and data settings; given files replace the recipe's."""
+    tokenizer = recipe_tokenizer(recipe) if tokenize else None
+    # pairs are compared by their text only: data.semantic_threshold is not theirs
+    settings = replace(DataSettings.from_recipe(recipe, train_paths, eval_paths), semantic_threshold=None)
+    return prepare_rows(PAIRS, settings, tokenizer)

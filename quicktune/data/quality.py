@@ -10,6 +10,7 @@ System prompts are left out: one shared system prompt would make every row look 
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 
@@ -160,17 +161,45 @@ def near_duplicate_pairs(
     if len(texts) < 2:
         return []
     cleaned = texts if normalised else [normalise(t) for t in texts]
-    # A text with _SAMPLE_FROM windows or more is hashed from a sample of its shingles, a shorter one from
-    # all of them, and two such signatures hardly agree: a pair straddling the boundary was never a
-    # candidate (the 6 leaks bench/data_check.py missed: a prompt just under it, the same prompt with
-    # "Thanks in advance." just over it). A text at J >= threshold has at least threshold x the other's
-    # windows, so every text in [threshold x _SAMPLE_FROM, _SAMPLE_FROM) is entered a second time, sampled.
+    entries = _entries(cleaned, threshold)
+    a, b, mix = _hash_coefficients()
+    signatures = _signatures(cleaned + [cleaned[i] for i in entries.again], entries.sample, a, b)
+    is_eval = (entries.origin >= split) if split is not None else None
+    first, second = _candidates(signatures, mix, is_eval)
+    if first is None:
+        return []
+    return _checked_pairs(cleaned, entries.origin, signatures, first, second, threshold)
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """The texts hashed: every text once, then ``again`` (indices) a second time, sampled."""
+
+    again: np.ndarray  # texts entered a second time
+    origin: np.ndarray  # entry -> the text it is
+    sample: np.ndarray  # entry -> hashed from a sample of its shingles although short
+
+
+def _entries(cleaned: list[str], threshold: float) -> _Entries:
+    """Which texts are entered twice: once as they are, once sampled (reads the normalised texts).
+
+    A text with _SAMPLE_FROM windows or more is hashed from a sample of its shingles, a shorter one from
+    all of them, and two such signatures hardly agree: a pair straddling the boundary was never a
+    candidate (the 6 leaks bench/data_check.py missed: a prompt just under it, the same prompt with
+    "Thanks in advance." just over it). A text at J >= threshold has at least threshold x the other's
+    windows, so every text in [threshold x _SAMPLE_FROM, _SAMPLE_FROM) is entered a second time, sampled.
+    """
     windows = np.fromiter((len(t.encode("utf-8")) - SHINGLE + 1 for t in cleaned), dtype=np.int64, count=len(cleaned))
     zone = np.flatnonzero((windows >= threshold * _SAMPLE_FROM) & (windows < _SAMPLE_FROM))
     origin = np.concatenate((np.arange(len(cleaned)), zone))
     sample = np.zeros(len(origin), dtype=bool)
     sample[len(cleaned) :] = True
-    is_eval = (origin >= split) if split is not None else None
+    return _Entries(zone, origin, sample)
+
+
+def _hash_coefficients() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed random coefficients (seed 1234): ``a`` and ``b`` for each signature column, ``mix``
+    to fold a band's rows into one bucket key."""
     rng = np.random.default_rng(1234)
     width = _BANDS * _ROWS
     # Multiply-shift hashing: (a * x + b) mod 2**64 with a random odd a, keeping the
@@ -178,42 +207,69 @@ def near_duplicate_pairs(
     a = rng.integers(0, np.iinfo(np.uint64).max, size=width, dtype=np.uint64) | np.uint64(1)
     b = rng.integers(0, np.iinfo(np.uint64).max, size=width, dtype=np.uint64)
     mix = rng.integers(0, np.iinfo(np.uint64).max, size=_ROWS, dtype=np.uint64) | np.uint64(1)
-    signatures = _signatures(cleaned + [cleaned[i] for i in zone], sample, a, b)
+    return a, b, mix
+
+
+def _candidates(
+    signatures: np.ndarray, mix: np.ndarray, is_eval: np.ndarray | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Candidate pairs of entries (two index arrays), gathered band by band: neighbours in a bucket,
+    or with ``is_eval`` each eval entry and the train entries near it; (None, None) when none."""
     firsts, seconds = [], []
+    width = _BANDS * _ROWS
     for band in range(_BANDS):
         with np.errstate(over="ignore"):
             keys = (signatures[:, band * _ROWS : (band + 1) * _ROWS] * mix).sum(axis=1)
         # within a bucket: by the next _TIEBREAK columns after the band's own (lexsort's last key comes first)
         after = (np.arange(_TIEBREAK) + (band + 1) * _ROWS) % width
         order = np.lexsort((*signatures[:, after[::-1]].T, keys))
-        if split is None:
+        if is_eval is None:
             same = keys[order][1:] == keys[order][:-1]
             firsts.append(order[:-1][same])
             seconds.append(order[1:][same])
-            continue
-        # Leakage: each eval text meets the _NEIGHBOURS train texts on either side of it
-        # in its bucket's signature order.
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        evals = np.flatnonzero(is_eval)
-        for step in (*range(1, _NEIGHBOURS + 1), *range(-_NEIGHBOURS, 0)):
-            at = rank[evals] + step
-            inside = (at >= 0) & (at < len(order))
-            other = order[at[inside]]
-            mine = evals[inside]
-            good = (keys[other] == keys[mine]) & ~is_eval[other]
-            firsts.append(other[good])
-            seconds.append(mine[good])
+        else:
+            band_firsts, band_seconds = _leak_candidates(keys, order, is_eval)
+            firsts += band_firsts
+            seconds += band_seconds
     if not firsts:
-        return []
-    first, second = np.concatenate(firsts), np.concatenate(seconds)
+        return None, None
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def _leak_candidates(
+    keys: np.ndarray, order: np.ndarray, is_eval: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One band's (train, eval) candidates, as lists of index arrays: each eval entry meets the
+    _NEIGHBOURS train entries on either side of it in its bucket's signature ``order``."""
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    evals = np.flatnonzero(is_eval)
+    firsts, seconds = [], []
+    for step in (*range(1, _NEIGHBOURS + 1), *range(-_NEIGHBOURS, 0)):
+        at = rank[evals] + step
+        inside = (at >= 0) & (at < len(order))
+        other = order[at[inside]]
+        mine = evals[inside]
+        good = (keys[other] == keys[mine]) & ~is_eval[other]
+        firsts.append(other[good])
+        seconds.append(mine[good])
+    return firsts, seconds
+
+
+def _checked_pairs(
+    cleaned: list[str], origin: np.ndarray, signatures: np.ndarray, first: np.ndarray, second: np.ndarray,
+    threshold: float,
+) -> list[Pair]:
+    """The candidate entries' texts that really are near duplicates: those whose MinHash estimate is
+    plausible, as distinct text pairs (lower index first), checked by exact Jaccard."""
     estimate = (signatures[first] == signatures[second]).mean(axis=1)
     # 32 hashes estimate J within about 0.07 (one standard deviation at J = 0.8).
     plausible = estimate >= threshold - 0.15
     first, second = origin[first[plausible]], origin[second[plausible]]
     low, high = np.minimum(first, second), np.maximum(first, second)
-    codes = np.unique(low[low != high] * len(texts) + high[low != high])
-    first, second = codes // len(texts), codes % len(texts)
+    count = len(cleaned)
+    codes = np.unique(low[low != high] * count + high[low != high])
+    first, second = codes // count, codes % count
     similarity = exact_jaccard(cleaned, first, second)
     found = np.flatnonzero(similarity >= threshold)
     return [Pair(i, j, s) for i, j, s in zip(first[found].tolist(), second[found].tolist(), similarity[found].tolist())]
@@ -328,8 +384,6 @@ def find_duplicates(keys: list[str]) -> Duplicates:
 
 def hold_out(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     """(train, eval): ``fraction`` of the rows, chosen reproducibly by ``seed``, held out for eval."""
-    import random
-
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     held = set(order[: max(1, round(len(rows) * fraction))])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from quicktune.errors import DataError
@@ -14,6 +15,11 @@ MAX_PROBLEMS_SHOWN = 20
 class Message:
     role: str
     content: str
+
+
+def message_dicts(messages: Iterable[Message]) -> list[dict[str, str]]:
+    """Messages as the ``{"role", "content"}`` dicts a chat template renders (``parse_turns`` reads them back)."""
+    return [{"role": m.role, "content": m.content} for m in messages]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +35,7 @@ class Example:
         return self.text is None
 
     def as_dicts(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+        return message_dicts(self.messages)
 
 
 @dataclass

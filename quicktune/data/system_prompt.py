@@ -145,5 +145,5 @@ def served_warning(recipe, manifest: dict[str, Any]) -> str | None:
     if served == recorded["served"]:
         return recorded["warning"]
     # export.system edited in the run's recipe.yaml after training: compare with what was recorded
-    counts = Counter({text: rows for text, rows in recorded["common"]})
+    counts = Counter(dict(recorded["common"]))
     return _warning(served, "export.system", counts, recorded["rows"], recorded["distinct"])

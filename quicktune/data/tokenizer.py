@@ -11,6 +11,7 @@ where the GGUF says ``<|im_end|>``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -447,9 +448,7 @@ def _convert_gguf_tokenizer(gguf_path: Path, folder: Path) -> None:
 def stop_token_ids(tokenizer: ChatTokenizer) -> set[int]:
     """Ids that end an answer: the eos and the template's end-of-turn token."""
     ids = {tokenizer.eos_id}
-    try:
+    with contextlib.suppress(Exception):  # a template without assistant turns has no end-of-turn marker
         ids.add(tokenizer.token_id(tokenizer.end_of_turn()))
-    except Exception:  # a template without assistant turns has no end-of-turn marker
-        pass
     ids.discard(None)
     return ids

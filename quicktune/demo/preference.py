@@ -37,6 +37,17 @@ import argparse
 import json
 from pathlib import Path
 
+from quicktune.backend import load_backend
+from quicktune.base_model import base_folder
+from quicktune.data.formats import parse_turns
+from quicktune.data.preference import PreferencePair, tokenize_pairs
+from quicktune.data.quality import jaccard
+from quicktune.data.tokenizer import load_chat_tokenizer
+from quicktune.demo.generate import MAX_SIMILARITY, char_ngrams
+from quicktune.demo.generate import build as generate
+from quicktune.recipe import load_recipe
+from quicktune.runs import read_manifest, trained_dir, write_atomic
+
 HERE = Path(__file__).parent
 TRAIN_FILE, EVAL_FILE = "preference_train.jsonl", "preference_eval.jsonl"
 QUARTERS = ("00", "15", "30", "45")
@@ -60,27 +71,19 @@ class Scorer:
     def __init__(self, run_dir: Path):
         import torch
 
-        from quicktune.backend import load_backend
-        from quicktune.base_model import base_folder
-        from quicktune.data.tokenizer import load_chat_tokenizer
-        from quicktune.recipe import load_recipe
-        from quicktune.runs import read_manifest, trained_dir
-
         manifest = read_manifest(run_dir)
         recipe = load_recipe(str(run_dir / "recipe.yaml"))
         self.tokenizer = load_chat_tokenizer(str(trained_dir(run_dir, manifest)))
         self.model = load_backend().load_trained(
             base_folder(manifest, recipe), str(trained_dir(run_dir, manifest)),
-            max_seq_length=recipe.model.max_seq_length, load_in_4bit=recipe.model.load_in_4bit, dtype=recipe.model.dtype,
+            max_seq_length=recipe.model.max_seq_length, load_in_4bit=recipe.model.load_in_4bit,
+            dtype=recipe.model.dtype,
         )
         self.torch = torch
 
     def answer_logps(self, prompt: list[dict], answers: list[str]) -> list[float]:
-        from quicktune.data.preference import PreferencePair, tokenize_pairs
-        from quicktune.data.records import Message
-
         torch = self.torch
-        messages = tuple(Message(m["role"], m["content"]) for m in prompt)
+        messages = tuple(parse_turns(prompt, "prompt"))
         pairs = [PreferencePair("demo", messages, answers[0], other) for other in answers[1:]]
         tokenized = tokenize_pairs(self.tokenizer, pairs)
         prompt_ids = tokenized[0].prompt_ids
@@ -102,7 +105,8 @@ class Scorer:
             width = max(map(len, tails))
             ids = torch.tensor([t + [0] * (width - len(t)) for t in tails])
             mask = torch.ones(len(tails), len(head) + width, dtype=torch.long)
-            tail_lp = self.model(input_ids=ids, past_key_values=cache, attention_mask=mask).logits.float().log_softmax(-1)
+            tail_logits = self.model(input_ids=ids, past_key_values=cache, attention_mask=mask).logits
+            tail_lp = tail_logits.float().log_softmax(-1)
         scores = []
         for index, tail in enumerate(tails):
             score = shared + float(head_lp[-1, tail[0]])
@@ -173,10 +177,6 @@ def build(scorer: Scorer, source: Path, progress=lambda done, total: None) -> li
 def fresh_rows(source_dir: Path = HERE) -> list[dict]:
     """Demo sentences the SFT run never saw: the generator's first FRESH_ROWS rows for FRESH_SEED, less
     any near a shipped demo row (none, for the shipped files)."""
-    from quicktune.data.quality import jaccard
-    from quicktune.demo.generate import MAX_SIMILARITY, char_ngrams
-    from quicktune.demo.generate import build as generate
-
     demo = [json.loads(line) for name in ("train.jsonl", "eval.jsonl")
             for line in (Path(source_dir) / name).read_text(encoding="utf-8").splitlines() if line.strip()]
     seen = [char_ngrams(row["messages"][-2]["content"]) for row in demo]
@@ -214,9 +214,10 @@ def training_pairs(rows: list[dict], scores: list[dict[str, float] | None]) -> l
     return [pair(rows[index], wrong) for index, wrong, _ in kept]
 
 
-def write(run_dir: Path, out_dir: Path = HERE, source_dir: Path = HERE, progress=lambda name, done, total: None) -> list[Path]:
-    from quicktune.runs import write_atomic
-
+def write(
+    run_dir: Path, out_dir: Path = HERE, source_dir: Path = HERE, progress=lambda name, done, total: None
+) -> list[Path]:
+    """Mines both pair files from an SFT run's mistakes into ``out_dir``; returns their paths."""
     scorer = Scorer(Path(run_dir))
     held = build(scorer, Path(source_dir) / "eval.jsonl", lambda done, total: progress("eval.jsonl", done, total))
     rows = fresh_rows(source_dir)

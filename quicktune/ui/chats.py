@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quicktune.chat import open_session, resolve_target
+from quicktune.data.system_prompt import served_prompt
 from quicktune.errors import QuicktuneError
+from quicktune.models import resolve_model
+from quicktune.recipe import load_recipe
 from quicktune.runs import QUANT_ORDER, list_runs, read_manifest, run_label
 from quicktune.ui.views import run_folder
 
@@ -24,8 +28,6 @@ MAX_TOKENS_CAP = 2048
 
 
 def _base_gguf(manifest: dict[str, Any]) -> Path | None:
-    from quicktune.models import resolve_model
-
     spec = (manifest.get("base_model") or {}).get("spec")
     try:
         source = resolve_model(spec) if spec else None
@@ -39,8 +41,7 @@ def chat_models(root: Path) -> list[dict[str, str]]:
     models, bases = [], []
     for summary in list_runs(root):
         label = run_label(summary.path)
-        for quant in summary.exported:
-            models.append({"id": f"{label}:{quant}", "name": f"{label} ({quant})"})
+        models.extend({"id": f"{label}:{quant}", "name": f"{label} ({quant})"} for quant in summary.exported)
         base = _base_gguf(read_manifest(summary.path))
         if base is not None:
             bases.append({"id": f"{BASE}{label}", "name": f"base of {label}: {base.name}"})
@@ -48,8 +49,6 @@ def chat_models(root: Path) -> list[dict[str, str]]:
 
 
 def chat_target(root: Path, model: str):
-    from quicktune.chat import resolve_target
-
     if model.startswith(BASE):
         run_dir = run_folder(root, model[len(BASE):])
         manifest = read_manifest(run_dir)
@@ -71,9 +70,6 @@ def chat_target(root: Path, model: str):
 
 
 def _served_settings(run_dir: Path, manifest: dict[str, Any]) -> tuple[str | None, float, float]:
-    from quicktune.data.system_prompt import served_prompt
-    from quicktune.recipe import load_recipe
-
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
     return served_prompt(recipe, manifest), recipe.export.temperature, recipe.export.top_p
 
@@ -95,8 +91,6 @@ class ChatPool:
     def _get(self, model: str) -> _Loaded:
         with self._loading:
             if model not in self._loaded:
-                from quicktune.chat import open_session
-
                 target = chat_target(self.root, model)
                 session = open_session(target)
                 self._loaded[model] = _Loaded(session, session.system, target.label, threading.Lock())

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from quicktune.console import console, err_console
 from quicktune.errors import QuicktuneError
 from quicktune.ui import views
+from quicktune.ui.chats import ChatPool, chat_models
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_BODY = 1 << 20  # a chat request: the conversation so far
@@ -64,8 +66,6 @@ class Dashboard(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, root: Path, host: str, port: int):
-        from quicktune.ui.chats import ChatPool
-
         self.root = root.resolve()
         self.loopback = is_loopback(host)
         self.static = static_files()
@@ -159,8 +159,6 @@ class Handler(BaseHTTPRequestHandler):
             return self._bug(exc)
 
     def _bug(self, exc: Exception) -> None:
-        from quicktune.console import err_console
-
         err_console.print_exception()
         self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"quicktune ui failed: {type(exc).__name__}: {exc}")
 
@@ -171,6 +169,7 @@ class Handler(BaseHTTPRequestHandler):
         body, kind = found
         text = kind.startswith(("text/", "application/javascript"))
         self._send(200, body, f"{kind}; charset=utf-8" if text else kind)
+        return None
 
     def _file(self, raw: str) -> None:
         """A file inside a run folder, as /files/recipe/vN/relative/path."""
@@ -200,6 +199,7 @@ class Handler(BaseHTTPRequestHandler):
             with target.open("rb") as handle:
                 while block := handle.read(1 << 16):
                     self.wfile.write(block)
+        return None
 
     def _api(self, route: str, query: dict[str, str]) -> None:
         root = self.server.root
@@ -215,8 +215,6 @@ class Handler(BaseHTTPRequestHandler):
         if route == "compare":
             return self._json(views.compare_view(root, query.get("a", ""), query.get("b", "")))
         if route == "chat/models":
-            from quicktune.ui.chats import chat_models
-
             return self._json({"models": chat_models(root)})
         return self._error(HTTPStatus.NOT_FOUND, f"no API {route}")
 
@@ -250,6 +248,7 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as exc:
             return self._bug(exc)
         self._stream(label, first, pieces, started)
+        return None
 
     def _stream(self, label: str, first: str | None, pieces, started: float) -> None:
         """The answer as it is generated: plain UTF-8 text, flushed piece by piece, then the connection closes."""
@@ -291,8 +290,6 @@ def serve(root: Path, host: str, port: int) -> Dashboard:
 
 def run_dashboard(runs_dir: str, host: str, port: int) -> None:
     """``quicktune ui``: serve until Ctrl-C. Another address than loopback only when asked for, with a warning."""
-    from quicktune.console import console, err_console
-
     root = Path(runs_dir)
     if not root.is_dir():
         raise QuicktuneError(

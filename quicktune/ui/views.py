@@ -14,7 +14,10 @@ from typing import Any
 import yaml
 
 from quicktune.console import shell_path
+from quicktune.data.check import check_data
 from quicktune.errors import QuicktuneError
+from quicktune.evaluate.compare import compare_runs, scores_on_the_same_rows
+from quicktune.export.exporter import ollama_tag
 from quicktune.runs import (
     eval_reports,
     list_runs,
@@ -117,8 +120,6 @@ def lineage(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _modelfiles(run_dir: Path, export: dict[str, Any]) -> list[dict[str, Any]]:
-    from quicktune.export.exporter import ollama_tag
-
     shown = []
     for quant, relative in (export.get("modelfiles") or {}).items():
         path = run_dir / relative
@@ -211,8 +212,6 @@ def example_view(root: Path, name: str) -> dict[str, Any]:
 
     Uses the data files the recipe names now; a file whose sha256 is no longer the one the
     run trained on is named in ``changed``."""
-    from quicktune.data.check import check_data
-
     run_dir = run_folder(root, name)
     manifest = read_manifest(run_dir)
     changed = []
@@ -244,8 +243,6 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
 def compare_view(root: Path, first: str, second: str) -> dict[str, Any]:
     """Two runs side by side: both recipes (differing keys marked), `runs compare`'s table, the eval
     metrics of both on the same held-out rows with the change, and the rows where their answers differ."""
-    from quicktune.evaluate.compare import compare_runs, scores_on_the_same_rows
-
     a, b = run_folder(root, first), run_folder(root, second)
     recipes = []
     for run_dir in (a, b):

@@ -26,7 +26,7 @@ def data(tmp_path):
     train = _rows(300, 1)
     train += [train[3], train[40]]  # exact duplicates
     train.append(chat(train[7]["messages"][0]["content"] + " thanks", train[7]["messages"][1]["content"]))  # near
-    held = _rows(20, 2) + [chat(train[11]["messages"][0]["content"], "another answer")]  # a leak
+    held = [*_rows(20, 2), chat(train[11]["messages"][0]["content"], "another answer")]  # a leak
     return write_jsonl(tmp_path / "train.jsonl", train), write_jsonl(tmp_path / "eval.jsonl", held)
 
 

@@ -23,7 +23,10 @@ def test_messages_format(tmp_path):
 
 
 def test_sharegpt_format_with_system(tmp_path):
-    row = {"system": "Be nice.", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}
+    row = {
+        "system": "Be nice.",
+        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}],
+    }
     examples, files = load_examples([str(write_jsonl(tmp_path / "s.jsonl", [row]))])
     assert files[0].format == "sharegpt"
     assert examples[0].messages == (Message("system", "Be nice."), *EXPECTED)
@@ -104,7 +107,10 @@ def test_parquet_file(tmp_path):
             json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}),
             "messages[1]: a system message may only come first",
         ),
-        (json.dumps({"messages": [{"role": "user", "content": "a"}]}), "messages: the last turn must be the assistant's"),
+        (
+            json.dumps({"messages": [{"role": "user", "content": "a"}]}),
+            "messages: the last turn must be the assistant's",
+        ),
     ],
 )
 def test_each_validation_error_names_line_and_field(tmp_path, line, message):

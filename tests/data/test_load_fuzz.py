@@ -21,7 +21,10 @@ KEYS = ["messages", "conversations", "role", "content", "from", "value", "instru
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | st.sampled_from(KEYS)
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=16,
 )
 turn = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool", "x", ""]) | scalars,
@@ -56,7 +59,9 @@ def _names_file_and_line(error: QuicktuneError, path) -> bool:
     )
 
 
-FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @FUZZ
@@ -84,7 +89,10 @@ def test_any_bytes_in_any_supported_file_type(tmp_path_factory, raw):
 
 
 @FUZZ
-@given(records=st.lists(plausible | values, max_size=6), fmt=st.sampled_from(["auto", "messages", "sharegpt", "alpaca", "text"]))
+@given(
+    records=st.lists(plausible | values, max_size=6),
+    fmt=st.sampled_from(["auto", "messages", "sharegpt", "alpaca", "text"]),
+)
 def test_json_lists_and_csv_with_a_pinned_format(tmp_path_factory, records, fmt):
     folder = tmp_path_factory.mktemp("fuzz")
     as_json = folder / "train.json"
@@ -99,7 +107,8 @@ def test_json_lists_and_csv_with_a_pinned_format(tmp_path_factory, records, fmt)
         writer = csv.writer(handle)
         writer.writerow(["instruction", "output", "messages"])
         for record in records:
-            cells = [json.dumps(v) if not isinstance(v, str) else v for v in (record.values() if isinstance(record, dict) else [record])]
+            values = record.values() if isinstance(record, dict) else [record]
+            cells = [json.dumps(v) if not isinstance(v, str) else v for v in values]
             writer.writerow(cells[:4])
     outcome = _outcome(as_csv, fmt=fmt)
     if isinstance(outcome, QuicktuneError):

@@ -36,7 +36,8 @@ def implicit(prompt: str, answer: str, worse: str) -> dict:
 
 def test_the_three_forms_are_detected_and_read_alike(tmp_path):
     rows = {
-        "strings": [pair(f"One word for {t}?", f'{{"word": "{t}"}}', f'{{"word": "{t.upper()}"}}') for t in ("tea", "jam")],
+        "strings": [pair(f"One word for {t}?", f'{{"word": "{t}"}}', f'{{"word": "{t.upper()}"}}')
+                    for t in ("tea", "jam")],
         "messages": [as_messages(f"One word for {t}?", f'{{"word": "{t}"}}', f'{{"word": "{t.upper()}"}}')
                      for t in ("tea", "jam")],
         "implicit": [implicit(f"One word for {t}?", f'{{"word": "{t}"}}', f'{{"word": "{t.upper()}"}}')
@@ -66,7 +67,8 @@ def test_every_broken_pair_is_reported_with_its_line(tmp_path):
             {"chosen": "a", "rejected": "b"},  # 6: no prompt, answers are not conversations
             pair(prompt=[{"role": "assistant", "content": "hi"}]),  # 7
             pair(chosen=[{"role": "user", "content": "x"}]),  # 8
-            implicit("a", "b", "c") | {"rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "c"}]},  # 9
+            implicit("a", "b", "c")
+            | {"rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "c"}]},  # 9
             "{not json",  # 10
             pair(prompt=""),  # 11
         ],
@@ -112,7 +114,11 @@ def test_a_pair_file_in_an_sft_recipe_is_refused_with_the_method_to_use(tmp_path
 def test_duplicates_and_leakage_name_both_lines(tmp_path):
     train = write_jsonl(
         tmp_path / "train.jsonl",
-        [pair(), pair("One word for jam?", "jam", "JAM"), pair(" one word for TEA? ", '{"word": "tea"}', '{"word": "TEA"}')],
+        [
+            pair(),
+            pair("One word for jam?", "jam", "JAM"),
+            pair(" one word for TEA? ", '{"word": "tea"}', '{"word": "TEA"}'),
+        ],
     )
     held = write_jsonl(tmp_path / "eval.jsonl", [pair("One word for jam?", "jam!", "Jam")])
     report = prepare_pairs([str(train)], eval_paths=[str(held)]).report
@@ -182,7 +188,9 @@ def test_recipe_keys_are_validated(tmp_path):
         "method: orpo\npreference:\n  loss_type: ipo\n": "ORPO's loss is fixed",
         "method: orpo\npreference:\n  sft_weight: 1.0\n": "ORPO's loss already holds the SFT loss",
         "method: dpo\npreference:\n  sft_weight: -1\n": "preference.sft_weight",
-        "method: dpo\npreference:\n  label_smoothing: 0.1\n": "read only by method dpo with loss_type robust or exo_pair",
+        "method: dpo\npreference:\n  label_smoothing: 0.1\n": (
+            "read only by method dpo with loss_type robust or exo_pair"
+        ),
         "method: dpo\npreference:\n  loss_type: exo_pair\n": "exo_pair needs a value above 0",
         "method: dpo\npreference:\n  beta: 0\n": "preference.beta",
         "method: dpo\npreference:\n  loss_type: best\n": "preference.loss_type",

@@ -23,7 +23,7 @@ def test_exact_duplicates_ignore_case_and_punctuation():
 
 
 def test_near_duplicates_found_and_distinct_texts_not():
-    texts = SENTENCES + [SENTENCES[0] + " please", SENTENCES[2].replace("park", "parks")]
+    texts = [*SENTENCES, SENTENCES[0] + " please", SENTENCES[2].replace("park", "parks")]
     pairs = {(p.first, p.second) for p in quality.near_duplicate_pairs(texts)}
     assert pairs == {(0, 5), (2, 6)}
     for pair in quality.near_duplicate_pairs(texts):
@@ -90,7 +90,7 @@ def test_pair_straddling_the_sampling_length_is_found():
     windows = [len(quality.normalise(t)) - quality.SHINGLE + 1 for t in (short, longer)]
     assert windows[0] < quality._SAMPLE_FROM <= windows[1]
     assert [(p.first, p.second) for p in quality.near_duplicate_pairs([short, longer])] == [(0, 1)]
-    assert [(p.first, p.second) for p in quality.leakage_pairs(SENTENCES + [short], [longer])] == [(5, 0)]
+    assert [(p.first, p.second) for p in quality.leakage_pairs([*SENTENCES, short], [longer])] == [(5, 0)]
 
 
 def test_normalise_ascii_shortcut_equals_the_regex():
@@ -106,7 +106,7 @@ def test_normalise_ascii_shortcut_equals_the_regex():
 def test_exact_jaccard_equals_the_shingle_sets():
     # the array Jaccard of the near-duplicate check against Python sets of character 5-grams
     rng = random.Random(5)
-    texts = SENTENCES + ["", "abc", "abcd", "abcde", "abcdef", "ǅé ß ü straße", "日本語のテキストです"]
+    texts = [*SENTENCES, "", "abc", "abcd", "abcde", "abcdef", "ǅé ß ü straße", "日本語のテキストです"]
     texts.append("x\ud800y z")  # a lone surrogate, which json.loads lets through
     texts += [rng.choice(SENTENCES)[: rng.randrange(3, 60)] + rng.choice(["", " ok", " Σσς"]) for _ in range(60)]
     texts = [quality.normalise(t) if t.isascii() else t for t in texts]

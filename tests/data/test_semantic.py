@@ -78,7 +78,8 @@ def test_prepare_reports_semantic_pairs_separately_and_drops_them_on_request(tmp
     assert found == {(f"{train}:{i + 1}", f"{train}:{i + 7}") for i in range(6)}
     assert report.semantic_duplicates == 6 and all(p.similarity >= threshold for p in report.semantic_pairs)
     assert report.leakage == 0 and report.semantic_leakage == 1
-    assert (report.semantic_leakage_pairs[0].first, report.semantic_leakage_pairs[0].second) == (f"{extra}:1", f"{held}:1")
+    leak = report.semantic_leakage_pairs[0]
+    assert (leak.first, leak.second) == (f"{extra}:1", f"{held}:1")
     assert any("dedupe: semantic" in w for w in report.warnings)
 
     dropped = prepare([str(train)], dedupe="semantic", semantic_threshold=threshold)

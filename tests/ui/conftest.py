@@ -152,8 +152,8 @@ def ui_runs(tmp_path_factory) -> Path:
     _export(first, resolve_model(SMOLLM2).path)
     references = [row["messages"][-1]["content"] for row in held_rows]
     sha = "ab12" * 16
-    _eval_report(first, references[:3] + ['{"word": "ice"}', '{"word": "fig"}', references[5]], sha, held_rows)
-    _eval_report(second, references[:5] + ['{"word": "coral"}'], sha, held_rows)
+    _eval_report(first, [*references[:3], '{"word": "ice"}', '{"word": "fig"}', references[5]], sha, held_rows)
+    _eval_report(second, [*references[:5], '{"word": "coral"}'], sha, held_rows)
     return root
 
 

@@ -264,6 +264,6 @@ def test_another_address_is_served_only_when_asked_for_with_a_warning(ui_runs):
         assert line.startswith("quicktune ui: http://"), line
     finally:
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
+        _out, err = process.communicate(timeout=30)
     assert "warning: listening on 0.0.0.0" in " ".join(err.split())
     assert "no login" in err
