@@ -240,9 +240,9 @@ def run_prepare(workdir: Path, profile: Profile, options: dict) -> dict:
         (workdir / f"recipe-{method}.yaml").write_text(recipe_yaml(profile, model_dir, train_file, method))
 
     from quicktune.recipe import load_recipe
-    from quicktune.train.trainer import _rows, prepare_data
+    from quicktune.train.trainer import prepare_data, training_rows
 
-    rows = _rows(prepare_data(load_recipe(str(workdir / "recipe-qlora.yaml"))).train_tokens)
+    rows = training_rows(prepare_data(load_recipe(str(workdir / "recipe-qlora.yaml"))).train_tokens)
     short = [len(row["input_ids"]) for row in rows if len(row["input_ids"]) != profile.seq]
     if short:
         raise RuntimeError(f"{len(short)} row(s) are not {profile.seq} tokens long: {short[:5]}")
@@ -307,11 +307,11 @@ def run_quicktune(workdir: Path, profile: Profile, options: dict) -> dict:
 
     backend = load_backend()  # first: it imports Unsloth before transformers, as quicktune's CLI does
     from quicktune.recipe import load_recipe
-    from quicktune.train.trainer import _rows, prepare_data, train
+    from quicktune.train.trainer import prepare_data, train, training_rows
 
     recipe = load_recipe(str(workdir / f"recipe-{options['quicktune_method']}.yaml"))
     expected = json.loads((workdir / "prepare.json").read_text())["rows_sha256"]
-    if rows_sha256(_rows(prepare_data(recipe).train_tokens)) != expected:
+    if rows_sha256(training_rows(prepare_data(recipe).train_tokens)) != expected:
         raise RuntimeError("quicktune prepared other rows than the prepare step did")
     timer = step_timer()
     result = train(recipe, runs_root=workdir / "runs", extra_callbacks=(timer,))

@@ -133,10 +133,10 @@ def run_prepare(workdir: Path, steps: int, warmup: int) -> dict:
     """The demo recipe's train rows and converted model folder, and the pad share of its batches."""
     from quicktune.base_model import prepare_base
     from quicktune.recipe import load_recipe
-    from quicktune.train.trainer import _rows, prepare_data
+    from quicktune.train.trainer import prepare_data, training_rows
 
     recipe = load_recipe(RECIPE, recipe_overrides(steps))
-    rows = _rows(prepare_data(recipe).train_tokens)  # exactly the rows quicktune's trainer trains on
+    rows = training_rows(prepare_data(recipe).train_tokens)  # exactly the rows quicktune's trainer trains on
     model_dir = prepare_base(recipe.model.base, recipe.model.revision).load_from
     (workdir / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
 
@@ -194,12 +194,12 @@ def run_quicktune(workdir: Path, steps: int, warmup: int, extra: tuple[str, ...]
 
     backend = load_backend()  # first: it imports Unsloth before transformers, as quicktune's CLI does
     from quicktune.recipe import load_recipe
-    from quicktune.train.trainer import _rows, prepare_data, train
+    from quicktune.train.trainer import prepare_data, train, training_rows
 
     recipe = load_recipe(RECIPE, [*recipe_overrides(steps), *extra])
     # train() prepares its rows itself, with the code loaded here: they must be the rows the other two get
     expected = json.loads((workdir / "prepare.json").read_text())["rows_sha256"]
-    if rows_sha256(_rows(prepare_data(recipe).train_tokens)) != expected:
+    if rows_sha256(training_rows(prepare_data(recipe).train_tokens)) != expected:
         raise RuntimeError("quicktune prepared other rows than the prepare step did (code changed meanwhile?)")
     timer = step_timer()
     result = train(recipe, runs_root=workdir / "runs", extra_callbacks=(timer,))

@@ -23,8 +23,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from quicktune.backend import load_backend
+from quicktune.console import console as rich_console
 from quicktune.errors import QuicktuneError
+from quicktune.recipe import load_recipe
+from quicktune.runs import write_atomic
 from quicktune.train.ranks import join_processes
+from quicktune.train.trainer import TrainResult, train
 
 # --------------------------------------------------------------------------- the launching process
 
@@ -45,8 +50,6 @@ def describe_processes(processes: int, devices: int) -> str:
 def launch(recipe_ref: str, overrides: list[str], runs_dir: str, parent: str | None, processes: int, console, *,
            allow_data_change: bool = False, new_run: bool = False):
     """Train on ``processes`` processes; returns the main process's TrainResult."""
-    from quicktune.train.trainer import TrainResult
-
     devices = cuda_devices()
     if devices and processes > devices:
         raise QuicktuneError(f"--gpus {processes}: this machine has {devices} CUDA GPU(s)",
@@ -117,19 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-run", action="store_true")
     args = parser.parse_args(argv)
 
-    from quicktune.backend import load_backend
-
     load_backend(unsloth=False)  # before transformers; every process on the same plain stack
     ranks = join_processes()
-    from quicktune.console import console
-    from quicktune.recipe import load_recipe
-    from quicktune.runs import write_atomic
-    from quicktune.train.trainer import train
-
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         result = train(recipe, runs_root=Path(args.runs_dir), parent_ref=args.parent,
-                       console=console if ranks.is_main else None, ranks=ranks,
+                       console=rich_console if ranks.is_main else None, ranks=ranks,
                        allow_data_change=args.allow_data_change, new_run=args.new_run)
         outcome = {"run_dir": str(result.run_dir), "status": result.status, "metrics": result.metrics,
                    "resumed_from": result.resumed_from}

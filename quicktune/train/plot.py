@@ -18,9 +18,9 @@ def plot_losses(metrics_path: Path, out_path: Path, *, title: str = "") -> Path 
             evaluation.append((record["step"], record["eval_loss"]))
     if not train and not evaluation:
         return None
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4), dpi=110)

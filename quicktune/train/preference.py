@@ -1,6 +1,6 @@
 """``method: dpo`` and ``method: orpo``: TRL's DPOTrainer / ORPOTrainer on quicktune's own tokens.
 
-The run is the SFT run's in every other way (``trainer._fit``: backend, run folder, manifest,
+The run is the SFT run's in every other way (``quicktune.train.trainer``: backend, run folder, manifest,
 metrics.jsonl, progress bar, Ctrl-C, resume, lineage); only the trainer differs. Pairs come
 tokenized from ``quicktune.data.preference`` (``prompt_ids``/``chosen_ids``/``rejected_ids``),
 so TRL's own rendering and tokenization are bypassed, as SFT's are.
@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from quicktune.errors import QuicktuneError
+from quicktune.train.config import planned_steps, sft_config
 
 REFERENCE_ADAPTER = "ref"  # the name TRL gives the frozen copy of the starting adapter
 
@@ -43,8 +46,6 @@ def preference_config(recipe, backend, run_dir: Path, train_rows: int, has_eval:
     """The DPOConfig or ORPOConfig a run trains with: the SFT run's arguments plus the recipe's
     ``preference`` section (beta; for DPO also loss_type, label_smoothing and sft_weight: TRL's
     ``sft`` loss on the chosen answer added with that weight)."""
-    from quicktune.train.config import planned_steps, sft_config
-
     sft_args = sft_config(recipe, run_dir, backend, has_eval, planned_steps(recipe, train_rows))
     shared = {name: getattr(sft_args, name) for name in _SHARED_ARGS}
     settings = recipe.preference
@@ -63,7 +64,7 @@ def preference_config(recipe, backend, run_dir: Path, train_rows: int, has_eval:
 
 
 def preference_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, callbacks):
-    """The DPO or ORPO trainer for a prepared run (``trainer._fit`` calls it in place of SFT's)."""
+    """The DPO or ORPO trainer for a prepared run (``trainer._setup_trainer`` calls it in place of SFT's)."""
     from datasets import Dataset
     from transformers import EarlyStoppingCallback
 
@@ -73,8 +74,6 @@ def preference_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.training.early_stopping_patience))
     if recipe.method == "dpo":
         if backend.name != "unsloth" and backend.device == "cpu":
-            from quicktune.errors import QuicktuneError
-
             # Measured (bench/dpo_speed.py): plain TRL DPOTrainer fails at its first step with
             # "0 active drivers"; Unsloth serves the same slot with its own kernel.
             raise QuicktuneError(
@@ -145,13 +144,11 @@ def _own_tokens_orpo(orpo_trainer):
             and response" of a decoder-only model: the system prompt and the user's words were trained too,
             which the recipe refuses for every other method (``train_on_responses_only``). The same logits give
             the term on the chosen answer's tokens (its end-of-turn included), as the ORPO paper defines it."""
-            import torch.nn.functional as F
+            from torch.nn import functional
 
             out = super().concatenated_forward(model, batch)
             chosen_logits = out[2]  # all_logits[:len_chosen, :-1, :]
             if chosen_logits.dim() != 3:
-                from quicktune.errors import QuicktuneError
-
                 raise QuicktuneError(
                     "method orpo: UNSLOTH_FUSED_PREFERENCE_LOSS=1 scores pairs without the logits quicktune needs "
                     "for ORPO's SFT term on the answers only",
@@ -160,8 +157,9 @@ def _own_tokens_orpo(orpo_trainer):
             labels = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value,
                                               device=self.accelerator.device)["concatenated_labels"]
             targets = labels[: chosen_logits.shape[0], 1:].to(chosen_logits.device)
-            answer_nll = F.cross_entropy(chosen_logits.reshape(-1, chosen_logits.shape[-1]), targets.reshape(-1),
-                                         ignore_index=-100)  # the labels' padding and prompt
+            vocab = chosen_logits.shape[-1]
+            answer_nll = functional.cross_entropy(chosen_logits.reshape(-1, vocab), targets.reshape(-1),
+                                                  ignore_index=-100)  # the labels' padding and prompt
             return (*out[:4], answer_nll, *out[5:])
 
         def tokenize_row(self, feature, model=None) -> dict[str, Any]:
@@ -170,7 +168,8 @@ def _own_tokens_orpo(orpo_trainer):
             for side in ("chosen", "rejected"):
                 ids = (prompt + feature[f"{side}_ids"])[: self.max_length]
                 labels = ([-100] * len(prompt) + feature[f"{side}_ids"])[: self.max_length]
-                row.update({f"{side}_input_ids": ids, f"{side}_attention_mask": [1] * len(ids), f"{side}_labels": labels})
+                row.update({f"{side}_input_ids": ids, f"{side}_attention_mask": [1] * len(ids),
+                            f"{side}_labels": labels})
             return row
 
     return QuicktuneORPOTrainer

@@ -1,5 +1,9 @@
 """Train a recipe: data -> Unsloth model + LoRA -> TRL SFTTrainer -> a run folder.
 
+``train`` reads as its steps, top to bottom (as torchtune's recipes do): set up the run (backend,
+data, base model, parent), claim the run folder, set up the model, set up the trainer, train, save.
+A ``TrainingRun`` carries what the steps share; a ``Session`` the trainer and what it returned.
+
 Run folders, resume and lineage:
 - every run gets a new ``runs/<recipe>/vN``;
 - re-running the same command after an interruption resumes the newest unfinished run
@@ -12,24 +16,36 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from quicktune import runs
-from quicktune.backend import four_bit_summary, load_backend, require_device_for
+from quicktune.adapters import check_mergeable, read_plan
+from quicktune.backend import Backend, four_bit_summary, load_backend, require_device_for
+from quicktune.base_model import BaseModel, prepare_base
 from quicktune.data.check import prepare_for_recipe
 from quicktune.data.report import PreparedData
 from quicktune.errors import QuicktuneError, RecipeError
-from quicktune.recipe import PREFERENCE_METHODS, Recipe
+from quicktune.recipe import PREFERENCE_METHODS, Recipe, too_many_layers
+from quicktune.templates import FAMILY_TEMPLATES
+from quicktune.train import preference  # the module: tests wrap preference.preference_trainer
 from quicktune.train.config import planned_steps, sft_config
+from quicktune.train.plot import plot_losses
+from quicktune.train.ranks import Ranks, main_first, on_main, stop_on_interrupt_callback
 
 PACKAGES = ("quicktune", "torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "datasets", "accelerate")
+
+# training.report_to: the package each integration needs (transformers' TensorBoardCallback uses
+# torch.utils.tensorboard, which imports the tensorboard package).
+REPORTER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 @dataclass
@@ -50,18 +66,130 @@ class TrainResult:
         return self.run_dir / ("model" if self.method == "full" else "adapter")
 
 
-def recipe_sha256(recipe: Recipe) -> str:
-    return hashlib.sha256(recipe.to_yaml().encode("utf-8")).hexdigest()
+@dataclass
+class TrainingRun:
+    """What the steps of one training run share. ``_setup_run`` fills it; ``run_dir`` and
+    ``checkpoint`` are set once the main process has claimed the run folder (``_claim_folder``)."""
+
+    recipe: Recipe
+    backend: Backend
+    prepared: PreparedData
+    base: BaseModel
+    parent_dir: Path | None  # the run --from names
+    parent_is_full: bool  # that run is a full fine-tune: its weights are this run's base
+    load_from: str  # what the model loads: the base, or a full-fine-tuned parent's model/
+    sha: str  # recipe_sha256: which unfinished run this one resumes
+    data: dict[str, Any]  # the manifest's data section
+    ranks: Ranks | None  # this process's place in a multi-process run; None alone
+    say: Callable[..., None]  # the console's print, or nothing
+    run_dir: Path | None = None
+    checkpoint: Path | None = None  # the checkpoint a resumed run continues from
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes the run folder."""
+        return self.ranks is None or self.ranks.is_main
+
+    @property
+    def parent(self) -> str | None:
+        """The parent as the manifest records it (and resuming matches it)."""
+        return str(self.parent_dir) if self.parent_dir else None
+
+    @property
+    def new_adapter(self) -> bool:
+        """LoRA starts anew: no parent, or a full fine-tune's weights as the base."""
+        return self.recipe.method != "full" and (self.parent_dir is None or self.parent_is_full)
 
 
-def package_versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+@dataclass
+class Session:
+    """A run's trainer: ``_setup_trainer`` builds it, ``_run_trainer`` fills ``output`` and ``seconds``."""
+
+    trainer: Any
+    tokenizer: Any  # the Hugging Face tokenizer, saved with the adapter
+    interrupt: Any  # the StopOnInterrupt callback: whether Ctrl-C stopped training
+    output: Any = None  # transformers' TrainOutput
+    seconds: float = 0.0
+
+
+def train(
+    recipe: Recipe,
+    *,
+    runs_root: Path,
+    parent_ref: str | None = None,
+    console=None,
+    extra_callbacks: tuple = (),
+    allow_data_change: bool = False,
+    new_run: bool = False,
+    ranks=None,
+) -> TrainResult:
+    """Train ``recipe`` into a run folder under ``runs_root`` (see the module docstring).
+
+    ``allow_data_change``: resume even when a data file changed since the run started (the
+    change is recorded in the manifest); ``new_run``: never resume, start a new ``vN``.
+    ``ranks``: this process's place in a multi-process run (quicktune.train.distributed); only the
+    main process writes the run folder."""
+    run = _setup_run(recipe, runs_root, parent_ref, console, ranks)
+    with contextlib.ExitStack() as held:  # the run folder's lock, until training ends
+        # the main process claims the folder; the others train in it
+        run.run_dir, run.checkpoint = on_main(
+            ranks, lambda: _claim_folder(run, runs_root, new_run, allow_data_change, held)
+        )
+        result = _fit_recording_failure(run, console, extra_callbacks)
+    result.resumed_from = run.checkpoint.name if run.checkpoint else None
+    return result
+
+
+# --------------------------------------------------------------------------- set up the run
+
+
+def _setup_run(recipe: Recipe, runs_root: Path, parent_ref: str | None, console, ranks: Ranks | None) -> TrainingRun:
+    """Everything before the run folder: reads the recipe, its data files, the base model and the
+    ``--from`` run; returns the run's shared state. Refuses what cannot train (a missing package,
+    a device, a parent, a lora.last_layers count) before any folder is made."""
+    say = console.print if console is not None else _say_nothing
+    backend = _setup_backend(recipe, say)
+    with main_first(ranks):  # converted tokenizers and GGUF bases land in the cache once
+        prepared = prepare_data(recipe)
+        base = prepare_base(recipe.model.base, recipe.model.revision)
+    parent_dir = load_parent(parent_ref, runs_root, recipe)
+    parent_is_full = _parent_is_full(parent_dir)
+    load_from = str(runs.trained_dir(parent_dir, {"method": "full"})) if parent_is_full else base.load_from
+    run = TrainingRun(recipe=recipe, backend=backend, prepared=prepared, base=base, parent_dir=parent_dir,
+                      parent_is_full=parent_is_full, load_from=load_from, sha=recipe_sha256(recipe),
+                      data=data_manifest(prepared), ranks=ranks, say=say)
+    _check_new_adapter_layers(run)
+    return run
+
+
+def _say_nothing(*args, **kwargs) -> None:
+    """``say`` without a console."""
+
+
+def _setup_backend(recipe: Recipe, say: Callable[..., None]) -> Backend:
+    """The training stack, Unsloth first: checks the recipe's reporters, method and device
+    against it; returns the backend (and says why Unsloth is not used, when it is not)."""
+    check_reporters(recipe)  # before anything slow: a missing package is the user's to install
+    backend = load_backend()  # first: Unsloth must be imported before transformers/trl/peft
+    if backend.notice:
+        say(f"[yellow]notice:[/] {backend.notice}")
+    if recipe.method == "full" and recipe.model.load_in_4bit:
+        raise QuicktuneError("method full cannot train a 4-bit model")
+    require_device_for(recipe.method, bool(recipe.model.load_in_4bit), backend)
+    return backend
+
+
+def check_reporters(recipe: Recipe) -> None:
+    """Refuse ``training.report_to`` naming an integration whose package is not installed."""
+    missing = [name for name in recipe.training.report_to if importlib.util.find_spec(REPORTER_PACKAGES[name]) is None]
+    if missing:
+        packages = " ".join(REPORTER_PACKAGES[name] for name in missing)
+        raise QuicktuneError(
+            f"{recipe.where(('training', 'report_to'))}: training.report_to: {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed, so the trainer could not report there",
+            hint=f"pip install {packages}, or remove it from training.report_to (metrics.jsonl and "
+            "`quicktune ui` keep every logged step either way).",
+        )
 
 
 def prepare_data(recipe: Recipe) -> PreparedData:
@@ -71,7 +199,11 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     return prepared
 
 
-def _data_manifest(prepared: PreparedData) -> dict[str, Any]:
+def recipe_sha256(recipe: Recipe) -> str:
+    return hashlib.sha256(recipe.to_yaml().encode("utf-8")).hexdigest()
+
+
+def data_manifest(prepared: PreparedData) -> dict[str, Any]:
     return {
         "files": [
             {"path": item.path, "format": item.format, "rows": item.rows, "sha256": runs.sha256_file(item.path)}
@@ -85,30 +217,6 @@ def _data_manifest(prepared: PreparedData) -> dict[str, Any]:
         # what export and chat send as the system prompt (quicktune.data.system_prompt)
         "system_prompt": prepared.report.system_prompt.to_dict() if prepared.report.system_prompt else None,
     }
-
-
-def _rows(tokenized) -> list[dict[str, list[int]]]:
-    return [{"input_ids": t.input_ids, "labels": t.labels} for t in tokenized if t.trained_tokens]
-
-
-# training.report_to: the package each integration needs (transformers' TensorBoardCallback uses
-# torch.utils.tensorboard, which imports the tensorboard package).
-REPORTER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
-
-
-def check_reporters(recipe: Recipe) -> None:
-    """Refuse ``training.report_to`` naming an integration whose package is not installed."""
-    import importlib.util
-
-    missing = [name for name in recipe.training.report_to if importlib.util.find_spec(REPORTER_PACKAGES[name]) is None]
-    if missing:
-        packages = " ".join(REPORTER_PACKAGES[name] for name in missing)
-        raise QuicktuneError(
-            f"{recipe.where(('training', 'report_to'))}: training.report_to: {', '.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} not installed, so the trainer could not report there",
-            hint=f"pip install {packages}, or remove it from training.report_to (metrics.jsonl and "
-            "`quicktune ui` keep every logged step either way).",
-        )
 
 
 def load_parent(parent_ref: str | None, runs_root: Path, recipe: Recipe) -> Path | None:
@@ -139,8 +247,6 @@ def load_parent(parent_ref: str | None, runs_root: Path, recipe: Recipe) -> Path
             hint=f"Export it (quicktune export {parent_dir}) and set model.base to its export/merged folder, "
             "or continue it with method: lora.",
         )
-    from quicktune.adapters import read_plan
-
     read_plan(parent_dir / "adapter")  # training on top of an adapter the export cannot merge is refused now
     _check_parent_layers(recipe, parent_ref, trained / "adapter_config.json")
     return parent_dir
@@ -163,6 +269,20 @@ def _check_parent_layers(recipe: Recipe, parent_ref: str, adapter_config: Path) 
         )
 
 
+def _parent_is_full(parent_dir: Path | None) -> bool:
+    return parent_dir is not None and runs.read_manifest(parent_dir).get("method") == "full"
+
+
+def _check_new_adapter_layers(run: TrainingRun) -> None:
+    """A new adapter's lora.last_layers against the layer count in the config of what the model
+    loads: a wrong count is refused before a run folder exists."""
+    if run.recipe.lora.last_layers is None or not run.new_adapter:
+        return
+    from transformers import AutoConfig
+
+    lora_layers(run.recipe, AutoConfig.from_pretrained(run.load_from))
+
+
 def lora_layers(recipe: Recipe, config) -> list[int] | None:
     """The decoder layers that get LoRA: the last ``lora.last_layers`` of the model, or None for all."""
     wanted = recipe.lora.last_layers
@@ -170,16 +290,28 @@ def lora_layers(recipe: Recipe, config) -> list[int] | None:
         return None
     total = config.get_text_config().num_hidden_layers
     if wanted > total:
-        raise RecipeError(
-            f"{recipe.where(('lora', 'last_layers'))}: lora.last_layers is {wanted}, and {recipe.model.base} has "
-            f"{total} decoder layers",
-            hint=f"Set it to at most {total}, or remove it to put LoRA on every layer.",
-        )
+        raise too_many_layers(recipe, wanted, total)
     return list(range(total - wanted, total))
 
 
-def _parent_is_full(parent_dir: Path | None) -> bool:
-    return parent_dir is not None and runs.read_manifest(parent_dir).get("method") == "full"
+# --------------------------------------------------------------------------- claim the run folder
+
+
+def _claim_folder(run: TrainingRun, runs_root: Path, new_run: bool, allow_data_change: bool,
+                  held: contextlib.ExitStack) -> tuple[Path, Path | None]:
+    """On the main process: the run folder, locked for as long as ``held``, with a new run's
+    recipe and manifest written or a resume recorded in its manifest; returns the folder and the
+    checkpoint it resumes from (None: it starts at step 0)."""
+    run_dir, checkpoint, removed = _claim_run(runs_root, run.recipe, run.sha, run.parent, new_run, held)
+    for path in removed:
+        run.say(f"[dim]removed {path.relative_to(run_dir)}, left by a run that was stopped[/]")
+    if checkpoint is None:
+        _start_run(run, run_dir)
+    else:
+        _resume_run(run, run_dir, checkpoint, allow_data_change)
+    if run.ranks is not None:
+        runs.update_manifest(run_dir, distributed=run.ranks.describe(run.recipe.training))
+    return run_dir, checkpoint
 
 
 def _claim_run(runs_root: Path, recipe: Recipe, sha: str, parent: str | None, new_run: bool,
@@ -208,111 +340,39 @@ def _claim_run(runs_root: Path, recipe: Recipe, sha: str, parent: str | None, ne
     return run_dir, None, []
 
 
-def train(
-    recipe: Recipe,
-    *,
-    runs_root: Path,
-    parent_ref: str | None = None,
-    console=None,
-    extra_callbacks: tuple = (),
-    allow_data_change: bool = False,
-    new_run: bool = False,
-    ranks=None,
-) -> TrainResult:
-    """Train ``recipe`` into a run folder under ``runs_root`` (see the module docstring).
-
-    ``allow_data_change``: resume even when a data file changed since the run started (the
-    change is recorded in the manifest); ``new_run``: never resume, start a new ``vN``.
-    ``ranks``: this process's place in a multi-process run (quicktune.train.distributed); only the
-    main process writes the run folder."""
-    check_reporters(recipe)  # before anything slow: a missing package is the user's to install
-    backend = load_backend()  # first: Unsloth must be imported before transformers/trl/peft
-    say = console.print if console is not None else (lambda *a, **k: None)
-    if backend.notice:
-        say(f"[yellow]notice:[/] {backend.notice}")
-    if recipe.method == "full" and recipe.model.load_in_4bit:
-        raise QuicktuneError("method full cannot train a 4-bit model")
-    require_device_for(recipe.method, bool(recipe.model.load_in_4bit), backend)
-
-    from quicktune.base_model import prepare_base
-    from quicktune.train.ranks import main_first, on_main
-
-    with main_first(ranks):  # converted tokenizers and GGUF bases land in the cache once
-        prepared = prepare_data(recipe)
-        base = prepare_base(recipe.model.base, recipe.model.revision)
-    parent_dir = load_parent(parent_ref, runs_root, recipe)
-    parent = str(parent_dir) if parent_dir else None
-    sha = recipe_sha256(recipe)
-    main = ranks is None or ranks.is_main
-    load_from = str(runs.trained_dir(parent_dir, {"method": "full"})) if _parent_is_full(parent_dir) else base.load_from
-    data = _data_manifest(prepared)
-    new_adapter = recipe.method != "full" and (parent_dir is None or _parent_is_full(parent_dir))
-    if recipe.lora.last_layers is not None and new_adapter:
-        from transformers import AutoConfig
-
-        lora_layers(recipe, AutoConfig.from_pretrained(load_from))  # a wrong count is refused before a run folder
-    with contextlib.ExitStack() as held:
-        def claim() -> tuple[Path, Path | None]:
-            run_dir, checkpoint, removed = _claim_run(runs_root, recipe, sha, parent, new_run, held)
-            for path in removed:
-                say(f"[dim]removed {path.relative_to(run_dir)}, left by a run that was stopped[/]")
-            _start_or_resume(recipe, run_dir, checkpoint, sha, parent, base, load_from, data, backend,
-                             allow_data_change, say)
-            if ranks is not None:
-                runs.update_manifest(run_dir, distributed=ranks.describe(recipe.training))
-            return run_dir, checkpoint
-
-        run_dir, checkpoint = on_main(ranks, claim)  # the main process claims; the others train in its folder
-        try:
-            result = _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, console,
-                          extra_callbacks, ranks)
-        except KeyboardInterrupt:  # before the first step or a second Ctrl-C: resumable only from a saved checkpoint
-            if main:
-                runs.update_manifest(run_dir, status="interrupted")
-            raise
-        except Exception as exc:
-            if main:
-                try:
-                    runs.update_manifest(run_dir, status="failed", ended=runs.now(),
-                                         error=f"{type(exc).__name__}: {exc}"[:500])
-                except OSError:  # a full disk: the manifest stays as it was (running, resumable), the error says why
-                    pass
-            _raise_friendly(exc, recipe, run_dir)
-            raise
-    result.resumed_from = checkpoint.name if checkpoint else None
-    return result
+def _start_run(run: TrainingRun, run_dir: Path) -> None:
+    """A new run: writes its resolved ``recipe.yaml`` and its manifest (status running)."""
+    recipe, base, backend = run.recipe, run.base, run.backend
+    runs.write_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    runs.write_manifest(
+        run_dir,
+        {
+            "recipe": recipe.name,
+            "version": run_dir.name,
+            "status": "running",
+            "recipe_sha256": run.sha,
+            "started": runs.now(),
+            "ended": None,
+            "parent": run.parent,
+            "seed": recipe.training.seed,
+            "method": recipe.method,
+            "base_model": {"spec": base.spec, "kind": base.kind, "loaded_from": run.load_from,
+                           "fingerprint": base.fingerprint},
+            "data": run.data,
+            "backend": {"name": backend.name, "device": backend.device},
+            "packages": package_versions(),
+            "resumes": [],
+            "metrics": None,
+        },
+    )
+    run.say(f"run folder: [bold]{run_dir}[/]")
 
 
-def _start_or_resume(recipe, run_dir, checkpoint, sha, parent, base, load_from, data, backend, allow_data_change,
-                     say) -> None:
-    """Write a new run's recipe and manifest, or record a resume (refusing one on changed data)."""
-    if checkpoint is None:
-        runs.write_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
-        runs.write_manifest(
-            run_dir,
-            {
-                "recipe": recipe.name,
-                "version": run_dir.name,
-                "status": "running",
-                "recipe_sha256": sha,
-                "started": runs.now(),
-                "ended": None,
-                "parent": parent,
-                "seed": recipe.training.seed,
-                "method": recipe.method,
-                "base_model": {"spec": base.spec, "kind": base.kind, "loaded_from": load_from,
-                               "fingerprint": base.fingerprint},
-                "data": data,
-                "backend": {"name": backend.name, "device": backend.device},
-                "packages": package_versions(),
-                "resumes": [],
-                "metrics": None,
-            },
-        )
-        say(f"run folder: [bold]{run_dir}[/]")
-        return
+def _resume_run(run: TrainingRun, run_dir: Path, checkpoint: Path, allow_data_change: bool) -> None:
+    """A resumed run: refuses data changed since it started (unless ``allow_data_change``), then
+    records the resume (and any change) in the manifest and trims metrics.jsonl to the checkpoint."""
     manifest = runs.read_manifest(run_dir)
-    changes = runs.data_changes(manifest.get("data"), data)
+    changes = runs.data_changes(manifest.get("data"), run.data)
     if changes and not allow_data_change:
         raise QuicktuneError(
             f"{runs.run_label(run_dir)} cannot resume: its data changed since it started "
@@ -325,12 +385,12 @@ def _start_or_resume(recipe, run_dir, checkpoint, sha, parent, base, load_from, 
     changed = {}
     if changes:
         resume["data_changed"] = changes
-        changed = {"data": data, "data_at_start": manifest.get("data_at_start") or manifest.get("data")}
+        changed = {"data": run.data, "data_at_start": manifest.get("data_at_start") or manifest.get("data")}
         for change in changes:
-            say(f"[yellow]warning:[/] resuming on changed data: {_describe_change(change)}")
-    runs.update_manifest(run_dir, status="running", resumes=manifest.get("resumes", []) + [resume], **changed)
+            run.say(f"[yellow]warning:[/] resuming on changed data: {_describe_change(change)}")
+    runs.update_manifest(run_dir, status="running", resumes=[*manifest.get("resumes", []), resume], **changed)
     runs.trim_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
-    say(f"resuming [bold]{run_dir}[/] from {checkpoint.name}")
+    run.say(f"resuming [bold]{run_dir}[/] from {checkpoint.name}")
 
 
 def _describe_change(change: dict[str, Any]) -> str:
@@ -338,6 +398,37 @@ def _describe_change(change: dict[str, Any]) -> str:
         return f"{change['path']}: not among the files the run started with"
     rows = "" if change["rows_was"] == change["rows_now"] else f", {change['rows_was']} -> {change['rows_now']} rows"
     return f"{change['path']}: changed (sha256 {change['sha256_was'][:12]} -> {change['sha256_now'][:12]}{rows})"
+
+
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+# --------------------------------------------------------------------------- fit: model, trainer, train, save
+
+
+def _fit_recording_failure(run: TrainingRun, console, extra_callbacks: tuple) -> TrainResult:
+    """``_fit``, with a run that did not finish recorded in its manifest (main process): interrupted
+    before a checkpoint could be saved, or failed with its error. A user's mistake (out of memory)
+    is raised as a QuicktuneError."""
+    try:
+        return _fit(run, console, extra_callbacks)
+    except KeyboardInterrupt:  # before the first step or a second Ctrl-C: resumable only from a saved checkpoint
+        if run.main:
+            runs.update_manifest(run.run_dir, status="interrupted")
+        raise
+    except Exception as exc:
+        if run.main:
+            # a full disk: the manifest stays as it was (running, resumable), the error says why
+            with contextlib.suppress(OSError):
+                runs.update_manifest(run.run_dir, status="failed", ended=runs.now(),
+                                     error=f"{type(exc).__name__}: {exc}"[:500])
+        _raise_friendly(exc, run.recipe, run.run_dir)
+        raise
 
 
 def _raise_friendly(exc: Exception, recipe: Recipe, run_dir: Path | None = None) -> None:
@@ -354,102 +445,85 @@ def _raise_friendly(exc: Exception, recipe: Recipe, run_dir: Path | None = None)
         ) from None
 
 
-def _fit(recipe, backend, load_from, prepared, run_dir, parent_dir, checkpoint, console, extra_callbacks,
-         ranks=None) -> TrainResult:
-    from transformers import PrinterCallback
+def _fit(run: TrainingRun, console, extra_callbacks: tuple) -> TrainResult:
+    """Train in the claimed run folder: the model, its trainer, the steps, the saved result."""
+    model, tokenizer = _setup_model(run)
+    session = _setup_trainer(run, model, tokenizer, console, extra_callbacks)
+    _run_trainer(run, session)
+    return _save(run, session)
 
-    from quicktune.train.callbacks import LiveProgress, MetricsLog, StopOnInterrupt
-    from quicktune.train.plot import plot_losses
 
-    model, hf_tokenizer = backend.load_model(
-        load_from,
+def _setup_model(run: TrainingRun) -> tuple[Any, Any]:
+    """The model to train and its tokenizer: what ``run.load_from`` holds, loaded as the recipe
+    says, with the recipe's chat template, and LoRA on top (new, or the parent's adapter). Writes
+    how a 4-bit base was quantized into the manifest."""
+    recipe = run.recipe
+    model, hf_tokenizer = run.backend.load_model(
+        run.load_from,
         max_seq_length=recipe.model.max_seq_length,
         load_in_4bit=bool(recipe.model.load_in_4bit),
         dtype=recipe.model.dtype,
         full=recipe.method == "full",
     )
-    main = ranks is None or ranks.is_main
-    if recipe.model.load_in_4bit and main:  # how the base was quantized, as loaded (README: QLoRA on the CPU)
-        recorded = runs.read_manifest(run_dir).get("backend") or {}
-        runs.update_manifest(run_dir, backend={**recorded, "four_bit": four_bit_summary(model)})
+    if recipe.model.load_in_4bit and run.main:  # how the base was quantized, as loaded (README: QLoRA on the CPU)
+        recorded = runs.read_manifest(run.run_dir).get("backend") or {}
+        runs.update_manifest(run.run_dir, backend={**recorded, "four_bit": four_bit_summary(model)})
     if recipe.model.chat_template != "auto":
-        from quicktune.templates import FAMILY_TEMPLATES
-
         # Saved with the adapter: export and chat must use the template training rendered with.
         hf_tokenizer.chat_template = FAMILY_TEMPLATES[recipe.model.chat_template]
-    if recipe.method == "full" and recipe.training.gradient_checkpointing:
-        # Unsloth's full fine-tuning path (and plain transformers) leave it off; LoRA gets it in add_lora.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if recipe.method != "full":
-        if parent_dir is not None and not _parent_is_full(parent_dir):
-            model = backend.load_adapter(model, str(parent_dir / "adapter"),
-                                         gradient_checkpointing=recipe.training.gradient_checkpointing)
-        else:
-            if backend.name != "unsloth":  # the same LoRA initialisation on 1 process or N (Unsloth seeds its own)
-                from transformers import set_seed
+    if recipe.method == "full":
+        if recipe.training.gradient_checkpointing:
+            # Unsloth's full fine-tuning path (and plain transformers) leave it off; LoRA gets it in add_lora.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model, hf_tokenizer
+    model = _with_adapter(run, model)
+    check_mergeable(model)  # the export must be able to merge what is about to be trained
+    return model, hf_tokenizer
 
-                set_seed(recipe.training.seed)
-            model = backend.add_lora(
-                model,
-                r=recipe.lora.r,
-                alpha=recipe.lora.alpha,
-                dropout=recipe.lora.dropout,
-                targets=recipe.lora.target_modules,
-                dora=recipe.lora.use_dora,
-                rslora=recipe.lora.use_rslora,
-                gradient_checkpointing=recipe.training.gradient_checkpointing,
-                seed=recipe.training.seed,
-                layers=lora_layers(recipe, model.config),
-            )
-        from quicktune.adapters import check_mergeable
 
-        check_mergeable(model)  # the export must be able to merge what is about to be trained
-    if ranks is None:
-        interrupt = StopOnInterrupt()
-    else:
-        from quicktune.train.ranks import stop_on_interrupt_callback
+def _with_adapter(run: TrainingRun, model):
+    """``model`` with the adapter it trains: the parent's, continued, or a new LoRA (on the last
+    ``lora.last_layers`` layers, when set)."""
+    recipe, backend = run.recipe, run.backend
+    if not run.new_adapter:
+        return backend.load_adapter(model, str(run.parent_dir / "adapter"),
+                                    gradient_checkpointing=recipe.training.gradient_checkpointing)
+    if backend.name != "unsloth":  # the same LoRA initialisation on 1 process or N (Unsloth seeds its own)
+        from transformers import set_seed
 
-        interrupt = stop_on_interrupt_callback(ranks)
-    callbacks = [*([MetricsLog(run_dir / "metrics.jsonl")] if main else []), interrupt, *extra_callbacks]
+        set_seed(recipe.training.seed)
+    return backend.add_lora(
+        model,
+        r=recipe.lora.r,
+        alpha=recipe.lora.alpha,
+        dropout=recipe.lora.dropout,
+        targets=recipe.lora.target_modules,
+        dora=recipe.lora.use_dora,
+        rslora=recipe.lora.use_rslora,
+        gradient_checkpointing=recipe.training.gradient_checkpointing,
+        seed=recipe.training.seed,
+        layers=lora_layers(recipe, model.config),
+    )
+
+
+def _setup_trainer(run: TrainingRun, model, hf_tokenizer, console, extra_callbacks: tuple) -> Session:
+    """The trainer for the recipe's method (SFT, or DPO / ORPO on preference pairs) with quicktune's
+    callbacks: metrics.jsonl (main process), Ctrl-C, the progress bar, and ``extra_callbacks``."""
+    from transformers import PrinterCallback
+
+    # transformers at its top (it subclasses TrainerCallback): imported here, after the backend
+    from quicktune.train.callbacks import LiveProgress, MetricsLog, StopOnInterrupt
+
+    interrupt = StopOnInterrupt() if run.ranks is None else stop_on_interrupt_callback(run.ranks)
+    callbacks = [*([MetricsLog(run.run_dir / "metrics.jsonl")] if run.main else []), interrupt, *extra_callbacks]
     if console is not None:
         callbacks.append(LiveProgress(console))
-    make_trainer, placement = _sft_trainer, {}
-    if ranks is not None:
-        placement = {"ranks": ranks}
-    if recipe.method in PREFERENCE_METHODS:  # DPO / ORPO on preference pairs
-        from quicktune.train.preference import preference_trainer as make_trainer
-    trainer = make_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, callbacks, **placement)
+    placement = {} if run.ranks is None else {"ranks": run.ranks}
+    make_trainer = preference.preference_trainer if run.recipe.method in PREFERENCE_METHODS else _sft_trainer
+    trainer = make_trainer(run.recipe, run.backend, model, hf_tokenizer, run.prepared, run.run_dir, callbacks,
+                           **placement)
     trainer.remove_callback(PrinterCallback)  # LiveProgress and metrics.jsonl report instead
-    started = time.perf_counter()
-    try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except Exception as exc:
-        _raise_if_disk_full(exc, run_dir, _checkpoint_bytes(run_dir, trainer.model, recipe.method))
-        raise
-    seconds = time.perf_counter() - started
-    if not main:  # the main process writes the run folder; wait until the adapter is there
-        ranks.wait()
-        status = "interrupted" if interrupt.requested else "finished"
-        return TrainResult(run_dir, status, _final_metrics(trainer, output, seconds), method=recipe.method)
-    runs.describe_checkpoints(run_dir)
-    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{recipe.name} {run_dir.name}")
-    if interrupt.requested:
-        saved = runs.latest_checkpoint(run_dir)
-        runs.update_manifest(run_dir, status="interrupted", interrupted_at_step=trainer.state.global_step)
-        if ranks is not None:
-            ranks.wait()
-        return TrainResult(run_dir, "interrupted", {"steps": trainer.state.global_step,
-                                                     "checkpoint": saved.name if saved else None})
-    try:
-        _save_final(trainer, hf_tokenizer, run_dir, recipe.method)
-    except Exception as exc:
-        _raise_if_disk_full(exc, run_dir, _weight_bytes(trainer.model, recipe.method))
-        raise
-    metrics = _final_metrics(trainer, output, seconds)
-    runs.update_manifest(run_dir, status="finished", ended=runs.now(), metrics=metrics)
-    if ranks is not None:
-        ranks.wait()
-    return TrainResult(run_dir, "finished", metrics, method=recipe.method)
+    return Session(trainer, hf_tokenizer, interrupt)
 
 
 def _sft_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, callbacks, ranks=None):
@@ -457,8 +531,8 @@ def _sft_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, callba
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
-    train_rows = _rows(prepared.train_tokens)
-    eval_rows = _rows(prepared.eval_tokens or [])
+    train_rows = training_rows(prepared.train_tokens)
+    eval_rows = training_rows(prepared.eval_tokens or [])
     total = planned_steps(recipe, len(train_rows))
     args = sft_config(recipe, run_dir, backend, bool(eval_rows), total, ranks)
     if eval_rows and recipe.training.early_stopping_patience:
@@ -476,6 +550,10 @@ def _sft_trainer(recipe, backend, model, hf_tokenizer, prepared, run_dir, callba
     )
 
 
+def training_rows(tokenized) -> list[dict[str, list[int]]]:
+    return [{"input_ids": t.input_ids, "labels": t.labels} for t in tokenized if t.trained_tokens]
+
+
 def _cpu_trainer_class(sft_trainer):
     """TRL 1.15 always computes the loss through its Triton fused LM-head kernel, which fails
     without a GPU driver ("0 active drivers"). On the plain-transformers CPU fallback, use the
@@ -486,6 +564,59 @@ def _cpu_trainer_class(sft_trainer):
         compute_loss = Trainer.compute_loss
 
     return CpuSFTTrainer
+
+
+def _run_trainer(run: TrainingRun, session: Session) -> None:
+    """The training steps, from ``run.checkpoint`` when resuming: fills ``session.output`` and
+    ``session.seconds``. A checkpoint cut short by a full disk is removed and explained."""
+    started = time.perf_counter()
+    resume_from = str(run.checkpoint) if run.checkpoint else None
+    try:
+        session.output = session.trainer.train(resume_from_checkpoint=resume_from)
+    except Exception as exc:
+        _raise_if_disk_full(exc, run.run_dir, _checkpoint_bytes(run.run_dir, session.trainer.model, run.recipe.method))
+        raise
+    session.seconds = time.perf_counter() - started
+
+
+def _save(run: TrainingRun, session: Session) -> TrainResult:
+    """The run's end, written by the main process: checkpoint notes, loss.png, and then either
+    the interruption or the final adapter (or model) and metrics in the manifest. The other
+    processes wait for it; returns the result."""
+    if not run.main:  # the main process writes the run folder; wait until the adapter is there
+        run.ranks.wait()
+        status = "interrupted" if session.interrupt.requested else "finished"
+        return TrainResult(run.run_dir, status, _final_metrics(session), method=run.recipe.method)
+    runs.describe_checkpoints(run.run_dir)
+    plot_losses(run.run_dir / "metrics.jsonl", run.run_dir / "loss.png", title=f"{run.recipe.name} {run.run_dir.name}")
+    if session.interrupt.requested:
+        return _save_interrupted(run, session)
+    return _save_finished(run, session)
+
+
+def _save_interrupted(run: TrainingRun, session: Session) -> TrainResult:
+    """Ctrl-C stopped training after a checkpoint: the manifest says interrupted, at which step."""
+    steps = session.trainer.state.global_step
+    saved = runs.latest_checkpoint(run.run_dir)
+    runs.update_manifest(run.run_dir, status="interrupted", interrupted_at_step=steps)
+    if run.ranks is not None:
+        run.ranks.wait()
+    return TrainResult(run.run_dir, "interrupted", {"steps": steps, "checkpoint": saved.name if saved else None})
+
+
+def _save_finished(run: TrainingRun, session: Session) -> TrainResult:
+    """A finished run: the adapter (or model) at its final path, the metrics in the manifest."""
+    method = run.recipe.method
+    try:
+        _save_final(session.trainer, session.tokenizer, run.run_dir, method)
+    except Exception as exc:
+        _raise_if_disk_full(exc, run.run_dir, _weight_bytes(session.trainer.model, method))
+        raise
+    metrics = _final_metrics(session)
+    runs.update_manifest(run.run_dir, status="finished", ended=runs.now(), metrics=metrics)
+    if run.ranks is not None:
+        run.ranks.wait()
+    return TrainResult(run.run_dir, "finished", metrics, method=method)
 
 
 def _save_final(trainer, hf_tokenizer, run_dir: Path, method: str) -> None:
@@ -537,8 +668,11 @@ def _raise_if_disk_full(exc: BaseException, run_dir: Path, needed: int) -> None:
     raise error from None
 
 
-def _final_metrics(trainer, output, seconds: float) -> dict[str, Any]:
+def _final_metrics(session: Session) -> dict[str, Any]:
+    """The manifest's metrics, from what the trainer logged and how long it took."""
+    trainer, seconds = session.trainer, session.seconds
     history = trainer.state.log_history
+    best = trainer.state.best_model_checkpoint
     losses = [h["loss"] for h in history if "loss" in h]
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     tokens = max((h.get("num_tokens", 0) for h in history), default=0)
@@ -546,17 +680,15 @@ def _final_metrics(trainer, output, seconds: float) -> dict[str, Any]:
         "steps": trainer.state.global_step,
         "first_loss": losses[0] if losses else None,
         "train_loss": losses[-1] if losses else None,
-        "mean_train_loss": output.training_loss,
+        "mean_train_loss": session.output.training_loss,
         "eval_loss": evals[-1] if evals else None,
         "best_eval_loss": trainer.state.best_metric if evals else None,
-        "best_checkpoint": Path(trainer.state.best_model_checkpoint).name if trainer.state.best_model_checkpoint else None,
+        "best_checkpoint": Path(best).name if best else None,
         "seconds": round(seconds, 1),
         "tokens": int(tokens),
         "tokens_per_second": round(tokens / seconds, 1) if seconds and tokens else None,
     }
-    from quicktune.train.preference import logged_metrics
-
-    metrics.update(logged_metrics(history))  # dpo / orpo: preference accuracy and reward margin
+    metrics.update(preference.logged_metrics(history))  # dpo / orpo: preference accuracy and reward margin
     import torch
 
     if torch.cuda.is_available():

@@ -42,7 +42,7 @@ def test_recipe_refuses_gpus_it_cannot_honour(tmp_path, tiny_data):
     assert any(p.startswith(f"{path}:6: training: ") and "3 x 1 rows per step cannot be split evenly over 2" in p
                for p in error.value.problems), error.value.problems
     assert load_recipe(str(path), ["training.batch_size=4"]).training.gpus == 2
-    with pytest.raises(QuicktuneError, match="training.gpus: method dpo trains on one process"):
+    with pytest.raises(QuicktuneError, match=r"training.gpus: method dpo trains on one process"):
         load_recipe(str(path), ["training.batch_size=4", "method=dpo"])
 
 

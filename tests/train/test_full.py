@@ -82,5 +82,6 @@ def test_an_adapter_run_cannot_be_continued_as_full(make_recipe, tmp_path, tiny_
 
     root = tmp_path / "runs"
     lora = train(make_recipe("tiny-full", steps=1), runs_root=root)
-    with pytest.raises(QuicktuneError, match="method full trains every weight of a model; tiny-full/v1 trained an adapter"):
+    with pytest.raises(QuicktuneError,
+                       match=r"method full trains every weight of a model; tiny-full/v1 trained an adapter"):
         load_parent(str(lora.run_dir), root, _recipe(tmp_path, tiny_data, 1))

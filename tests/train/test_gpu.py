@@ -8,7 +8,8 @@ torch = pytest.importorskip("torch")
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: 4-bit QLoRA loading and Unsloth's GPU kernels"),
+    pytest.mark.skipif(not torch.cuda.is_available(),
+                       reason="needs CUDA: 4-bit QLoRA loading and Unsloth's GPU kernels"),
 ]
 
 

@@ -56,7 +56,8 @@ def _whole(run_dir: Path) -> None:
 
 
 def test_train_killed_mid_run_resumes_from_the_last_complete_checkpoint_and_refuses_changed_data(tmp_path):
-    train_file = write_jsonl(tmp_path / "train.jsonl", [chat(f"One word for {t}?", f'{{"word": "{t}"}}') for t in TOPICS])
+    rows = [chat(f"One word for {t}?", f'{{"word": "{t}"}}') for t in TOPICS]
+    train_file = write_jsonl(tmp_path / "train.jsonl", rows)
     recipe = tmp_path / "killed.yaml"
     recipe.write_text(
         f"method: lora\nmodel:\n  base: {SMOLLM2}\n  max_seq_length: 96\nlora:\n  r: 8\n  alpha: 16\n"

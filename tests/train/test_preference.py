@@ -25,7 +25,8 @@ def _pairs(topics) -> list[dict]:
 @pytest.fixture(scope="module")
 def pair_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pairs")
-    return write_jsonl(folder / "train.jsonl", _pairs(TOPICS[:8])), write_jsonl(folder / "eval.jsonl", _pairs(["snow", "figs"]))
+    return (write_jsonl(folder / "train.jsonl", _pairs(TOPICS[:8])),
+            write_jsonl(folder / "eval.jsonl", _pairs(["snow", "figs"])))
 
 
 def _dpo_recipe(folder, pair_files, steps: int = 4):
@@ -162,17 +163,19 @@ def test_orpo_trains_on_the_same_pairs_without_a_reference(pair_files, tmp_path,
     assert result.metrics["train_loss"] < result.metrics["first_loss"]  # the SFT part learns the chosen answers
     # ORPO's SFT term is the loss on the chosen answers' tokens, not on the prompt (TRL's own term covers both)
     import torch
-    import torch.nn.functional as F
+    from torch.nn import functional
 
     trainer = built[0]
     batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():
         sft_term = trainer.concatenated_forward(trainer.model, batch)[4]
-        logits = trainer.model(input_ids=batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits
+        logits = trainer.model(input_ids=batch["chosen_input_ids"],
+                               attention_mask=batch["chosen_attention_mask"]).logits
         vocab = logits.shape[-1]
-        on_answers = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), batch["chosen_labels"][:, 1:].reshape(-1))
+        on_answers = functional.cross_entropy(logits[:, :-1].reshape(-1, vocab),
+                                              batch["chosen_labels"][:, 1:].reshape(-1))
         everything = torch.where(batch["chosen_attention_mask"] == 1, batch["chosen_input_ids"], -100)
-        on_all = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), everything[:, 1:].reshape(-1))
+        on_all = functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), everything[:, 1:].reshape(-1))
     assert float(sft_term) == pytest.approx(float(on_answers), rel=1e-4)
     assert abs(float(on_all) - float(on_answers)) > 0.1  # the two terms differ on these pairs: the test can fail
     assert {"preference_accuracy", "reward_margin", "eval_preference_accuracy"} <= set(result.metrics)

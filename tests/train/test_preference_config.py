@@ -32,7 +32,8 @@ def test_dpo_keys_reach_dpo_config(tmp_path, preference, beta, losses, weights, 
     config = preference_config(_recipe(tmp_path, "dpo", preference), Backend("transformers", "cpu"),
                                tmp_path / "run", train_rows=12, has_eval=False)
     assert isinstance(config, DPOConfig)
-    assert (config.beta, config.loss_type, config.loss_weights, config.label_smoothing) == (beta, losses, weights, smoothing)
+    assert (config.beta, config.loss_type, config.loss_weights, config.label_smoothing) == (
+        beta, losses, weights, smoothing)
     assert (config.max_steps, config.per_device_train_batch_size, config.learning_rate, config.seed) == (7, 3, 3e-4, 11)
     assert config.disable_dropout is False  # lora.dropout is the recipe's
 

@@ -44,7 +44,9 @@ def test_a_dry_run_refuses_a_missing_reporter_too(make_recipe, tmp_path):
     from quicktune.cli import main
 
     make_recipe(extra="  report_to: [wandb]\n")
-    result = CliRunner().invoke(main, ["train", str(tmp_path / "tiny.yaml"), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        main, ["train", str(tmp_path / "tiny.yaml"), "--dry-run", "--runs-dir", str(tmp_path / "runs")]
+    )
     assert result.exit_code == 2, result.output
     assert "training.report_to: wandb is not installed" in result.output and "Traceback" not in result.output
 

@@ -41,9 +41,11 @@ def test_a_run_folder_is_held_by_one_process_and_freed_when_it_is_killed(tmp_pat
     run_dir = _fake_run(tmp_path, "v1", "running")
     other = _holder(run_dir)
     try:
-        with pytest.raises(runs.RunInUse, match=rf"demo/v1 is in use: process {other.pid} \(quicktune train, since "):
-            with runs.lock_run(run_dir, "quicktune train"):
-                pass
+        with (
+            pytest.raises(runs.RunInUse, match=rf"demo/v1 is in use: process {other.pid} \(quicktune train, since "),
+            runs.lock_run(run_dir, "quicktune train"),
+        ):
+            pass
         assert runs.holder(run_dir).startswith(f"process {other.pid} ")
     finally:
         other.send_signal(signal.SIGKILL)  # dies holding it: nothing to clean up by hand
@@ -172,7 +174,8 @@ def small_tmpfs(tmp_path):
         pytest.skip("mounting a small tmpfs to fill needs root")
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mount

@@ -150,7 +150,8 @@ def test_plain_transformers_fallback_when_unsloth_cannot_be_imported(make_recipe
         backend = load_backend()
         assert backend.name == "transformers", backend
         assert "Unsloth could not be imported" in backend.notice
-        result = train(load_recipe({str(recipe_file)!r}), runs_root=__import__("pathlib").Path({str(tmp_path / "runs")!r}))
+        runs_root = __import__("pathlib").Path({str(tmp_path / "runs")!r})
+        result = train(load_recipe({str(recipe_file)!r}), runs_root=runs_root)
         assert result.status == "finished" and result.metrics["steps"] == 2, result
         print("FALLBACK-OK", result.metrics["first_loss"])
         """

@@ -58,7 +58,7 @@ def metric_lines(first: int, last: int, start_loss: float, eval_every: int = 5) 
 
 def _run_folder(root: Path, recipe, version: str, status: str, steps: int, parent: Path | None) -> Path:
     from quicktune import runs
-    from quicktune.train.trainer import _data_manifest, package_versions, prepare_data, recipe_sha256
+    from quicktune.train.trainer import data_manifest, package_versions, prepare_data, recipe_sha256
 
     run_dir = root / recipe.name / version
     run_dir.mkdir(parents=True)
@@ -71,7 +71,7 @@ def _run_folder(root: Path, recipe, version: str, status: str, steps: int, paren
         "started": runs.now(), "ended": runs.now() if finished else None,
         "parent": str(parent) if parent else None, "seed": recipe.training.seed, "method": recipe.method,
         "base_model": {"spec": SMOLLM2, "kind": "gguf", "loaded_from": None, "fingerprint": None},
-        "data": _data_manifest(prepare_data(recipe)),
+        "data": data_manifest(prepare_data(recipe)),
         "backend": {"name": "unsloth", "device": "cpu"}, "packages": package_versions(), "resumes": [],
         "metrics": {"steps": steps, "first_loss": 3.3, "train_loss": round(start_loss * 0.86 ** steps + 0.3, 4),
                     "best_eval_loss": 0.45, "seconds": 30.0} if finished else None,
