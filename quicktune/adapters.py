@@ -8,6 +8,7 @@ import json
 import math
 import re
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,8 +190,6 @@ def check_mergeable(peft_model) -> AdapterPlan:
     The same plan the export makes, from the same PEFT state dict and config, so a recipe
     whose adapter could not be merged stops before the hours of training, not after.
     """
-    import warnings
-
     from peft.utils import get_peft_model_state_dict
 
     name = peft_model.active_adapter

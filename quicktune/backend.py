@@ -25,7 +25,8 @@ class Backend:
     notice: str | None = None  # why Unsloth is not used, when it is not
 
     def load_model(self, model_dir: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str, full: bool):
-
+        """The model at ``model_dir`` (and its tokenizer), loaded for training or inference: through
+        Unsloth, or transformers (4-bit NF4 with bitsandbytes when ``load_in_4bit``)."""
         torch_dtype = _torch_dtype(dtype, self.device)
         if self.name == "unsloth":
             from unsloth import FastLanguageModel
@@ -187,8 +188,8 @@ def load_backend(unsloth: bool = True) -> Backend:
             notice = f"{', '.join(late)} was imported before Unsloth; some of its speed-ups may be missing"
     except Exception as exc:  # ImportError, or a broken CUDA/torchvision stack raising at import
         name = "transformers"
-        notice = f"Unsloth could not be imported ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); " \
-                 "training with plain transformers + peft"
+        notice = (f"Unsloth could not be imported ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                  "training with plain transformers + peft")
     import torch
 
     _BACKEND = Backend(name=name, device="cuda" if torch.cuda.is_available() else "cpu", notice=notice)

@@ -1,10 +1,11 @@
-"""Make a recipe's base model loadable by the trainer and record where it came from.
+"""Make a recipe's base model loadable by the trainer and record where it came from; follow a
+finished run back to its recipe, chat tokenizer and base model (``TrainedRun``).
 
 A hub id or a local folder is used as it is. A GGUF file (the demo's SmolLM2) is
 converted once into an ordinary Hugging Face folder in quicktune's cache: transformers
 de-quantizes the weights (stored in float32, so nothing more is lost), and the
 tokenizer is the one ``data check`` uses, with the GGUF's own eos/pad and template.
-Import this only after ``load_backend()``: it imports transformers.
+transformers is imported inside the functions that convert, after ``load_backend()``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from quicktune.data.tokenizer import cache_dir, load_chat_tokenizer
+from quicktune.backend import load_backend
+from quicktune.data.tokenizer import ChatTokenizer, cache_dir, load_chat_tokenizer
+from quicktune.errors import QuicktuneError
 from quicktune.models import ModelSource, resolve_model
-from quicktune.runs import sha256_file
+from quicktune.recipe import Recipe, load_recipe
+from quicktune.runs import read_manifest, sha256_file, trained_dir
 
 
 @dataclass
@@ -47,11 +53,11 @@ def _snapshot(repo: str, revision: str) -> Path:
     """The folder of ``repo`` at ``revision`` (downloaded once into the hub cache, offline after)."""
     from huggingface_hub import snapshot_download
 
-    from quicktune.errors import QuicktuneError
-
     try:
         try:  # already in the cache: no network at all (a commit hash is otherwise listed online)
-            return Path(snapshot_download(repo, revision=revision, allow_patterns=SNAPSHOT_FILES, local_files_only=True))
+            return Path(
+                snapshot_download(repo, revision=revision, allow_patterns=SNAPSHOT_FILES, local_files_only=True)
+            )
         except Exception:
             return Path(snapshot_download(repo, revision=revision, allow_patterns=SNAPSHOT_FILES))
     except Exception as exc:  # offline without that commit cached, an unknown revision, no network, ...
@@ -68,10 +74,58 @@ def base_folder(manifest: dict, recipe) -> str:
     loaded = (manifest.get("base_model") or {}).get("loaded_from")
     if loaded and (Path(loaded) / "config.json").is_file():
         return loaded
-    from quicktune.backend import load_backend
-
     load_backend()  # Unsloth before transformers, which prepare_base imports
     return prepare_base(recipe.model.base, recipe.model.revision).load_from
+
+
+@dataclass
+class TrainedRun:
+    """A run folder followed the way eval and export follow it: run folder -> manifest -> recipe ->
+    what it trained (``adapter/`` or ``model/``) and its chat tokenizer -> the base model's folder.
+
+    The manifest is read when the run is opened (``open_run``); the recipe, the tokenizer and the
+    base folder only when asked, in the order the caller asks, so its errors come in that order."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def status(self) -> str | None:
+        return self.manifest.get("status")
+
+    @property
+    def full(self) -> bool:
+        """A full fine-tune: ``trained`` holds the whole model, no adapter to put on a base."""
+        return self.manifest.get("method") == "full"
+
+    @property
+    def trained(self) -> Path:
+        """The folder of what the run trained: ``model/`` for a full fine-tune, else ``adapter/``."""
+        return trained_dir(self.run_dir, self.manifest)
+
+    @cached_property
+    def recipe(self) -> Recipe:
+        """The resolved recipe the run wrote into its folder (``recipe.yaml``), read once."""
+        return load_recipe(str(self.run_dir / "recipe.yaml"))
+
+    def require_finished(self, missing: str = "", hint: str | None = None) -> None:
+        """Raise unless training finished; ``missing`` ends the message (what there is not), ``hint`` says
+        what to do."""
+        if self.status != "finished":
+            raise QuicktuneError(f"{self.run_dir} is not finished (status: {self.status}){missing}", hint=hint)
+
+    def chat_tokenizer(self) -> ChatTokenizer:
+        """The chat tokenizer saved with what the run trained (its trained template, eos and pad)."""
+        return load_chat_tokenizer(str(self.trained))
+
+    def base_folder(self) -> str:
+        """The folder the base weights were loaded from (``base_folder``: re-made if the cache lost it)."""
+        return base_folder(self.manifest, self.recipe)
+
+
+def open_run(run_dir: Path) -> TrainedRun:
+    """The run at ``run_dir`` with its manifest read; the rest is read when asked."""
+    return TrainedRun(run_dir, read_manifest(run_dir))
 
 
 def _converted_gguf(source: ModelSource) -> Path:

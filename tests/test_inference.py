@@ -51,5 +51,6 @@ def test_batched_loss_equals_one_row_at_a_time_with_every_logit(smollm2_tokenize
     untrained = SimpleNamespace(input_ids=rows[1].input_ids, labels=[IGNORE] * len(rows[1].input_ids))
     reference = _reference(model, rows)
     for batch_tokens in (1, 64, 2048):  # one row a pass, two rows, all rows
-        assert reference_loss(model, [*rows, untrained], batch_tokens=batch_tokens) == pytest.approx(reference, abs=2e-5)
+        loss = reference_loss(model, [*rows, untrained], batch_tokens=batch_tokens)
+        assert loss == pytest.approx(reference, abs=2e-5)
     assert reference_loss(model, [untrained]) is None

@@ -73,7 +73,9 @@ def _reports(run_dir: Path) -> dict[str, dict]:
 def test_eval_keeps_each_comparison_and_runs_reads_the_right_one(runs_root, wide_console):
     v1, v2 = runs_root / "tiny-export" / "v1", runs_root / "tiny-export" / "v2"
     budget = ["--max-new-tokens", "8", "--runs-dir", str(runs_root)]
-    asked = (["v1", "--limit", "2"], ["v2", "--against", "v1", "--limit", "2"], ["v1", "--against", "none", "--limit", "1"])
+    asked = (
+        ["v1", "--limit", "2"], ["v2", "--against", "v1", "--limit", "2"], ["v1", "--against", "none", "--limit", "1"]
+    )
     for args in asked:
         done = cli("eval", *args, *budget)
         assert done.exit_code == 0, (args, done.output)
@@ -130,7 +132,8 @@ def test_chat_uses_the_quantization_asked_for_and_stays_inside_its_context(runs_
     assert "chatting with tiny-export/v1 (q8_0), a 2048-token context" in flat(chatted.output)
     modelfile = (run / "export" / "Modelfile.q8_0").read_text()
     assert "\nPARAMETER num_ctx 2048\n" in modelfile  # not max_seq_length (96): a chat grows by every turn
-    why = "# num_ctx 2048: max(model.max_seq_length 96, 2048): room for several turns; the base model was trained on 8192"
+    why = ("# num_ctx 2048: max(model.max_seq_length 96, 2048): room for several turns; "
+           "the base model was trained on 8192")
     assert why in modelfile
 
     # export without --quant writes the recipe's q4_k_m and checks the q8_0 added before as well
@@ -146,7 +149,8 @@ def test_chat_uses_the_quantization_asked_for_and_stays_inside_its_context(runs_
         assert chatted.exit_code == 0 and f"chatting with {label}" in chatted.output, chatted.output
 
     # a long talk in a small context: the oldest exchanges go, and the chat says so
-    long = "Please read this sentence about the weather in the hills near the old town, then answer with one JSON object."
+    long = ("Please read this sentence about the weather in the hills near the old town, "
+            "then answer with one JSON object.")
     lines = [f"{long} Message {i}." for i in range(6)]
     small = ["chat", "v1", "--quant", "q8_0", "--ctx", "256", "--max-tokens", "24", *args]
     talk = CliRunner().invoke(main, small, input="\n".join([*lines, "/exit"]) + "\n")

@@ -26,7 +26,8 @@ def _reference(path: Path):
 
 
 def test_header_equals_ggufreader_on_a_model_and_on_llama_cpps_vocabularies(llama_cpp_src):
-    files = [_smollm2_gguf()] + [llama_cpp_src / "models" / f"ggml-vocab-{name}.gguf" for name in ("llama-spm", "qwen2", "phi-3")]
+    vocabularies = ("llama-spm", "qwen2", "phi-3")
+    files = [_smollm2_gguf()] + [llama_cpp_src / "models" / f"ggml-vocab-{name}.gguf" for name in vocabularies]
     for path in files:
         header = read_gguf_header(path, tensors=True)
         fields, tensors = _reference(path)

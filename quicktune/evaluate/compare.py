@@ -115,7 +115,9 @@ def compare_runs(a: Path, b: Path, threshold: float = DEFAULT_THRESHOLD) -> Comp
         result.rows.append(("eval", "held-out rows (sha256)", sha[:12], sha[:12]))
         for key in eval_a["metrics"]:
             if key in PREFERENCE_METRICS:  # a share and a margin in nats
-                result.rows.append(("eval", key, shown(key, eval_a["metrics"][key]), shown(key, eval_b["metrics"].get(key))))
+                result.rows.append(
+                    ("eval", key, shown(key, eval_a["metrics"][key]), shown(key, eval_b["metrics"].get(key)))
+                )
                 continue
             result.rows.append(("eval", key, _share(eval_a["metrics"][key]), _share(eval_b["metrics"].get(key))))
         result.rows.append(("eval", LOSS, _text(eval_a.get("loss")), _text(eval_b.get("loss"))))

@@ -15,7 +15,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from quicktune.data import quality
 from quicktune.data.heldout import EvalSet
+from quicktune.data.masking import label_tokens, render_example
 from quicktune.data.records import Example, Message
 from quicktune.errors import QuicktuneError
 
@@ -49,10 +51,10 @@ def _rank(example: Example, seed: int) -> str:
 
 def pick_shots(train: list[Example], eval_set: EvalSet, k: int, seed: int) -> list[Example]:
     """K training conversations for the prompt, the same every time for the same data and seed."""
-    from quicktune.data import quality
-
     usable = [e for e in train if e.is_chat and e.messages and e.messages[-1].role == "assistant"]
-    leaks = quality.leakage_pairs([quality.prompt_text(e) for e in usable], [quality.prompt_text(e) for e in eval_set.examples])
+    leaks = quality.leakage_pairs(
+        [quality.prompt_text(e) for e in usable], [quality.prompt_text(e) for e in eval_set.examples]
+    )
     leaked = {pair.first for pair in leaks}
     candidates = [e for i, e in enumerate(usable) if i not in leaked]
     if len(candidates) < k:
@@ -73,8 +75,10 @@ def with_shots(eval_set: EvalSet, shots: list[Example], served_system: str | Non
     examples = []
     for example in eval_set.examples:
         own = example.messages
-        system = own[:1] if own and own[0].role == "system" else ((Message("system", served_system),) if served_system else ())
-        rest = own[1:] if own and own[0].role == "system" else own
+        if own and own[0].role == "system":
+            system, rest = own[:1], own[1:]
+        else:
+            system, rest = ((Message("system", served_system),) if served_system else ()), own
         examples.append(Example(example.origin, (*system, *turns, *rest)))
     return EvalSet(examples, eval_set.source)
 
@@ -88,8 +92,6 @@ class AnswerTokens:
 
 
 def held_out_answer_tokens(tokenizer, examples: list[Example], shots: list[Example]) -> list[AnswerTokens]:
-    from quicktune.data.masking import label_tokens, render_example
-
     shot_answers = sum(1 for shot in shots for m in shot.messages if m.role == "assistant")
     rendered = [render_example(tokenizer, e, responses_only=True) for e in examples]
     encodings = tokenizer.encode_batch([r.text for r in rendered])

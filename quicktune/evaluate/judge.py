@@ -22,7 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from quicktune import llamacpp
 from quicktune.errors import QuicktuneError
+from quicktune.templates import TemplateError, render
 
 RUBRIC = (
     "The better answer is the one that does what the request asks: it is correct (it agrees with the reference "
@@ -51,8 +55,6 @@ class Judge:
     """A GGUF chat model that answers A, B or tie."""
 
     def __init__(self, path: Path, n_ctx: int):
-        from quicktune import llamacpp
-
         self.path = path
         self.llm = llamacpp.load(path, n_ctx=n_ctx, logits_all=True)
         meta = self.llm.metadata
@@ -74,13 +76,13 @@ class Judge:
         return self.llm.detokenize([int(token_id)], special=True).decode("utf-8", errors="replace")
 
     def encode(self, user_text: str) -> list[int]:
-        from quicktune.templates import TemplateError, render
-
         try:
             text = render(self.template, [{"role": "user", "content": user_text}], add_generation_prompt=True,
                           special_tokens=self.special)
         except TemplateError as exc:
-            raise QuicktuneError(f"--judge {self.path}: its chat template cannot render the judging prompt: {exc}") from None
+            raise QuicktuneError(
+                f"--judge {self.path}: its chat template cannot render the judging prompt: {exc}"
+            ) from None
         ids = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         bos = self.llm.token_bos()
         if len(ids) > 1 and ids[0] == ids[1] == bos:  # the template wrote BOS and the vocabulary adds it too
@@ -89,8 +91,6 @@ class Judge:
 
     def choose(self, prompt: list[int]) -> tuple[str, list[float]]:
         """The option the judge scores highest next, and the three options' shares (softmax over them)."""
-        import numpy as np
-
         self.llm.reset()
         self.llm.eval(prompt)
         logits = np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)[self.option_ids]
@@ -118,7 +118,9 @@ def judge_pair(path: Path, eval_set, other, run, progress=lambda message: None) 
     judge = None
     if not all(identical for _, _, identical in texts):
         sizing = Judge(path, n_ctx=512)  # the prompts' lengths size the context of the judge that runs
-        lengths = [len(sizing.encode(t)) for first, second, identical in texts if not identical for t in (first, second)]
+        lengths = [
+            len(sizing.encode(t)) for first, second, identical in texts if not identical for t in (first, second)
+        ]
         del sizing
         judge = Judge(path, n_ctx=max(lengths) + 8)
     rows = []

@@ -11,6 +11,8 @@ reference model*: zero for the reference itself by construction.)
 
 from __future__ import annotations
 
+from quicktune.data.preference import tokenize_pairs
+
 PREFERENCE_METRICS = ("preference_accuracy", "preference_margin")
 SHARES = ("preference_accuracy",)  # shown as a percentage; the margin is in nats
 
@@ -44,8 +46,6 @@ def preference_scores(logps: list[tuple[float, float]]) -> dict[str, float | Non
 
 
 def score_pairs(model, tokenizer, pairs) -> dict[str, float | None]:
-    from quicktune.data.preference import tokenize_pairs
-
     return preference_scores(answer_logps(model, tokenize_pairs(tokenizer, pairs)))
 
 

@@ -19,11 +19,16 @@ def fell(before: float | None, after: float | None, threshold: float) -> bool:
 
 def loss_rose(before: float | None, after: float | None, threshold: float) -> bool:
     """A loss rose by more than ``threshold`` percent of its earlier value."""
-    return before is not None and after is not None and before > 0 and (after - before) / before * 100 > threshold + 1e-9
+    if before is None or after is None or before <= 0:
+        return False
+    return (after - before) / before * 100 > threshold + 1e-9
 
 
 def find_regressions(
-    before: dict[str, float | None], after: dict[str, float | None], loss_before: float | None, loss_after: float | None,
+    before: dict[str, float | None],
+    after: dict[str, float | None],
+    loss_before: float | None,
+    loss_after: float | None,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> list[str]:
     """The metrics ``after`` is worse on than ``before``, in ``before``'s order."""

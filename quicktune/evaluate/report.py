@@ -15,8 +15,11 @@ from rich.table import Table
 
 from quicktune.evaluate import preference
 from quicktune.evaluate.metrics import METRICS
+from quicktune.evaluate.probes import by_category
 from quicktune.evaluate.regression import LOSS
 from quicktune.evaluate.runner import EvalReport
+from quicktune.runs import EVAL_DIR, write_atomic
+from quicktune.train.plot import save_figure
 
 CHART_METRICS = ("exact_match", "normalized_match", "json_valid", "json_fields", "ends_with_eos")
 
@@ -28,8 +31,6 @@ def report_name(report: EvalReport) -> str:
 
 def write_report(report: EvalReport) -> tuple[Path, Path | None, bool]:
     """(json path, chart path, whether an earlier report of the same comparison was replaced)."""
-    from quicktune.runs import EVAL_DIR, write_atomic
-
     json_path = report.run_dir / EVAL_DIR / f"{report_name(report)}.json"
     replaced = json_path.is_file()
     write_atomic(json_path, json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
@@ -40,9 +41,9 @@ def plot_report(report: EvalReport, out_path: Path) -> Path | None:
     names = [m for m in CHART_METRICS if any(s.metrics.get(m) is not None for s in report.subjects)]
     if not names:
         return None
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 4), dpi=110)
@@ -58,8 +59,6 @@ def plot_report(report: EvalReport, out_path: Path) -> Path | None:
     axes.set_title(f"{len(report.eval_set.examples)} held-out rows · headline: {report.metric.replace('_', ' ')}")
     axes.legend(fontsize=8, loc="upper left")
     axes.grid(axis="y", alpha=0.3)
-    from quicktune.train.plot import save_figure
-
     return save_figure(figure, out_path)
 
 
@@ -109,13 +108,14 @@ def print_report(report: EvalReport, console, *, examples: int = 3) -> None:
     row = ["perplexity", *("-" if s.perplexity is None else f"{s.perplexity:.2f}" for s in subjects)]
     table.add_row(*(row + [""] * len(comparators)))
     if report.fewshot:
-        row = ["prompt tokens (mean)", *("-" if s.prompt_tokens is None else f"{s.prompt_tokens:.0f}" for s in subjects)]
+        row = ["prompt tokens (mean)",
+               *("-" if s.prompt_tokens is None else f"{s.prompt_tokens:.0f}" for s in subjects)]
         table.add_row(*(row + [""] * len(comparators)))
     console.print(table)
     for subject in subjects:
         if subject.reused:
-            console.print(f"[dim]{escape(subject.label)}: its answers were computed on {subject.reused} and kept in the "
-                          "cache (same weights, rows, tokens, budget and library versions)[/]")
+            console.print(f"[dim]{escape(subject.label)}: its answers were computed on {subject.reused} and kept in "
+                          "the cache (same weights, rows, tokens, budget and library versions)[/]")
     fell = {label: names for label, names in regressions.items() if names}
     if fell:
         console.print(
@@ -183,8 +183,6 @@ def _print_differences(report: EvalReport, console, limit: int) -> None:
 
 def print_probe_report(report, console, *, shown: int = 10) -> None:
     """The forgetting check (evaluate/probes): pass rate per category, and the probes that dropped."""
-    from quicktune.evaluate.probes import by_category
-
     before, after = report.models[0], report.models[-1]
     cats_before, cats_after = by_category(report.probes, before.passed), by_category(report.probes, after.passed)
     fell = set(report.fell())

@@ -10,20 +10,36 @@ quantization shows in the same table.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from quicktune import llamacpp
+from quicktune.adapters import check_adapter_base
+from quicktune.backend import load_backend
+from quicktune.base_model import TrainedRun, open_run
+from quicktune.data import tokenizer as data_tokenizer  # cache_dir looked up when called: tests move the cache
+from quicktune.data.check import prepare_for_recipe
 from quicktune.data.heldout import EvalSet, load_eval_set
-from quicktune.data.tokenizer import stop_token_ids
+from quicktune.data.masking import IGNORE, tokenize_examples
+from quicktune.data.tokenizer import ChatTokenizer, stop_token_ids
 from quicktune.errors import QuicktuneError
 from quicktune.evaluate import fewshot
+from quicktune.evaluate.judge import judge_pair
 from quicktune.evaluate.metrics import METRICS, Answer, score_all
 from quicktune.evaluate.preference import pair_metrics
 from quicktune.evaluate.regression import DEFAULT_THRESHOLD, find_regressions
 from quicktune.inference import LOSS_BATCH_TOKENS, cut_at_stop, generate_batch_size, greedy_answers, reference_loss
+from quicktune.models import PACKAGE_SCHEME, resolve_model
+from quicktune.runs import exported_gguf, now, pick_quantization, resolve_run, run_label, write_atomic
+from quicktune.train.trainer import package_versions
 
 MAX_NEW_TOKENS_CAP = 512
 
@@ -68,7 +84,8 @@ def answer_budget(tokenizer, references: list[str]) -> int:
 def evaluate_hf(
     label: str, model_dir: str, adapter_dir: str | None, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int
 ) -> SubjectResult:
-    return evaluate_hf_views(model_dir, adapter_dir, recipe, tokenizer, eval_set, max_new_tokens, [View.plain(label, tokenizer, eval_set, recipe)])[0]
+    views = [View.plain(label, tokenizer, eval_set, recipe)]
+    return evaluate_hf_views(model_dir, adapter_dir, recipe, tokenizer, eval_set, max_new_tokens, views)[0]
 
 
 @dataclass
@@ -82,15 +99,15 @@ class View:
 
     @classmethod
     def plain(cls, label: str, tokenizer, eval_set: EvalSet, recipe) -> View:
-        return cls(label, [tokenizer.encode_prompt(p) for p in eval_set.prompts], _tokenized(tokenizer, eval_set, recipe))
+        prompts = [tokenizer.encode_prompt(p) for p in eval_set.prompts]
+        return cls(label, prompts, _tokenized(tokenizer, eval_set, recipe))
 
 
 def evaluate_hf_views(
-    model_dir: str, adapter_dir: str | None, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int, views: list[View]
+    model_dir: str, adapter_dir: str | None, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int,
+    views: list[View],
 ) -> list[SubjectResult]:
     """Load one model (base, or base + adapter) once and answer every view's prompts with it."""
-    from quicktune.backend import load_backend
-
     backend = load_backend()
     start = time.perf_counter()
     model, _ = backend.load_model(
@@ -127,11 +144,22 @@ def _mean_length(prompts: list[list[int]]) -> float | None:
 
 
 def _tokenized(tokenizer, eval_set: EvalSet, recipe):
-    from quicktune.data.masking import tokenize_examples
-
     return tokenize_examples(
-        tokenizer, eval_set.examples, max_length=recipe.model.max_seq_length, responses_only=recipe.data.train_on_responses_only
+        tokenizer, eval_set.examples, max_length=recipe.model.max_seq_length,
+        responses_only=recipe.data.train_on_responses_only,
     )
+
+
+def run_subject(run_dir: Path, eval_set: EvalSet, tokenizer, budget: int) -> SubjectResult:
+    """A run's answers: its trained model (a full fine-tune), or its base with its adapter on top."""
+    run = open_run(run_dir)
+    recipe = run.recipe
+    if run.full:
+        return evaluate_hf(run_label(run_dir), str(run.trained), None, recipe, tokenizer, eval_set, budget)
+    adapter = str(run.trained)
+    base = run.base_folder()
+    check_adapter_base(Path(adapter), Path(base))  # an adapter of another model: an error, not a traceback
+    return evaluate_hf(run_label(run_dir), base, adapter, recipe, tokenizer, eval_set, budget)
 
 
 # --- the base model's answers, computed once ----------------------------------------------------
@@ -145,12 +173,6 @@ def _tokenized(tokenizer, eval_set: EvalSet, recipe):
 def base_cache_key(manifest: dict, recipe, view: View, eval_set: EvalSet, budget: int) -> str | None:
     """The key of the base's answers to ``view``; the pairs are keyed by their text (the tokenizer that
     turns them into tokens is the one ``view``'s prompt tokens already pin down)."""
-    import hashlib
-    import json
-
-    from quicktune.backend import load_backend
-    from quicktune.train.trainer import package_versions
-
     fingerprint = (manifest.get("base_model") or {}).get("fingerprint")
     if not fingerprint:
         return None
@@ -173,27 +195,16 @@ def base_cache_key(manifest: dict, recipe, view: View, eval_set: EvalSet, budget
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def base_subject(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget: int, progress=lambda m: None) -> SubjectResult:
+def base_subject(run: TrainedRun, tokenizer, eval_set: EvalSet, budget: int, progress=lambda m: None) -> SubjectResult:
     """The base model's subject: from the cache when the same answers were computed before."""
-    import json
-
-    from quicktune.base_model import base_folder
-    from quicktune.data.tokenizer import cache_dir
-    from quicktune.runs import now, write_atomic
-
+    recipe = run.recipe
     view = View.plain("base", tokenizer, eval_set, recipe)  # the prompts and answer tokens: keyed, then asked
-    key = base_cache_key(manifest, recipe, view, eval_set, budget)
-    path = cache_dir() / "eval" / f"base-{key}.json" if key else None
-    if path is not None and path.is_file():
-        try:
-            kept = json.loads(path.read_text(encoding="utf-8"))
-            answers = [Answer(a["text"], a["stopped"]) for a in kept["answers"]]
-            progress(f"the base model (its answers from {kept['computed']}, kept in {path.parent})")
-            return SubjectResult("base", "hf", kept["metrics"], kept["loss"], answers, kept["seconds"],
-                                 kept["prompt_tokens"], reused=kept["computed"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # an unreadable entry is computed again and replaced
-    [result] = evaluate_hf_views(base_folder(manifest, recipe), None, recipe, tokenizer, eval_set, budget, [view])
+    key = base_cache_key(run.manifest, recipe, view, eval_set, budget)
+    path = data_tokenizer.cache_dir() / "eval" / f"base-{key}.json" if key else None
+    kept = _cached_base(path, progress) if path is not None and path.is_file() else None
+    if kept is not None:
+        return kept
+    [result] = evaluate_hf_views(run.base_folder(), None, recipe, tokenizer, eval_set, budget, [view])
     if path is not None:
         entry = {**result.to_json(), "computed": now()}
         try:
@@ -204,14 +215,23 @@ def base_subject(manifest: dict, recipe, tokenizer, eval_set: EvalSet, budget: i
     return result
 
 
+def _cached_base(path: Path, progress) -> SubjectResult | None:
+    """The base's answers kept at ``path`` by an earlier eval; None when the entry cannot be read."""
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        answers = [Answer(a["text"], a["stopped"]) for a in kept["answers"]]
+        progress(f"the base model (its answers from {kept['computed']}, kept in {path.parent})")
+        return SubjectResult("base", "hf", kept["metrics"], kept["loss"], answers, kept["seconds"],
+                             kept["prompt_tokens"], reused=kept["computed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # an unreadable entry is computed again and replaced
+
+
 # --- GGUF subjects -------------------------------------------------------------------------------
 
 
 def evaluate_gguf(label: str, gguf: Path, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int) -> SubjectResult:
-    import numpy as np
-
-    from quicktune import llamacpp
-
+    """An exported GGUF's answers through llama.cpp, greedy, and its loss on the reference answers."""
     start = time.perf_counter()
     stops = stop_token_ids(tokenizer)
     prompts = [tokenizer.encode_prompt(p) for p in eval_set.prompts]
@@ -222,25 +242,30 @@ def evaluate_gguf(label: str, gguf: Path, recipe, tokenizer, eval_set: EvalSet, 
     for prompt in prompts:
         ids, stopped = cut_at_stop(llamacpp.greedy(llm, prompt, stops, max_new_tokens), stops)
         answers.append(Answer(llm.detokenize(ids).decode("utf-8", errors="replace"), stopped))
+    loss = _gguf_loss(llm, tokenized)
+    del llm
+    return SubjectResult(
+        label, "gguf", score_all(answers, eval_set.references), loss, answers, round(time.perf_counter() - start, 1),
+        _mean_length(prompts),
+    )
+
+
+def _gguf_loss(llm, tokenized) -> float | None:
+    """Mean negative log-likelihood of the trained tokens under a llama.cpp model (``logits_all``)."""
     total, count = 0.0, 0
     for item in tokenized:
         llm.reset()
         llm.eval(item.input_ids)
         logits = np.asarray(llm.scores[: len(item.input_ids) - 1], dtype=np.float64)
         labels = np.asarray(item.labels[1:])
-        keep = labels != -100
+        keep = labels != IGNORE
         if keep.any():
             rows = logits[keep]
             top = rows.max(axis=1, keepdims=True)
             log_norm = np.log(np.exp(rows - top).sum(axis=1)) + top[:, 0]
             total += float((log_norm - rows[np.arange(len(rows)), labels[keep]]).sum())
             count += int(keep.sum())
-    del llm
-    loss = round(total / count, 5) if count else None
-    return SubjectResult(
-        label, "gguf", score_all(answers, eval_set.references), loss, answers, round(time.perf_counter() - start, 1),
-        _mean_length(prompts),
-    )
+    return round(total / count, 5) if count else None
 
 
 # --- the comparison ------------------------------------------------------------------------------
@@ -261,8 +286,6 @@ class EvalReport:
 
     @property
     def run_label(self) -> str:
-        from quicktune.runs import run_label
-
         return run_label(self.run_dir)
 
     def run_subject(self) -> SubjectResult:
@@ -288,7 +311,8 @@ class EvalReport:
             "gguf": self.gguf,
             "metric": self.metric,
             "metrics": METRICS,
-            "data": {"source": self.eval_set.source, "rows": len(self.eval_set.examples), "sha256": self.eval_set.sha256},
+            "data": {"source": self.eval_set.source, "rows": len(self.eval_set.examples),
+                     "sha256": self.eval_set.sha256},
             "prompts": [p[-1]["content"] for p in self.eval_set.prompts],
             "references": self.eval_set.references,
             "subjects": [s.to_json() for s in self.subjects],
@@ -296,6 +320,21 @@ class EvalReport:
             "judge": self.judge,
             "regressions": {"threshold_points": self.threshold, "run": self.run_label, "fell": self.regressions()},
         }
+
+
+@dataclass
+class _Evaluation:
+    """What the steps of ``evaluate_run`` share: the run, its questions, how long an answer may be, and
+    the subjects asked so far (comparators first, then the run, then its GGUF)."""
+
+    run: TrainedRun
+    eval_set: EvalSet
+    tokenizer: ChatTokenizer
+    budget: int
+    progress: Callable[[str], None]
+    subjects: list[SubjectResult] = field(default_factory=list)
+    against: str | None = None  # the comparator's label in the report
+    fewshot: dict[str, Any] | None = None  # the few-shot comparison's details, for the report
 
 
 def evaluate_run(
@@ -311,108 +350,116 @@ def evaluate_run(
     threshold: float = DEFAULT_THRESHOLD,
     progress=lambda message: None,
 ) -> EvalReport:
-    from quicktune.base_model import base_folder
-    from quicktune.data.tokenizer import load_chat_tokenizer
-    from quicktune.recipe import load_recipe
-    from quicktune.runs import now, pick_quantization, read_manifest, resolve_run, run_label, trained_dir
+    """A finished run against ``against`` (``base``, ``fewshot[:K]``, another run, or None: the run alone)
+    on its held-out set (or ``data_files``), with its exported GGUF (``gguf``) and a judge (``judge``)."""
+    shots_k, judge_path = _check_options(against, judge)
+    run = open_run(run_dir)
+    run.require_finished()
+    ev = _ask_questions(run, data_files, limit, max_new_tokens, progress)
+    if against == "base":
+        _against_base(ev)
+    elif shots_k is not None:
+        _against_fewshot(ev, shots_k)
+    elif against:
+        _against_run(ev, against, runs_root)
+    label = run_label(run_dir)
+    progress(label)
+    ev.subjects.append(run_subject(run_dir, ev.eval_set, ev.tokenizer, ev.budget))
+    quant = _gguf_subject(ev, gguf or None) if gguf is not None else None
+    report = EvalReport(
+        run_dir, ev.eval_set, run.recipe.eval.metric, ev.subjects, created=now(), against=ev.against, gguf=quant,
+        fewshot=ev.fewshot, threshold=threshold,
+    )
+    if judge_path is not None:
+        other = report.comparators()[-1]
+        progress(f"the judge ({judge_path.name}): {label} vs {other.label}, both orders")
+        report.judge = judge_pair(judge_path, ev.eval_set, other, report.run_subject())
+    return report
 
+
+def _check_options(against: str | None, judge: str | None) -> tuple[int | None, Path | None]:
+    """Reads ``--against`` and ``--judge`` before anything loads: the few-shot K (None: not few-shot) and
+    the judge's GGUF (None: no judge); raises on a K that is not a number, or a judge with nothing to judge."""
     shots_k = fewshot.parse_against(against)
     if judge is not None and not against:
         raise QuicktuneError("--judge compares two answers per row: it needs --against (base, fewshot or a run)")
-    judge_path = _judge_file(judge) if judge is not None else None
-    manifest = read_manifest(run_dir)
-    if manifest.get("status") != "finished":
-        raise QuicktuneError(f"{run_dir} is not finished (status: {manifest.get('status')})")
-    recipe = load_recipe(str(run_dir / "recipe.yaml"))
-    eval_set = load_eval_set(recipe, list(data_files), limit)
-    tokenizer = load_chat_tokenizer(str(trained_dir(run_dir, manifest)))
-    budget = max_new_tokens or answer_budget(tokenizer, eval_set.references)
-    label = run_label(run_dir)
-    subjects = []
-    against_label = None
-    fewshot_info = None
-
-    if against == "base":
-        against_label = "base"
-        progress("the base model")
-        subjects.append(base_subject(manifest, recipe, tokenizer, eval_set, budget, progress))
-    elif shots_k is not None:
-        from quicktune.data.check import prepare_for_recipe
-
-        against_label = f"{fewshot.NAME}:{shots_k}"
-        served = ((manifest.get("data") or {}).get("system_prompt") or {}).get("served")
-        shots = fewshot.pick_shots(prepare_for_recipe(recipe, tokenize=False).train, eval_set, shots_k, recipe.training.seed)
-        shot_set = fewshot.with_shots(eval_set, shots, served)
-        views = [
-            View.plain("base", tokenizer, eval_set, recipe),
-            View(
-                fewshot.label(shots_k),
-                [tokenizer.encode_prompt(p) for p in shot_set.prompts],
-                fewshot.held_out_answer_tokens(tokenizer, shot_set.examples, shots),
-            ),
-        ]
-        progress(f"the base model, alone and with {shots_k} examples in the prompt")
-        subjects += evaluate_hf_views(base_folder(manifest, recipe), None, recipe, tokenizer, eval_set, budget, views)
-        fewshot_info = {
-            "k": shots_k,
-            "examples": [shot.origin for shot in shots],
-            "chosen_by": f"training rows ranked by sha256(seed {recipe.training.seed} + row), none like a held-out prompt",
-            "system_prompt": served,
-            "prompt_tokens": {"without": subjects[0].prompt_tokens, "with": subjects[1].prompt_tokens},
-        }
-    elif against:
-        other = resolve_run(against, runs_root, run_dir.parent.name)
-        against_label = run_label(other)
-        progress(against_label)
-        subjects.append(run_subject(other, eval_set, tokenizer, budget))
-    progress(label)
-    subjects.append(run_subject(run_dir, eval_set, tokenizer, budget))
-    quant = None
-    if gguf is not None:
-        quant = pick_quantization(run_dir, manifest, gguf or None)
-        progress(f"{label} {quant} (GGUF)")
-        from quicktune.runs import exported_gguf
-
-        gguf_file = exported_gguf(run_dir, manifest, quant)
-        subjects.append(evaluate_gguf(f"{label} {quant}", gguf_file, recipe, tokenizer, eval_set, budget))
-    report = EvalReport(
-        run_dir, eval_set, recipe.eval.metric, subjects, created=now(), against=against_label, gguf=quant,
-        fewshot=fewshot_info, threshold=threshold,
-    )
-    if judge_path is not None:
-        from quicktune.evaluate.judge import judge_pair
-
-        other = report.comparators()[-1]
-        progress(f"the judge ({judge_path.name}): {label} vs {other.label}, both orders")
-        report.judge = judge_pair(judge_path, eval_set, other, report.run_subject())
-    return report
+    return shots_k, _judge_file(judge) if judge is not None else None
 
 
 def _judge_file(judge: str) -> Path:
     """The judge's GGUF: a path, or ``pkg://`` like model.base."""
-    from quicktune.models import PACKAGE_SCHEME, resolve_model
-
     path = resolve_model(judge).path if judge.startswith(PACKAGE_SCHEME) else Path(judge).expanduser()
     if path is None or not path.is_file() or path.suffix != ".gguf":
         raise QuicktuneError(
             f"--judge {judge}: {'not a .gguf file' if path is not None and path.is_file() else 'no such file'}",
-            hint="Give a local GGUF chat model (any one llama.cpp runs), e.g. --judge ~/models/qwen2.5-7b-instruct-q4_k_m.gguf",
+            hint="Give a local GGUF chat model (any one llama.cpp runs), "
+            "e.g. --judge ~/models/qwen2.5-7b-instruct-q4_k_m.gguf",
         )
     return path.resolve()
 
 
-def run_subject(run_dir: Path, eval_set: EvalSet, tokenizer, budget: int) -> SubjectResult:
-    from quicktune.base_model import base_folder
-    from quicktune.recipe import load_recipe
-    from quicktune.runs import read_manifest, run_label, trained_dir
+def _ask_questions(run: TrainedRun, data_files, limit: int | None, max_new_tokens: int | None,
+                   progress) -> _Evaluation:
+    """Reads the run's recipe, its held-out set (or ``data_files``, ``limit`` rows) and its trained chat
+    tokenizer; the answer budget is ``max_new_tokens``, else the longest reference + 32 tokens."""
+    eval_set = load_eval_set(run.recipe, list(data_files), limit)
+    tokenizer = run.chat_tokenizer()
+    budget = max_new_tokens or answer_budget(tokenizer, eval_set.references)
+    return _Evaluation(run, eval_set, tokenizer, budget, progress)
 
-    manifest = read_manifest(run_dir)
-    recipe = load_recipe(str(run_dir / "recipe.yaml"))
-    if manifest.get("method") == "full":
-        return evaluate_hf(run_label(run_dir), str(trained_dir(run_dir, manifest)), None, recipe, tokenizer, eval_set, budget)
-    adapter = str(trained_dir(run_dir, manifest))
-    base = base_folder(manifest, recipe)
-    from quicktune.adapters import check_adapter_base
 
-    check_adapter_base(Path(adapter), Path(base))  # an adapter of another model: an error, not a traceback
-    return evaluate_hf(run_label(run_dir), base, adapter, recipe, tokenizer, eval_set, budget)
+def _against_base(ev: _Evaluation) -> None:
+    """Adds the base model's subject (from the cache when its answers were computed before)."""
+    ev.against = "base"
+    ev.progress("the base model")
+    ev.subjects.append(base_subject(ev.run, ev.tokenizer, ev.eval_set, ev.budget, ev.progress))
+
+
+def _against_fewshot(ev: _Evaluation, shots_k: int) -> None:
+    """Adds the base model twice, loaded once: alone, and with ``shots_k`` training conversations before
+    each held-out prompt (evaluate/fewshot.py); records which conversations and the prompts' lengths."""
+    recipe = ev.run.recipe
+    ev.against = f"{fewshot.NAME}:{shots_k}"
+    served = ((ev.run.manifest.get("data") or {}).get("system_prompt") or {}).get("served")
+    train = prepare_for_recipe(recipe, tokenize=False).train
+    shots = fewshot.pick_shots(train, ev.eval_set, shots_k, recipe.training.seed)
+    shot_set = fewshot.with_shots(ev.eval_set, shots, served)
+    views = [
+        View.plain("base", ev.tokenizer, ev.eval_set, recipe),
+        View(
+            fewshot.label(shots_k),
+            [ev.tokenizer.encode_prompt(p) for p in shot_set.prompts],
+            fewshot.held_out_answer_tokens(ev.tokenizer, shot_set.examples, shots),
+        ),
+    ]
+    ev.progress(f"the base model, alone and with {shots_k} examples in the prompt")
+    alone, with_shots = evaluate_hf_views(ev.run.base_folder(), None, recipe, ev.tokenizer, ev.eval_set, ev.budget,
+                                          views)
+    ev.subjects += [alone, with_shots]
+    ev.fewshot = {
+        "k": shots_k,
+        "examples": [shot.origin for shot in shots],
+        "chosen_by": f"training rows ranked by sha256(seed {recipe.training.seed} + row), none like a held-out prompt",
+        "system_prompt": served,
+        "prompt_tokens": {"without": alone.prompt_tokens, "with": with_shots.prompt_tokens},
+    }
+
+
+def _against_run(ev: _Evaluation, against: str, runs_root: Path) -> None:
+    """Adds another run's subject (``against``: a run reference, resolved beside this run's recipe)."""
+    other = resolve_run(against, runs_root, ev.run.run_dir.parent.name)
+    ev.against = run_label(other)
+    ev.progress(ev.against)
+    ev.subjects.append(run_subject(other, ev.eval_set, ev.tokenizer, ev.budget))
+
+
+def _gguf_subject(ev: _Evaluation, quant: str | None) -> str:
+    """Adds the run's exported GGUF (``quant``, or the one ``pick_quantization`` picks) through llama.cpp;
+    returns the quantization scored."""
+    run = ev.run
+    quant = pick_quantization(run.run_dir, run.manifest, quant)
+    label = f"{run_label(run.run_dir)} {quant}"
+    ev.progress(f"{label} (GGUF)")
+    gguf_file = exported_gguf(run.run_dir, run.manifest, quant)
+    ev.subjects.append(evaluate_gguf(label, gguf_file, run.recipe, ev.tokenizer, ev.eval_set, ev.budget))
+    return quant

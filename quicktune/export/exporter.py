@@ -18,16 +18,30 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from quicktune import llamacpp
+from quicktune.backend import load_backend
+from quicktune.base_model import TrainedRun, base_folder, open_run
+from quicktune.data.heldout import load_eval_set
+from quicktune.data.system_prompt import served_prompt, served_warning
+from quicktune.data.tokenizer import ChatTokenizer, gguf_special_tokens, tokenization_warnings
 from quicktune.errors import QuicktuneError
 from quicktune.export import ollama
-from quicktune.export.renderer import ollama_renderer
-from quicktune.models import read_gguf_fields
+from quicktune.export.gate import FidelityFailed, gate
+from quicktune.export.merge import merge_adapter
+from quicktune.export.merge_target import write_dequantized_base
+from quicktune.export.ollama import TurnFormat
+from quicktune.export.renderer import OllamaRenderer, ollama_renderer
+from quicktune.export.verify import check_fidelity
+from quicktune.models import read_gguf_fields, resolve_model
+from quicktune.runs import disk_full_error, lock_run, now, remove_stale, sha256_file, update_manifest, write_atomic
 
 CONVERTED = ("f16", "bf16")  # written by the converter; the rest by the quantizer
 
@@ -68,106 +82,140 @@ def export_run(
 ) -> ExportResult:
     """Export a finished run, holding its folder (one export or training at a time): what a killed
     export left behind is removed first, and every file is reused or written whole."""
-    from quicktune import runs
-
-    with runs.lock_run(run_dir, "quicktune export"):
-        for stale in runs.remove_stale(run_dir):
+    with lock_run(run_dir, "quicktune export"):
+        for stale in remove_stale(run_dir):
             if console is not None:
                 console.print(f"[dim]removed {stale.relative_to(run_dir)}, left by an export that was stopped[/]")
         return _export_locked(run_dir, quants, verify=verify, prompts=prompts, max_new_tokens=max_new_tokens,
                               console=console)
 
 
+@dataclass
+class _Export:
+    """What the steps of one export share: the run, what is written (``result``), the trained chat
+    tokenizer, and, once the GGUF is written, the turn format and renderer its Modelfiles use."""
+
+    run: TrainedRun
+    result: ExportResult
+    tokenizer: ChatTokenizer
+    quants: list[str]  # the quantizations asked for (--quant, else the recipe's): a Modelfile each
+    checked: list[str]  # those the fidelity check covers: the ones asked for and those exported earlier
+    console: Any
+    fmt: TurnFormat | None = None
+    renderer: OllamaRenderer | None = None
+
+    def say(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message)
+
+
 def _export_locked(run_dir: Path, quants: list[str] | None, *, verify: bool, prompts: int, max_new_tokens: int,
                    console) -> ExportResult:
-    from quicktune.recipe import load_recipe
-    from quicktune.runs import read_manifest, trained_dir
-
-    say = console.print if console is not None else (lambda *a, **k: None)
-    manifest = read_manifest(run_dir)
-    if manifest.get("status") != "finished":
-        raise QuicktuneError(
-            f"{run_dir} is not finished (status: {manifest.get('status')}); there is no final adapter to export",
-            hint="Resume it with `quicktune train` (the same command), then export.",
-        )
-    recipe = load_recipe(str(run_dir / "recipe.yaml"))
-    # Without --quant: the recipe's quantizations, and the check covers those added earlier too.
-    added_earlier = list((manifest.get("export") or {}).get("modelfiles") or {})
-    checked = list(dict.fromkeys(quants or [*recipe.export.quantizations, *added_earlier]))
-    quants = list(dict.fromkeys(quants or recipe.export.quantizations))
-    export_dir = run_dir / "export"
-    export_dir.mkdir(exist_ok=True)
-    for stale in llamacpp.remove_stale_partials(export_dir):
-        say(f"[dim]removed {stale.name}, left by an export that was stopped[/]")
-    name = export_name(run_dir, recipe.name)
-    trained = trained_dir(run_dir, manifest)
-    tokenizer = _trained_tokenizer(trained)
-    merged = trained if manifest.get("method") == "full" else export_dir / "merged"
-    result = ExportResult(run_dir, export_dir, name, merged, {}, {}, {})
-    if (merged / "config.json").is_file():
-        result.reused.append("merged")
-    else:
-        from quicktune.export.merge import merge_adapter
-
-        what = MERGE_TARGETS[recipe.export.merge_target]
-        with _step(result, "merge", console, f"merging the adapter into {what}"):
-            with _merge_into(recipe, manifest, console, export_dir) as base:
-                result.merge_source = Path(base)
-                merge_adapter(base, trained, merged)
-        say(f"[green]✓[/] merged into {what}: {merged} ({result.timings['merge']:.1f} s)")
-
-    base_gguf = _base_gguf(manifest)
-    earlier = [q for q in checked if gguf_path(export_dir, name, q).is_file()]
-    for quant in dict.fromkeys(["f16", *quants, *earlier]):
-        target = gguf_path(export_dir, name, quant)
-        result.ggufs[quant] = target
-        if target.is_file():
-            result.reused.append(quant)
-            continue
-        with _step(result, quant, console, f"writing {target.name}"):
-            if quant in CONVERTED:
-                _convert(merged, target, quant, tokenizer, base_gguf, name)
-            else:
-                with _stderr_to(export_dir / "quantize.log"):
-                    llamacpp.quantize(result.ggufs["f16"], target, quant)
-        say(f"[green]✓[/] {target.name}: {_size(target)} ({result.timings[quant]:.1f} s)")
-    result.metadata = check_metadata(result.ggufs["f16"], tokenizer)
-
-    fmt = ollama.read_format(
-        tokenizer.render, bos=tokenizer.special.get("bos_token"), add_bos=bool(result.metadata.get("add_bos"))
-    )
-    result.metadata["template_family"] = fmt.family
-    # The GGUF carries the trained template (check_metadata): what Ollama's rule looks at.
-    renderer = ollama_renderer(tokenizer.chat_template, fmt.go_template())
-    result.metadata["ollama_renderer"] = renderer.renderer
-    result.metadata["ollama_renderer_reason"] = renderer.reason
-    for quant in quants:
-        result.modelfiles[quant] = _write_modelfile(result, recipe, quant, fmt, tokenizer, renderer)
-    from quicktune.data.system_prompt import served_warning
-
-    warnings = [*result.metadata["tokenization_warnings"], served_warning(recipe, manifest)]
-    if console is not None:
-        from rich.markup import escape
-
-        for warning in filter(None, warnings):
-            say(f"[yellow]warning:[/] {escape(warning)}")
-
+    """The export, step by step, with the run folder held: merge, convert and quantize, check the GGUF's
+    metadata, write the Modelfiles, check fidelity, record it all in the manifest."""
+    ex = _open_export(run_dir, quants, console)
+    _merge(ex)
+    _write_ggufs(ex)
+    ex.result.metadata = check_metadata(ex.result.ggufs["f16"], ex.tokenizer)
+    _write_modelfiles(ex)
+    _show_warnings(ex)
     if verify:
-        checked = [q for q in checked if q in result.ggufs]
-        result.fidelity = _verify(result, recipe, tokenizer, fmt, checked, prompts, max_new_tokens, console, renderer)
+        ex.result.fidelity = _verify(ex, prompts, max_new_tokens)
+    result = ex.result
     if result.fidelity is not None:
-        from quicktune.export.gate import gate
-
         result.gate = gate(result.fidelity)
-    _record(result, manifest, quants)
+    _record(result, ex.run.manifest, ex.quants)
     if result.gate is not None and not result.gate.passed:
-        from quicktune.export.gate import FidelityFailed
-
         raise FidelityFailed(result)  # after _record: the files stay, the manifest says what failed
     return result
 
 
 # --- steps ---------------------------------------------------------------------------------------
+
+
+def _open_export(run_dir: Path, quants: list[str] | None, console) -> _Export:
+    """Reads the run's manifest (it must be finished), recipe and trained tokenizer; makes ``export/`` and
+    removes the partial files a stopped export left there. Returns the export's shared state."""
+    run = open_run(run_dir)
+    run.require_finished("; there is no final adapter to export",
+                         hint="Resume it with `quicktune train` (the same command), then export.")
+    recipe = run.recipe
+    # Without --quant: the recipe's quantizations, and the check covers those added earlier too.
+    added_earlier = list((run.manifest.get("export") or {}).get("modelfiles") or {})
+    checked = list(dict.fromkeys(quants or [*recipe.export.quantizations, *added_earlier]))
+    quants = list(dict.fromkeys(quants or recipe.export.quantizations))
+    export_dir = run_dir / "export"
+    export_dir.mkdir(exist_ok=True)
+    for stale in llamacpp.remove_stale_partials(export_dir):
+        if console is not None:
+            console.print(f"[dim]removed {stale.name}, left by an export that was stopped[/]")
+    name = export_name(run_dir, recipe.name)
+    tokenizer = _trained_tokenizer(run)
+    merged = run.trained if run.full else export_dir / "merged"
+    result = ExportResult(run_dir, export_dir, name, merged, {}, {}, {})
+    return _Export(run, result, tokenizer, quants, checked, console)
+
+
+def _merge(ex: _Export) -> None:
+    """Writes ``export/merged/``: the adapter merged into the base (``export.merge_target``); kept when
+    an earlier export wrote it, and nothing to do for a full fine-tune (its model is the merged one)."""
+    result, recipe = ex.result, ex.run.recipe
+    if (result.merged / "config.json").is_file():
+        result.reused.append("merged")
+        return
+    what = MERGE_TARGETS[recipe.export.merge_target]
+    with (
+        _step(result, "merge", ex.console, f"merging the adapter into {what}"),
+        _merge_into(recipe, ex.run.manifest, ex.console, result.export_dir) as base,
+    ):
+        result.merge_source = Path(base)
+        merge_adapter(base, ex.run.trained, result.merged)
+    ex.say(f"[green]✓[/] merged into {what}: {result.merged} ({result.timings['merge']:.1f} s)")
+
+
+def _write_ggufs(ex: _Export) -> None:
+    """Writes the F16 GGUF (converted from ``merged/``), each quantization asked for and any exported
+    before (quantized from the F16 one) into ``result.ggufs``; a file already there is kept."""
+    result = ex.result
+    base_gguf = _base_gguf(ex.run.manifest)
+    earlier = [q for q in ex.checked if gguf_path(result.export_dir, result.name, q).is_file()]
+    for quant in dict.fromkeys(["f16", *ex.quants, *earlier]):
+        target = gguf_path(result.export_dir, result.name, quant)
+        result.ggufs[quant] = target
+        if target.is_file():
+            result.reused.append(quant)
+            continue
+        with _step(result, quant, ex.console, f"writing {target.name}"):
+            if quant in CONVERTED:
+                _convert(result.merged, target, quant, ex.tokenizer, base_gguf, result.name)
+            else:
+                with _stderr_to(result.export_dir / "quantize.log"):
+                    llamacpp.quantize(result.ggufs["f16"], target, quant)
+        ex.say(f"[green]✓[/] {target.name}: {_size(target)} ({result.timings[quant]:.1f} s)")
+
+
+def _write_modelfiles(ex: _Export) -> None:
+    """Reads the trained template's turn format and picks Ollama's renderer (both noted in
+    ``result.metadata``); writes a Modelfile per quantization asked for into ``result.modelfiles``."""
+    result = ex.result
+    ex.fmt = ollama.read_format(
+        ex.tokenizer.render, bos=ex.tokenizer.special.get("bos_token"), add_bos=bool(result.metadata.get("add_bos"))
+    )
+    result.metadata["template_family"] = ex.fmt.family
+    # The GGUF carries the trained template (check_metadata): what Ollama's rule looks at.
+    ex.renderer = ollama_renderer(ex.tokenizer.chat_template, ex.fmt.go_template())
+    result.metadata["ollama_renderer"] = ex.renderer.renderer
+    result.metadata["ollama_renderer_reason"] = ex.renderer.reason
+    for quant in ex.quants:
+        result.modelfiles[quant] = _write_modelfile(result, ex.run, quant, ex.fmt, ex.tokenizer, ex.renderer)
+
+
+def _show_warnings(ex: _Export) -> None:
+    """Shows what the user should know about the export: tokenization differences between llama.cpp and
+    training, and a served system prompt no training row had."""
+    warnings = [*ex.result.metadata["tokenization_warnings"], served_warning(ex.run.recipe, ex.run.manifest)]
+    for warning in filter(None, warnings):
+        ex.say(f"[yellow]warning:[/] {escape(warning)}")
 
 
 @contextlib.contextmanager
@@ -179,13 +227,11 @@ def _step(result: ExportResult, key: str, console, message: str):
             yield status
         except Exception as exc:
             if key != "verify":  # a write: a full disk is named with the space it needs
-                from quicktune.runs import disk_full_error
-
                 target = result.merged if key == "merge" else gguf_path(result.export_dir, result.name, key)
                 error = disk_full_error(exc, target, _space_needed(result, key), suspect=True)
                 if error is not None:
-                    error.hint = f"Free some space there and run `quicktune export {result.run_dir}` again: " \
-                                 "what is already exported is kept."
+                    error.hint = (f"Free some space there and run `quicktune export {result.run_dir}` again: "
+                                  "what is already exported is kept.")
                     raise error from None
             raise
         finally:
@@ -233,20 +279,17 @@ def _size(path: Path) -> str:
     return f"{path.stat().st_size / 2**20:,.0f} MiB"
 
 
-def _trained_tokenizer(trained: Path):
-    from quicktune.data.tokenizer import load_chat_tokenizer
-
-    if not (trained / "tokenizer.json").is_file():
-        raise QuicktuneError(f"{trained} has no tokenizer.json: the run folder is incomplete")
-    return load_chat_tokenizer(str(trained))
+def _trained_tokenizer(run: TrainedRun) -> ChatTokenizer:
+    """The chat tokenizer saved with what the run trained; a folder without one is incomplete."""
+    if not (run.trained / "tokenizer.json").is_file():
+        raise QuicktuneError(f"{run.trained} has no tokenizer.json: the run folder is incomplete")
+    return run.chat_tokenizer()
 
 
 def _base_gguf(manifest: dict[str, Any]) -> Path | None:
     base = manifest.get("base_model") or {}
     if base.get("kind") != "gguf":
         return None
-    from quicktune.models import resolve_model
-
     return resolve_model(base["spec"]).path
 
 
@@ -260,17 +303,13 @@ def _merge_into(recipe, manifest: dict[str, Any], console, export_dir: Path):
     if recipe.export.merge_target != "dequantized":
         yield _merge_base(recipe, manifest, console)
         return
-    import shutil
-
-    from quicktune.base_model import base_folder
-    from quicktune.export.merge_target import write_dequantized_base
-
     source = Path(base_folder(manifest, recipe)).expanduser()
     if not source.is_dir():  # a hub id: the checkpoint training loaded (a -bnb-4bit one is fine)
         source = _download(str(source), recipe.model.revision, console)
     folder = export_dir / f".dequantized-base.{os.getpid()}"
     try:
-        yield write_dequantized_base(source, folder, max_seq_length=recipe.model.max_seq_length, dtype=recipe.model.dtype)
+        yield write_dequantized_base(source, folder, max_seq_length=recipe.model.max_seq_length,
+                                     dtype=recipe.model.dtype)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -281,8 +320,6 @@ def _merge_base(recipe, manifest: dict[str, Any], console) -> Path:
     if recipe.export.merge_base:
         spec = recipe.export.merge_base
     elif base.get("kind") == "gguf":
-        from quicktune.base_model import base_folder
-
         return Path(base_folder(manifest, recipe))
     elif base.get("kind") == "dir":
         spec = base["loaded_from"]
@@ -295,7 +332,8 @@ def _merge_base(recipe, manifest: dict[str, Any], console) -> Path:
     if config.get("quantization_config"):
         raise QuicktuneError(
             f"{spec} holds quantized weights; the adapter is merged into 16-bit weights",
-            hint="Set export.merge_base to the 16-bit model, e.g. --set export.merge_base=unsloth/Qwen2.5-7B-Instruct",
+            hint="Set export.merge_base to the 16-bit model, "
+            "e.g. --set export.merge_base=unsloth/Qwen2.5-7B-Instruct",
         )
     return folder
 
@@ -348,8 +386,6 @@ def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Pat
 
 def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
     """The GGUF keys that decide how llama.cpp and Ollama talk to the model, checked."""
-    from quicktune.data.tokenizer import gguf_special_tokens, tokenization_warnings
-
     fields = read_gguf_fields(path, "")
     tokens = fields.get("tokenizer.ggml.tokens") or []
     eos_id = fields.get("tokenizer.ggml.eos_token_id")
@@ -378,10 +414,9 @@ def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
     return meta
 
 
-def _write_modelfile(result: ExportResult, recipe, quant: str, fmt, tokenizer, renderer) -> Path:
-    from quicktune.data.system_prompt import served_prompt
-    from quicktune.runs import read_manifest, write_atomic
-
+def _write_modelfile(result: ExportResult, run: TrainedRun, quant: str, fmt, tokenizer, renderer) -> Path:
+    """Writes ``export/Modelfile.<quant>``, FROM the GGUF beside it, unless one is there already."""
+    recipe = run.recipe
     path = result.export_dir / f"Modelfile.{quant}"
     if path.is_file():
         return path  # written by an earlier export (and perhaps edited since): kept
@@ -394,8 +429,8 @@ def _write_modelfile(result: ExportResult, recipe, quant: str, fmt, tokenizer, r
         temperature=recipe.export.temperature,
         top_p=recipe.export.top_p,
         num_ctx=num_ctx,
-        system=served_prompt(recipe, read_manifest(result.run_dir)),  # what training used (README, System prompt)
-        system_key=_system_key(recipe, read_manifest(result.run_dir)),
+        system=served_prompt(recipe, run.manifest),  # what training used (README, System prompt)
+        system_key=_system_key(recipe, run.manifest),
         num_ctx_note=why,
         renderer=renderer,
     )
@@ -442,47 +477,44 @@ def ollama_tag(name: str, quant: str) -> str:
     return f"{name}:{quant}"
 
 
-def _verify(result, recipe, tokenizer, fmt, quants, prompts, max_new_tokens, console, renderer=None):
-    from quicktune.data.heldout import load_eval_set
-    from quicktune.export.verify import check_fidelity
-
+def _verify(ex: _Export, prompts: int, max_new_tokens: int):
+    """Reads up to ``prompts`` held-out conversations (the last training rows when none is held out) and
+    compares the merged model, the model as trained and every checked GGUF on them (export/verify.py).
+    Returns the ``Fidelity``, or None when no conversation has an answer to compare on."""
+    result = ex.result
     try:
-        conversations = load_eval_set(recipe, [], prompts, train_if_no_eval=True).prompts
+        conversations = load_eval_set(ex.run.recipe, [], prompts, train_if_no_eval=True).prompts
     except QuicktuneError:  # no conversation with an answer: nothing to compare on
         return None
-    ggufs = {"f16": result.ggufs["f16"], **{q: result.ggufs[q] for q in quants if q != "f16"}}
-    with _step(result, "verify", console, "checking fidelity") as status:
+    checked = [q for q in ex.checked if q in result.ggufs]
+    ggufs = {"f16": result.ggufs["f16"], **{q: result.ggufs[q] for q in checked if q != "f16"}}
+    with _step(result, "verify", ex.console, "checking fidelity") as status:
         return check_fidelity(
             merged_dir=result.merged,
             ggufs=ggufs,
-            tokenizer=tokenizer,
-            turn_format=fmt,
+            tokenizer=ex.tokenizer,
+            turn_format=ex.fmt,
             conversations=conversations,
             add_bos=bool(result.metadata.get("add_bos")),
-            renderer=renderer,
+            renderer=ex.renderer,
             max_new_tokens=max_new_tokens,
             progress=lambda m: status.update(f"checking fidelity: {m}") if status is not None else None,
-            load_trained=_trained_loader(result.run_dir, recipe),
+            load_trained=_trained_loader(ex.run),
         )
 
 
-def _trained_loader(run_dir: Path, recipe):
+def _trained_loader(run: TrainedRun):
     """The model as trained, for the fidelity row "trained vs merged"; None for a full fine-tune,
     whose trained weights are the merged model."""
-    from quicktune.runs import read_manifest, trained_dir
-
-    manifest = read_manifest(run_dir)
-    if manifest.get("method") == "full":
+    if run.full:
         return None
+    recipe = run.recipe
 
     def load():
-        from quicktune.backend import load_backend
-        from quicktune.base_model import base_folder
-
         backend = load_backend()
         model = backend.load_trained(
-            base_folder(manifest, recipe),
-            str(trained_dir(run_dir, manifest)),
+            run.base_folder(),
+            str(run.trained),
             max_seq_length=recipe.model.max_seq_length,
             load_in_4bit=bool(recipe.model.load_in_4bit),
             dtype=recipe.model.dtype,
@@ -493,8 +525,8 @@ def _trained_loader(run_dir: Path, recipe):
 
 
 def _record(result: ExportResult, manifest: dict[str, Any], quants: list[str]) -> None:
-    from quicktune.runs import now, sha256_file, update_manifest
-
+    """Writes the export into the run's manifest: every GGUF (size, sha256), the Modelfiles, the
+    metadata, the timings and the fidelity check (rows not re-checked are kept from earlier)."""
     previous = manifest.get("export") or {}
     files = dict(previous.get("ggufs") or {})
     for quant, path in result.ggufs.items():

@@ -83,7 +83,8 @@ def _f16(fidelity, result: GateResult) -> None:
         result.failures.append(
             Failure(
                 "f16",
-                f"answers end with EOS on {row.stops}/{n} prompts, the merged model's on {fidelity.reference_stops}/{n}",
+                f"answers end with EOS on {row.stops}/{n} prompts, "
+                f"the merged model's on {fidelity.reference_stops}/{n}",
             )
         )
 
@@ -104,7 +105,9 @@ def _prompt_tokens(fidelity, result: GateResult) -> None:
     if equal is None:
         result.skipped.append("prompt tokens: not checked")
     elif equal < n:
-        result.failures.append(Failure("prompt tokens", f"Ollama's prompt tokenizes like training on {equal}/{n} prompts"))
+        result.failures.append(
+            Failure("prompt tokens", f"Ollama's prompt tokenizes like training on {equal}/{n} prompts")
+        )
 
 
 _COUNT = re.compile(r"^(\d+)/(\d+)")

@@ -21,6 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from quicktune.adapters import base_shards
+from quicktune.backend import load_backend
 from quicktune.errors import QuicktuneError
 
 # What a pre-quantized (``-bnb-4bit``) checkpoint stores beside each packed ``<layer>.weight``.
@@ -30,8 +32,6 @@ _QUANT_STATE = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
 def load_four_bit(base_dir: Path, *, max_seq_length: int, dtype: str):
     """The base loaded through the training backend exactly as ``method: qlora`` loads it, and its
     4-bit layers by name. No forward pass is run on it."""
-    from quicktune.backend import load_backend
-
     backend = load_backend()
     model, _ = backend.load_model(str(base_dir), max_seq_length=max_seq_length, load_in_4bit=True, dtype=dtype,
                                   full=False)
@@ -64,8 +64,6 @@ def write_dequantized_base(base_dir: Path, out_dir: Path, *, max_seq_length: int
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from quicktune.adapters import base_shards
-
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     model, layers = load_four_bit(base_dir, max_seq_length=max_seq_length, dtype=dtype)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +73,7 @@ def write_dequantized_base(base_dir: Path, out_dir: Path, *, max_seq_length: int
         for shard in base_shards(base_dir):
             tensors = {}
             with safe_open(str(base_dir / shard), framework="pt") as reader:
-                for name in reader.keys():
+                for name in reader.keys():  # noqa: SIM118 safetensors' safe_open has keys() but is not iterable
                     layer, _, tail = name.rpartition(".weight.")
                     if layer in layers and (tail in _QUANT_STATE or tail.startswith("quant_state.")):
                         continue

@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import string
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -188,7 +190,9 @@ def read_format(render: Render, *, bos: str | None = None, add_bos: bool = False
     if system[2] != generation:
         raise _unsupported("a system prompt changes the generation prompt")
     place, system_before, system_after = "head", system[0], system[1]
-    two_turns = render(_msgs(("system", _S), ("user", _U1), ("assistant", _A1), ("user", _U2)), add_generation_prompt=True)
+    two_turns = render(
+        _msgs(("system", _S), ("user", _U1), ("assistant", _A1), ("user", _U2)), add_generation_prompt=True
+    )
     if two_turns.index(_S) > two_turns.index(_U1):  # Mistral puts the system prompt in the last user turn
         place, system_before = "last_user", ""
         if system[0] != head:
@@ -377,9 +381,6 @@ class GoUnavailable(QuicktuneError):
 
 def go_render(go_template: str, conversations: list[list[dict[str, str]]]) -> list[str]:
     """Render with Go's text/template, over the data Ollama passes (see ollama_render.go)."""
-    import shutil
-    import subprocess
-
     go = shutil.which("go")
     if go is None:
         raise GoUnavailable("Go is not installed (Ollama renders TEMPLATE with Go's text/template)")

@@ -118,7 +118,9 @@ def _go_bool(value: str) -> bool:
     return value not in ("0", "f", "F", "false", "FALSE", "False")
 
 
-def ollama_renderer(chat_template: str | None, go_template: str | None, go_template_env: str | None = None) -> OllamaRenderer:
+def ollama_renderer(
+    chat_template: str | None, go_template: str | None, go_template_env: str | None = None
+) -> OllamaRenderer:
     """The renderer Ollama will use for a GGUF with ``chat_template`` and a Modelfile TEMPLATE.
 
     ``go_template_env``: ``OLLAMA_GO_TEMPLATE`` as set where Ollama runs (None: not set, the default).

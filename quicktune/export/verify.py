@@ -17,14 +17,19 @@ On held-out prompts, rendered and tokenized exactly as in training:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from quicktune import llamacpp
 from quicktune.data.tokenizer import ChatTokenizer, stop_token_ids
+from quicktune.export.llama_template import CheckerUnavailable, jinja_parity, llama_render
 from quicktune.export.ollama import CHECK_CONVERSATIONS, TurnFormat, go_parity
 from quicktune.export.renderer import JINJA, OllamaRenderer
+from quicktune.inference import greedy_answers
 
 
 @dataclass
@@ -67,17 +72,12 @@ def reference_answers(
     merged_dir: Path, prompts: list[list[int]], stop_ids: set[int], max_new_tokens: int
 ) -> list[list[int]]:
     """Greedy answers of the merged model (transformers), stop token included when reached."""
-    import logging
-
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import-time notices
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-    from quicktune.inference import greedy_answers
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=dtype).to(device).eval()
@@ -87,8 +87,6 @@ def reference_answers(
 
 
 def _same_top_token(llm: Any, prompt: list[int], answer: list[int]) -> tuple[int, int]:
-    import numpy as np
-
     llm.reset()
     llm.eval(prompt + answer[:-1])
     logits = np.asarray(llm.scores[len(prompt) - 1 : len(prompt) - 1 + len(answer)])
@@ -100,8 +98,6 @@ def trained_vs_merged(
 ) -> TrainedFidelity:
     """Same top token (fed the merged model's answers), then greedy answers compared with them."""
     import torch
-
-    from quicktune.inference import greedy_answers
 
     device = next(model.parameters()).device
     same = total = 0
@@ -117,8 +113,13 @@ def trained_vs_merged(
         same_top_token=round(same / max(total, 1), 4),
         greedy_agreement=round(sum(map(agreement, reference, answers)) / len(prompts), 4),
         identical_answers=sum(a == b for a, b in zip(reference, answers)),
-        stops=sum(bool(a) and a[-1] in stop_ids for a in answers),
+        stops=_stops(answers, stop_ids),
     )
+
+
+def _stops(answers: list[list[int]], stop_ids: set[int]) -> int:
+    """How many answers end with a stop token (the model learned to stop)."""
+    return sum(bool(a) and a[-1] in stop_ids for a in answers)
 
 
 def agreement(reference: list[int], other: list[int]) -> float:
@@ -129,6 +130,22 @@ def agreement(reference: list[int], other: list[int]) -> float:
             break
         same += 1
     return same / max(len(reference), len(other), 1)
+
+
+@dataclass
+class _Check:
+    """What the steps of the fidelity check read: the conversations and their training prompt tokens, the
+    stop tokens, the answer budget, how Ollama will build the prompt, and the merged model's answers."""
+
+    conversations: list[list[dict[str, str]]]
+    prompts: list[list[int]]
+    stop_ids: set[int]
+    max_new_tokens: int
+    turn_format: TurnFormat | None
+    add_bos: bool
+    go_path: bool  # Ollama renders with the Modelfile TEMPLATE (Go), not the GGUF's template (llama.cpp)
+    served: list[tuple[str | None, bool]] | None = None  # llama-server's prompts (text, add BOS), when rendered
+    reference: list[list[int]] = field(default_factory=list)  # the merged model's greedy answers
 
 
 def check_fidelity(
@@ -144,64 +161,84 @@ def check_fidelity(
     progress=lambda message: None,
     load_trained=None,  # () -> (model as trained, "4-bit" | "16-bit"); None skips that row
 ) -> Fidelity:
+    """The merged model's greedy answers to ``conversations``, then the model as trained (``load_trained``)
+    and every GGUF compared with them, and the prompt Ollama builds compared with training's."""
     stop_ids = stop_token_ids(tokenizer)
     prompts = [tokenizer.encode_prompt(c) for c in conversations]
-    served, parity = None, "skipped: no TEMPLATE"
     go_path = renderer is None or renderer.renderer != JINJA
+    check = _Check(conversations, prompts, stop_ids, max_new_tokens, turn_format, add_bos, go_path)
+    parity = "skipped: no TEMPLATE"
     if not go_path:
         progress("the GGUF's chat template through llama.cpp's engine, as llama-server renders it")
-        served, parity = _llama_served(ggufs["f16"], tokenizer, turn_format, conversations)
+        check.served, parity = _llama_served(ggufs["f16"], tokenizer, turn_format, conversations)
 
     progress("greedy answers of the merged model (transformers)")
-    reference = reference_answers(merged_dir, prompts, stop_ids, max_new_tokens)
+    check.reference = reference_answers(merged_dir, prompts, stop_ids, max_new_tokens)
     trained = None
     if load_trained is not None:
         progress("the model as trained (base + adapter) against the merged model")
-        trained = trained_vs_merged(*load_trained(), prompts, reference, stop_ids, max_new_tokens)
-    context = max(len(p) for p in prompts) + max_new_tokens + 8
-
-    results = []
-    prompt_tokens_equal = 0
-    for index, (name, path) in enumerate(ggufs.items()):
-        progress(f"{name}: llama.cpp on the same prompts")
-        llm = llamacpp.load(path, n_ctx=context, logits_all=True)
-        same = total = 0
-        for prompt, answer in zip(prompts, reference):
-            s, t = _same_top_token(llm, prompt, answer)
-            same, total = same + s, total + t
-        result = GgufFidelity(name, round(same / max(total, 1), 4))
-        if index == 0:  # the F16 file: generate, and check the prompt Ollama will build
-            answers = [llamacpp.greedy(llm, p, stop_ids, max_new_tokens) for p in prompts]
-            result.greedy_agreement = round(sum(map(agreement, reference, answers)) / len(prompts), 4)
-            result.identical_answers = sum(a == b for a, b in zip(reference, answers))
-            result.stops = sum(bool(a) and a[-1] in stop_ids for a in answers)
-            if served is not None:  # llama-server: the rendered text, tokenized with add_special
-                for (text, bos), ids in zip(served, prompts):
-                    served_ids = None if text is None else llm.tokenize(text.encode("utf-8"), add_bos=bos, special=True)
-                    prompt_tokens_equal += served_ids == ids
-            elif go_path and turn_format is not None:
-                for conversation, ids in zip(conversations, prompts):
-                    # as a client sends it: edges stripped when the template trims (README, Serving with Ollama)
-                    text = turn_format.render(turn_format.client_messages(conversation)).removeprefix(turn_format.bos)
-                    ollama_ids = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-                    prompt_tokens_equal += ollama_ids == ids
-            elif not go_path:
-                prompt_tokens_equal = None  # llama.cpp's renderer could not be run: not checked
-        results.append(result)
-        del llm
+        trained = trained_vs_merged(*load_trained(), prompts, check.reference, stop_ids, max_new_tokens)
+    rows, prompt_tokens_equal = _check_ggufs(check, ggufs, progress)
 
     if go_path and turn_format is not None:
         parity = go_parity(turn_format, tokenizer.render, conversations)
     return Fidelity(
         prompts=len(prompts),
         max_new_tokens=max_new_tokens,
-        reference_stops=sum(bool(a) and a[-1] in stop_ids for a in reference),
+        reference_stops=_stops(check.reference, stop_ids),
         prompt_tokens_equal=prompt_tokens_equal,
         template_parity=parity,
         ollama_renderer=renderer.label if renderer is not None else "",
-        ggufs=results,
+        ggufs=rows,
         trained=trained,
     )
+
+
+def _check_ggufs(check: _Check, ggufs: dict[str, Path], progress) -> tuple[list[GgufFidelity], int | None]:
+    """Loads each GGUF through llama.cpp: the share of the merged model's answer tokens it ranks first;
+    the first (F16) also answers greedily and tokenizes the prompts Ollama builds. Returns a row per GGUF
+    and how many of those prompts tokenize as in training (None: not checked)."""
+    context = max(len(p) for p in check.prompts) + check.max_new_tokens + 8
+    rows = []
+    prompt_tokens_equal = 0
+    for index, (name, path) in enumerate(ggufs.items()):
+        progress(f"{name}: llama.cpp on the same prompts")
+        llm = llamacpp.load(path, n_ctx=context, logits_all=True)
+        same = total = 0
+        for prompt, answer in zip(check.prompts, check.reference):
+            s, t = _same_top_token(llm, prompt, answer)
+            same, total = same + s, total + t
+        row = GgufFidelity(name, round(same / max(total, 1), 4))
+        if index == 0:  # the F16 file: generate, and check the prompt Ollama will build
+            answers = [llamacpp.greedy(llm, p, check.stop_ids, check.max_new_tokens) for p in check.prompts]
+            row.greedy_agreement = round(sum(map(agreement, check.reference, answers)) / len(check.prompts), 4)
+            row.identical_answers = sum(a == b for a, b in zip(check.reference, answers))
+            row.stops = _stops(answers, check.stop_ids)
+            prompt_tokens_equal = _prompt_tokens_equal(llm, check)
+        rows.append(row)
+        del llm
+    return rows, prompt_tokens_equal
+
+
+def _prompt_tokens_equal(llm: Any, check: _Check) -> int | None:
+    """How many prompts, as Ollama sends them to llama.cpp, tokenize (with the GGUF's own vocabulary) to
+    the training tokens: llama-server's rendering, or the Modelfile TEMPLATE's. None: llama.cpp's renderer
+    could not be run; 0 when there is no TEMPLATE to build them with."""
+    if check.served is not None:  # llama-server: the rendered text, tokenized with add_special
+        sent = check.served
+    elif check.go_path and check.turn_format is not None:
+        fmt = check.turn_format
+        # as a client sends it: edges stripped when the template trims (README, Serving with Ollama)
+        sent = [(fmt.render(fmt.client_messages(c)).removeprefix(fmt.bos), check.add_bos) for c in check.conversations]
+    elif not check.go_path:
+        return None  # llama.cpp's renderer could not be run: not checked
+    else:
+        return 0
+    equal = 0
+    for (text, bos), ids in zip(sent, check.prompts):
+        built = None if text is None else llm.tokenize(text.encode("utf-8"), add_bos=bos, special=True)
+        equal += built == ids
+    return equal
 
 
 def _llama_served(
@@ -209,8 +246,6 @@ def _llama_served(
 ) -> tuple[list[tuple[str | None, bool]] | None, str]:
     """llama-server's prompts for the held-out conversations (text, add BOS), and the parity of
     llama.cpp's rendering with training over the check conversations + those."""
-    from quicktune.export.llama_template import CheckerUnavailable, jinja_parity, llama_render
-
     checked = CHECK_CONVERSATIONS + list(conversations)
     sent = [fmt.client_messages(c) for c in checked] if fmt is not None else checked  # as a client sends them
     try:

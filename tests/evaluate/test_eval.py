@@ -143,7 +143,8 @@ def test_the_base_models_answers_are_computed_once_per_rows_budget_and_versions(
     runs_root = trained_run.run_dir.parent.parent
 
     def base(budget):
-        report = runner.evaluate_run(trained_run.run_dir, against="base", limit=2, max_new_tokens=budget, runs_root=runs_root)
+        report = runner.evaluate_run(trained_run.run_dir, against="base", limit=2, max_new_tokens=budget,
+                                     runs_root=runs_root)
         return report.subjects[0]
 
     first = base(8)

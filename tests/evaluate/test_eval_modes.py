@@ -66,9 +66,12 @@ def test_the_judge_on_real_answers_in_both_orders(smollm2_tokenizer):
     from quicktune.evaluate.runner import SubjectResult, _judge_file
 
     questions = [("What is 2 + 2?", "4"), ("Name the capital of France.", "Paris"), ("Say hi.", "Hi!")]
-    held = EvalSet([Example(f"q:{i}", (Message("user", q), Message("assistant", a))) for i, (q, a) in enumerate(questions)], "q")
+    held = EvalSet(
+        [Example(f"q:{i}", (Message("user", q), Message("assistant", a))) for i, (q, a) in enumerate(questions)], "q"
+    )
     ours = SubjectResult("run", "hf", {}, None, [Answer("4", True), Answer("Paris", True), Answer("Hi!", True)])
-    theirs = SubjectResult("base", "hf", {}, None, [Answer("5", True), Answer("I like trains.", True), Answer("Hi!", True)])
+    theirs = SubjectResult("base", "hf", {}, None,
+                           [Answer("5", True), Answer("I like trains.", True), Answer("Hi!", True)])
     judged = judge_pair(_judge_file(SMOLLM2), held, theirs, ours)
     assert judged["rows"] == 3 and judged["identical"] == 1 and judged["judged"] == 2
     assert judged["win"] + judged["tie"] + judged["loss"] == 3
@@ -78,7 +81,8 @@ def test_the_judge_on_real_answers_in_both_orders(smollm2_tokenizer):
             assert row[order]["verdict"] in OPTIONS and abs(sum(row[order]["shares"]) - 1) < 1e-3
     agree = sum(r["run_as_a"]["for_run"] == r["run_as_b"]["for_run"] for r in judged["verdicts"][:2])
     assert judged["agreement"] == agree / 2
-    print(f"SmolLM2 as judge: {judged['win']} win / {judged['tie']} tie / {judged['loss']} loss, agreement {judged['agreement']}")
+    print(f"SmolLM2 as judge: {judged['win']} win / {judged['tie']} tie / {judged['loss']} loss, "
+          f"agreement {judged['agreement']}")
 
 
 def test_probe_general_base_vs_run(trained_run, wide_console):
@@ -90,7 +94,9 @@ def test_probe_general_base_vs_run(trained_run, wide_console):
     base, run = report["models"]
     assert (base["label"], run["label"]) == ("base", "tiny-export/v1")
     assert len(base["answers"]) == len(run["passed"]) == 40 and base["loss"] > 0
-    assert report["dropped"] == [p["id"] for p, b, r in zip(report["probes"], base["passed"], run["passed"]) if b and not r]
+    assert report["dropped"] == [
+        p["id"] for p, b, r in zip(report["probes"], base["passed"], run["passed"]) if b and not r
+    ]
     assert set(base["by_category"]) == {"arithmetic", "formatting", "copying", "counting", "reasoning"}
     assert "General-ability probes" in result.output and "all probes (40)" in result.output
     assert ("no probe dropped" in result.output) == (not report["dropped"] and any(base["passed"]))

@@ -11,7 +11,9 @@ REF = '{"title": "lunch", "person": "Ana", "day": "Friday", "time": "13:00"}'
 
 def test_a_right_answer_scores_everything():
     scores = score_all([Answer(f"  {REF}\n", True)], [REF])
-    assert scores == {"exact_match": 1.0, "normalized_match": 1.0, "json_valid": 1.0, "json_fields": 1.0, "ends_with_eos": 1.0}
+    assert scores == {
+        "exact_match": 1.0, "normalized_match": 1.0, "json_valid": 1.0, "json_fields": 1.0, "ends_with_eos": 1.0
+    }
 
 
 def test_wrong_fields_are_counted_one_by_one():

@@ -27,7 +27,8 @@ def test_the_shipped_set_is_what_the_generator_writes():
 def test_the_general_set_covers_five_abilities_with_exact_answers():
     loaded, sha = load_probes("general")
     assert len(sha) == 64 and len(loaded) == 40
-    assert Counter(p.category for p in loaded) == dict.fromkeys(("arithmetic", "formatting", "copying", "counting", "reasoning"), 8)
+    categories = ("arithmetic", "formatting", "copying", "counting", "reasoning")
+    assert Counter(p.category for p in loaded) == dict.fromkeys(categories, 8)
     assert len({p.id for p in loaded}) == len(loaded)
     for probe in loaded:
         assert probe.answer and probe.match in ("exact", "casefold", "json")

@@ -87,7 +87,14 @@ def smollm2_rebuilt(folder: Path, sources: Sources) -> Path:
 
 
 def _training_sentences() -> list[str]:
-    words = ["the", "a", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her", "it", "an", "were", "are", "which", "this", "be", "or", "has", "had", "not", "but", "one", "all", "their", "they", "new", "more", "after", "also", "first", "two", "who", "its", "been", "she", "year", "there", "when", "can", "over", "into", "time", "would", "some", "up", "other", "out", "only", "most", "these", "may", "him", "about", "through", "years", "then", "city", "state", "world", "three", "made", "like", "answer", "word", "what", "say", "twice", "please", "forty", "user", "model", "system", "assistant"]
+    words = [
+        "the", "a", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from",
+        "his", "her", "it", "an", "were", "are", "which", "this", "be", "or", "has", "had", "not", "but", "one",
+        "all", "their", "they", "new", "more", "after", "also", "first", "two", "who", "its", "been", "she", "year",
+        "there", "when", "can", "over", "into", "time", "would", "some", "up", "other", "out", "only", "most",
+        "these", "may", "him", "about", "through", "years", "then", "city", "state", "world", "three", "made",
+        "like", "answer", "word", "what", "say", "twice", "please", "forty", "user", "model", "system", "assistant",
+    ]
     rnd = random.Random(0)
     sentences = [
         " ".join(rnd.choice(words).capitalize() if i == 0 else rnd.choice(words) for i in range(12))
@@ -219,11 +226,11 @@ def _space_after_special(converted, llama_ids: list[int], llama_tokenize) -> boo
 
 
 SPACE_AFTER_SPECIAL = (
-    "llama.cpp's SentencePiece tokenizer (add_space_prefix, on since tokenizer_config.json has no "
-    "add_prefix_space) puts a space before the text after each special token, as legacy=True tokenizers "
-    "do; this one is legacy=False, transformers 5's default (Metaspace, prepend_scheme 'first'): "
-    "'<|user|>\\nWhat' is ['<|user|>', '<0x0A>', 'W', ...] in training; llama.cpp also drops the newline "
-    "after Phi-3's chat tokens (rstrip), giving ['<|user|>', '▁W', ...]",
+    ("llama.cpp's SentencePiece tokenizer (add_space_prefix, on since tokenizer_config.json has no "
+     "add_prefix_space) puts a space before the text after each special token, as legacy=True tokenizers "
+     "do; this one is legacy=False, transformers 5's default (Metaspace, prepend_scheme 'first'): "
+     "'<|user|>\\nWhat' is ['<|user|>', '<0x0A>', 'W', ...] in training; llama.cpp also drops the newline "
+     "after Phi-3's chat tokens (rstrip), giving ['<|user|>', '▁W', ...]"),
     _space_after_special,
 )
 
@@ -240,11 +247,11 @@ def _start_of_turn_spelled_out(converted, llama_ids: list[int], llama_tokenize) 
 
 
 GEMMA_START_OF_TURN = (
-    "llama.cpp spells <start_of_turn> out byte by byte ('<0x3C>', 'sta', 'r', ...): the converter's "
-    "SentencePiece path learns user-defined tokens only from tokenizer_config.json's added_tokens_decoder "
-    "(or added_tokens.json), which transformers 5 no longer writes, and does not read SentencePiece's "
-    "USER_DEFINED type, so both turn markers are NORMAL tokens; <end_of_turn> survives only because "
-    "llama.cpp forces known end-of-turn tokens to CONTROL (with added_tokens_decoder put back, all match)",
+    ("llama.cpp spells <start_of_turn> out byte by byte ('<0x3C>', 'sta', 'r', ...): the converter's "
+     "SentencePiece path learns user-defined tokens only from tokenizer_config.json's added_tokens_decoder "
+     "(or added_tokens.json), which transformers 5 no longer writes, and does not read SentencePiece's "
+     "USER_DEFINED type, so both turn markers are NORMAL tokens; <end_of_turn> survives only because "
+     "llama.cpp forces known end-of-turn tokens to CONTROL (with added_tokens_decoder put back, all match)"),
     _start_of_turn_spelled_out,
 )
 

@@ -86,7 +86,7 @@ def test_reexport_adds_a_quantization_and_keeps_the_rest(exported, trained_run):
     result = export_run(trained_run.run_dir, ["q8_0"], verify=False)
     assert set(result.reused) >= {"merged", "f16"}
     assert result.ggufs["q8_0"].is_file() and (exported.export_dir / "Modelfile.q8_0").is_file()
-    assert {p: t for p, t in before.items()} == {
+    assert dict(before) == {
         p.name: p.stat().st_mtime_ns for p in exported.export_dir.glob("*.gguf") if p.name in before
     }
     record = read_manifest(trained_run.run_dir)["export"]
@@ -96,7 +96,9 @@ def test_reexport_adds_a_quantization_and_keeps_the_rest(exported, trained_run):
 
 
 def test_chat_answers_with_the_trained_template(exported, trained_run):
-    result = CliRunner().invoke(main, ["chat", str(trained_run.run_dir), "--prompt", "One word for tea?", "--max-tokens", "24"])
+    result = CliRunner().invoke(
+        main, ["chat", str(trained_run.run_dir), "--prompt", "One word for tea?", "--max-tokens", "24"]
+    )
     assert result.exit_code == 0, result.output
     answer = result.output.strip()
     assert answer and "<|im_end|>" not in answer and "<|im_start|>" not in answer

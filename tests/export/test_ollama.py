@@ -31,7 +31,9 @@ OFFICIAL = {
     "Qwen-Qwen3-0.6B": ("chatml", {"eos_token": "<|im_end|>"}, False),
     "meta-llama-Llama-3.1-8B-Instruct": ("llama3", {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, True),
     "meta-llama-Llama-3.2-3B-Instruct": ("llama3", {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, True),
-    "meta-llama-Llama-3.3-70B-Instruct": ("llama3", {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, True),
+    "meta-llama-Llama-3.3-70B-Instruct": (
+        "llama3", {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, True
+    ),
     "mistralai-Mistral-Nemo-Instruct-2407": ("mistral", {"bos_token": "<s>", "eos_token": "</s>"}, True),
     "google-gemma-2-2b-it": ("gemma", {"bos_token": "<bos>", "eos_token": "<eos>"}, True),
     "microsoft-Phi-3.5-mini-instruct": ("phi3", {"bos_token": "<s>", "eos_token": "<|endoftext|>"}, False),
@@ -72,7 +74,7 @@ def _tokenizer(template: str, special: dict) -> ChatTokenizer:
 
 
 def _official(official_templates: Path, stem: str) -> ChatTokenizer:
-    family, special, _ = OFFICIAL[stem]
+    _family, special, _ = OFFICIAL[stem]
     return _tokenizer((official_templates / f"{stem}.jinja").read_text(encoding="utf-8"), special)
 
 
@@ -150,7 +152,8 @@ def test_smollm2_template_parity_and_golden(smollm2_tokenizer):
 
 
 def test_stops_cover_end_of_turn_and_eos():
-    llama3 = _tokenizer(templates.FAMILY_TEMPLATES["llama3"], {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"})
+    llama3 = _tokenizer(templates.FAMILY_TEMPLATES["llama3"],
+                        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"})
     assert ollama.stop_tokens(llama3.end_of_turn(), llama3.eos_token) == ["<|eot_id|>", "<|end_of_text|>"]
     mistral = _tokenizer(templates.FAMILY_TEMPLATES["mistral"], {"bos_token": "<s>", "eos_token": "</s>"})
     assert ollama.stop_tokens(mistral.end_of_turn(), mistral.eos_token) == ["</s>"]
@@ -159,7 +162,8 @@ def test_stops_cover_end_of_turn_and_eos():
 def test_modelfile_has_parameters_system_and_quoted_literals():
     tokenizer = _tokenizer(templates.FAMILY_TEMPLATES["chatml"], {"eos_token": "<|im_end|>"})
     fmt = ollama.read_format(tokenizer.render)
-    settings = ollama.ModelfileSettings("m.gguf", "m:q8_0", "Modelfile.q8_0", ["<|im_end|>"], 0.0, 1.0, 512, "Be brief.")
+    settings = ollama.ModelfileSettings("m.gguf", "m:q8_0", "Modelfile.q8_0", ["<|im_end|>"], 0.0, 1.0, 512,
+                                        "Be brief.")
     text = ollama.render_modelfile(fmt, settings)
     assert "FROM ./m.gguf\n" in text
     assert 'PARAMETER stop "<|im_end|>"\n' in text
@@ -175,9 +179,10 @@ def test_modelfile_has_parameters_system_and_quoted_literals():
     "template, why",
     [
         ("{% for m in messages[-1:] %}{{ m['content'] }}{% endfor %}", "exactly once"),
-        ("{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}|{% endif %}{% endfor %}", "system prompt"),
-        ("{% for m in messages %}{{ m['role'] }}:{{ m['content'] }}\n{% endfor %}"
-         "{% if messages|length > 2 %}(long){% endif %}", "renders"),
+        ("{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}|{% endif %}{% endfor %}",
+         "system prompt"),
+        (("{% for m in messages %}{{ m['role'] }}:{{ m['content'] }}\n{% endfor %}"
+          "{% if messages|length > 2 %}(long){% endif %}"), "renders"),
     ],
 )
 def test_a_template_that_is_not_turn_by_turn_is_an_explicit_error(template, why):
@@ -387,7 +392,8 @@ def test_data_check_strips_edges_for_a_trimming_template_and_says_so(tmp_path):
     from tests.conftest import write_jsonl
 
     rows = [
-        {"messages": [{"role": "user", "content": f"  question {i} \n"}, {"role": "assistant", "content": f"answer {i}\n"}]}
+        {"messages": [{"role": "user", "content": f"  question {i} \n"},
+                      {"role": "assistant", "content": f"answer {i}\n"}]}
         for i in range(3)
     ]
     data = write_jsonl(tmp_path / "edges.jsonl", rows)
@@ -410,7 +416,8 @@ def test_data_check_reports_stripped_edges_and_a_system_prompt_ollama_drops(tmp_
     from tests.conftest import SMOLLM2, write_jsonl
 
     rows = [
-        {"messages": [{"role": "user", "content": f"  question {i} \n"}, {"role": "assistant", "content": f"answer {i}"}]}
+        {"messages": [{"role": "user", "content": f"  question {i} \n"},
+                      {"role": "assistant", "content": f"answer {i}"}]}
         for i in range(3)
     ]
     data = write_jsonl(tmp_path / "edges.jsonl", rows)
@@ -444,7 +451,9 @@ def test_gemma2_system_message_training_ollama_and_llama_server_agree(official_t
         _msgs(("system", "Be terse.\nOne line."), ("user", "a"), ("assistant", "b"), ("user", "c")),
     ]
     trained = [tokenizer.render(c, add_generation_prompt=True) for c in conversations]
-    assert trained[0] == "<bos><start_of_turn>user\nAnswer in French.\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n"
+    assert trained[0] == (
+        "<bos><start_of_turn>user\nAnswer in French.\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n"
+    )
     fmt = ollama.read_format(tokenizer.render, bos="<bos>", add_bos=True)
     served_by_go = ollama.go_render(fmt.go_template(), conversations)
     assert [fmt.bos + text for text in served_by_go] == trained  # Ollama, Go TEMPLATE
@@ -465,7 +474,9 @@ def test_fold_system_joins_like_llama_cpp_source(llama_cpp_src):
 
     chat_cpp = (llama_cpp_src / "common" / "chat.cpp").read_text(encoding="utf-8")
     body = chat_cpp[chat_cpp.index("static void system_message_not_supported") :][:1200]
-    joined = re.search(r'first_msg\.at\("content"\)\.get<std::string>\(\)\s*\+\s*"((?:[^"\\]|\\.)*)"\s*\+\s*second_msg', body)
+    joined = re.search(
+        r'first_msg\.at\("content"\)\.get<std::string>\(\)\s*\+\s*"((?:[^"\\]|\\.)*)"\s*\+\s*second_msg', body
+    )
     assert joined, "llama.cpp no longer merges a system message this way: check fold_system against it"
     separator = joined[1].encode().decode("unicode_escape")
     folded = fold_system(_msgs(("system", "S"), ("user", "U"), ("assistant", "A")))

@@ -92,7 +92,8 @@ def qlora(tmp_path_factory, tiny_data):
         "export:\n  quantizations: [q4_k_m]\n  temperature: 0\n"
     )
     watch = _Watch()
-    result = train(load_recipe(str(folder / "qlora.yaml")), runs_root=folder / "runs", extra_callbacks=(watch.callback(),))
+    result = train(load_recipe(str(folder / "qlora.yaml")), runs_root=folder / "runs",
+                   extra_callbacks=(watch.callback(),))
     return result, watch.seen, folder
 
 
@@ -123,9 +124,11 @@ def _weight(folder, name: str):
 
 def _nf4_round_trips(weight):
     """The weight through NF4 and back, as bitsandbytes does it with and without double quantization."""
-    import bitsandbytes.functional as F
+    import bitsandbytes.functional as bnb_functional
 
-    return [F.dequantize_4bit(*F.quantize_4bit(weight, quant_type="nf4", compress_statistics=nested)).float()
+    return [bnb_functional.dequantize_4bit(
+                *bnb_functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=nested)
+            ).float()
             for nested in (True, False)]
 
 

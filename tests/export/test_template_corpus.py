@@ -64,12 +64,18 @@ def test_quicktune_renders_every_template_as_transformers(official_templates):
     for path in _corpus(official_templates):
         source = path.read_text(encoding="utf-8")
         for index, conversation in enumerate(CONVERSATIONS):
-            expected = _outcome(lambda: _transformers(source, conversation, None))
+            expected = _outcome(
+                lambda source=source, conversation=conversation: _transformers(source, conversation, None)
+            )
             if isinstance(expected, Exception) and "tools" in templates.template_variables(source):
                 # quicktune renders a tool-use template with an empty tool list, as transformers does when given one
-                expected = _outcome(lambda: _transformers(source, conversation, []))
+                expected = _outcome(
+                    lambda source=source, conversation=conversation: _transformers(source, conversation, [])
+                )
             got = _outcome(
-                lambda: templates.render(source, conversation, add_generation_prompt=True, special_tokens=SPECIAL)
+                lambda source=source, conversation=conversation: templates.render(
+                    source, conversation, add_generation_prompt=True, special_tokens=SPECIAL
+                )
             )
             if isinstance(expected, Exception) and isinstance(got, Exception):
                 tally["both raise"] += 1
@@ -99,7 +105,8 @@ def test_every_template_gives_a_checked_modelfile_template_or_a_named_refusal(of
         pytest.skip("Go is not installed (apt-get install golang-go): Ollama renders TEMPLATE with it")
     mismatched = []
     for stem, (fmt, tokenizer) in derived.items():
-        renderable = [c for c in CONVERSATIONS if not isinstance(_outcome(lambda: tokenizer.render(c)), Exception)]
+        renderable = [c for c in CONVERSATIONS
+                      if not isinstance(_outcome(lambda tokenizer=tokenizer, c=c: tokenizer.render(c)), Exception)]
         # A Go TEMPLATE cannot trim: for a template that trims, a client sends messages stripped (fmt.trims)
         sent = [fmt.client_messages(c) for c in renderable]
         for conversation, got in zip(renderable, ollama.go_render(fmt.go_template(), sent)):

@@ -27,7 +27,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from quicktune.base_model import open_run
+from quicktune.data.heldout import EvalSet
+from quicktune.data.records import Example, Message
 from quicktune.errors import QuicktuneError
+from quicktune.evaluate import regression
+from quicktune.evaluate.runner import SubjectResult, answer_budget, evaluate_hf, run_subject
+from quicktune.runs import EVAL_DIR, now, resolve_run, run_label, write_atomic
 
 PROBE_SETS = ("general",)  # recipe.py's eval.probes and the CLI's --probe name these
 # A rise of the loss on the expected answers above this share is reported as forgetting, pass
@@ -148,13 +154,11 @@ class ProbeReport:
 
     def fell(self) -> list[str]:
         """Categories (and the whole set) whose pass rate fell by more than the threshold."""
-        from quicktune.evaluate.regression import fell
-
         before, after = self.models[0], self.models[-1]
         rows = {"all probes": (before.score, after.score)}
         cats_before, cats_after = by_category(self.probes, before.passed), by_category(self.probes, after.passed)
         rows.update({name: (cats_before[name], cats_after[name]) for name in cats_before})
-        return [name for name, (b, a) in rows.items() if fell(b, a, self.threshold)]
+        return [name for name, (b, a) in rows.items() if regression.fell(b, a, self.threshold)]
 
     def loss_rose(self) -> float | None:
         """The relative rise of the loss on the expected answers, when it rose by more than LOSS_RISE."""
@@ -183,15 +187,11 @@ class ProbeReport:
 
 
 def report_path(report: ProbeReport) -> Path:
-    from quicktune.runs import EVAL_DIR
-
     return report.run_dir / EVAL_DIR / f"probes-{report.probe_set}-{report.sha256[:12]}.json"
 
 
 def write_probe_report(report: ProbeReport) -> tuple[Path, bool]:
     """(path, whether an earlier report of the same probes was replaced)."""
-    from quicktune.runs import write_atomic
-
     path = report_path(report)
     replaced = path.is_file()
     write_atomic(path, json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
@@ -208,29 +208,16 @@ def evaluate_probes(
     progress=lambda message: None,
 ) -> ProbeReport:
     """Ask the probes of the comparator (the base model, or another run) and of the run."""
-    from quicktune.base_model import base_folder
-    from quicktune.data.heldout import EvalSet
-    from quicktune.data.records import Example, Message
-    from quicktune.data.tokenizer import load_chat_tokenizer
-    from quicktune.evaluate.runner import answer_budget, evaluate_hf, run_subject
-    from quicktune.recipe import load_recipe
-    from quicktune.runs import now, read_manifest, resolve_run, run_label, trained_dir
-
     probes, sha = load_probes(probe_set)
-    manifest = read_manifest(run_dir)
-    if manifest.get("status") != "finished":
-        raise QuicktuneError(f"{run_dir} is not finished (status: {manifest.get('status')})")
-    recipe = load_recipe(str(run_dir / "recipe.yaml"))
-    tokenizer = load_chat_tokenizer(str(trained_dir(run_dir, manifest)))
-    questions = EvalSet(
-        [Example(f"{probe_set}.jsonl:{i + 1}", (Message("user", p.prompt), Message("assistant", p.answer)))
-         for i, p in enumerate(probes)],
-        f"quicktune's {probe_set} probe set",
-    )
+    run = open_run(run_dir)
+    run.require_finished()
+    recipe = run.recipe
+    tokenizer = run.chat_tokenizer()
+    questions = _probe_questions(probes, probe_set)
     budget = answer_budget(tokenizer, questions.references)
     if against == "base":
         progress(f"the base model answers {len(probes)} probes")
-        other = evaluate_hf("base", base_folder(manifest, recipe), None, recipe, tokenizer, questions, budget)
+        other = evaluate_hf("base", run.base_folder(), None, recipe, tokenizer, questions, budget)
         against_label = "base"
     else:
         other_dir = resolve_run(against, runs_root, run_dir.parent.name)
@@ -238,11 +225,24 @@ def evaluate_probes(
         progress(f"{against_label} answers {len(probes)} probes")
         other = run_subject(other_dir, questions, tokenizer, budget)
     progress(f"{run_label(run_dir)} answers {len(probes)} probes")
-    run = run_subject(run_dir, questions, tokenizer, budget)
-    models = [
-        ProbeScores(s.label, [a.text for a in s.answers], [passes(p, a.text) for p, a in zip(probes, s.answers)],
-                    s.loss, s.seconds, [found(p, a.text) for p, a in zip(probes, s.answers)])
-        for s in (other, run)
-    ]
+    answered = run_subject(run_dir, questions, tokenizer, budget)
+    models = [_probe_scores(probes, other), _probe_scores(probes, answered)]
     return ProbeReport(run_dir, probe_set, sha, probes, models, created=now(), against=against_label,
                        max_new_tokens=budget, threshold=threshold)
+
+
+def _probe_questions(probes: list[Probe], probe_set: str) -> EvalSet:
+    """The probes as held-out rows: one user turn each (no system prompt), the expected answer as the
+    reference (and the tokens the loss is taken on)."""
+    return EvalSet(
+        [Example(f"{probe_set}.jsonl:{i + 1}", (Message("user", p.prompt), Message("assistant", p.answer)))
+         for i, p in enumerate(probes)],
+        f"quicktune's {probe_set} probe set",
+    )
+
+
+def _probe_scores(probes: list[Probe], subject: SubjectResult) -> ProbeScores:
+    """A subject's answers to the probes, each passed or not, and found or not."""
+    answers = [a.text for a in subject.answers]
+    return ProbeScores(subject.label, answers, [passes(p, a) for p, a in zip(probes, answers)], subject.loss,
+                       subject.seconds, [found(p, a) for p, a in zip(probes, answers)])

@@ -23,6 +23,8 @@ import json
 import random
 from pathlib import Path
 
+from quicktune.runs import write_atomic
+
 SEED = 1313
 PER_CATEGORY = 8
 HERE = Path(__file__).resolve().parent
@@ -52,8 +54,8 @@ def _formatting(rng: random.Random, index: int) -> tuple[str, str, str]:
     if index % 3 == 1:
         words = rng.sample(WORDS, 3)
         return (
-            f"Join the words {words[0]}, {words[1]} and {words[2]} with hyphens, in that order, with no spaces. "
-            "Reply with the result only.",
+            (f"Join the words {words[0]}, {words[1]} and {words[2]} with hyphens, in that order, with no spaces. "
+             "Reply with the result only."),
             "-".join(words),
             "exact",
         )
@@ -73,7 +75,8 @@ def _copying(rng: random.Random, index: int) -> tuple[str, str, str]:
 def _counting(rng: random.Random, index: int) -> tuple[str, str, str]:
     if index % 2 == 0:
         words = rng.sample(WORDS, rng.randint(2, 6))
-        return f"How many items are in this list: {', '.join(words)}? Reply with the number only.", str(len(words)), "exact"
+        prompt = f"How many items are in this list: {', '.join(words)}? Reply with the number only."
+        return prompt, str(len(words)), "exact"
     words = rng.sample(WORDS + NAMES, rng.randint(3, 7))
     return f'How many words are in "{" ".join(words)}"? Reply with the number only.', str(len(words)), "exact"
 
@@ -90,8 +93,8 @@ def _reasoning(rng: random.Random, index: int) -> tuple[str, str, str]:
         name, other, item = *rng.sample(NAMES, 2), rng.choice(ITEMS)
         have, give = rng.randint(6, 15), rng.randint(1, 5)
         return (
-            f"{name} has {have} {item} and gives {give} of them to {other}. How many {item} does {name} have now? "
-            "Reply with the number only.",
+            (f"{name} has {have} {item} and gives {give} of them to {other}. How many {item} does {name} have now? "
+             "Reply with the number only."),
             str(have - give),
             "exact",
         )
@@ -124,8 +127,6 @@ def render(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from quicktune.runs import write_atomic
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "general.jsonl")
     args = parser.parse_args(argv)
