@@ -9,8 +9,11 @@ Unsloth cannot be imported at all, the same code runs on plain transformers + pe
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 from quicktune.errors import QuicktuneError
@@ -219,3 +222,15 @@ def require_device_for(method: str, load_in_4bit: bool, backend: Backend) -> Non
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})",
             hint=hint,
         ) from None
+
+
+PACKAGES = ("quicktune", "torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "datasets", "accelerate")
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the training stack's versions, for a run's manifest and the key of cached eval answers."""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found

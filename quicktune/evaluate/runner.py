@@ -23,7 +23,7 @@ import numpy as np
 
 from quicktune import llamacpp
 from quicktune.adapters import check_adapter_base
-from quicktune.backend import load_backend
+from quicktune.backend import load_backend, package_versions
 from quicktune.base_model import TrainedRun, open_run
 from quicktune.data import tokenizer as data_tokenizer  # cache_dir looked up when called: tests move the cache
 from quicktune.data.check import prepare_for_recipe
@@ -39,7 +39,6 @@ from quicktune.evaluate.regression import DEFAULT_THRESHOLD, find_regressions
 from quicktune.inference import LOSS_BATCH_TOKENS, cut_at_stop, generate_batch_size, greedy_answers, reference_loss
 from quicktune.models import PACKAGE_SCHEME, resolve_model
 from quicktune.runs import exported_gguf, now, pick_quantization, resolve_run, run_label, write_atomic
-from quicktune.train.trainer import package_versions
 
 MAX_NEW_TOKENS_CAP = 512
 

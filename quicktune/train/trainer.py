@@ -18,18 +18,16 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import platform
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from quicktune import runs
 from quicktune.adapters import check_mergeable, read_plan
-from quicktune.backend import Backend, four_bit_summary, load_backend, require_device_for
+from quicktune.backend import Backend, four_bit_summary, load_backend, package_versions, require_device_for
 from quicktune.base_model import BaseModel, prepare_base
 from quicktune.data.check import prepare_for_recipe
 from quicktune.data.report import PreparedData
@@ -40,8 +38,6 @@ from quicktune.train import preference  # the module: tests wrap preference.pref
 from quicktune.train.config import planned_steps, sft_config
 from quicktune.train.plot import plot_losses
 from quicktune.train.ranks import Ranks, main_first, on_main, stop_on_interrupt_callback
-
-PACKAGES = ("quicktune", "torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "datasets", "accelerate")
 
 # training.report_to: the package each integration needs (transformers' TensorBoardCallback uses
 # torch.utils.tensorboard, which imports the tensorboard package).
@@ -398,14 +394,6 @@ def _describe_change(change: dict[str, Any]) -> str:
         return f"{change['path']}: not among the files the run started with"
     rows = "" if change["rows_was"] == change["rows_now"] else f", {change['rows_was']} -> {change['rows_now']} rows"
     return f"{change['path']}: changed (sha256 {change['sha256_was'][:12]} -> {change['sha256_now'][:12]}{rows})"
-
-
-def package_versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[name] = metadata.version(name)
-    return found
 
 
 # --------------------------------------------------------------------------- fit: model, trainer, train, save

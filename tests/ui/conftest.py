@@ -58,7 +58,8 @@ def metric_lines(first: int, last: int, start_loss: float, eval_every: int = 5) 
 
 def _run_folder(root: Path, recipe, version: str, status: str, steps: int, parent: Path | None) -> Path:
     from quicktune import runs
-    from quicktune.train.trainer import data_manifest, package_versions, prepare_data, recipe_sha256
+    from quicktune.backend import package_versions
+    from quicktune.train.trainer import data_manifest, prepare_data, recipe_sha256
 
     run_dir = root / recipe.name / version
     run_dir.mkdir(parents=True)
