@@ -18,7 +18,7 @@ text/template and compare it with the Jinja rendering.
 A template that trims each message (Llama 3.x, Gemma) cannot be matched by a Go template,
 which has no trim: the format records it (``trims``), and the checks send messages as a
 client must, edges stripped. Every Modelfile is read back with Ollama's parser rules
-(export/ollama_parse.py) before it is written: TEMPLATE, SYSTEM and stops must read as meant.
+(quicktune/ollama_rules.py) before it is written: TEMPLATE, SYSTEM and stops must read as meant.
 """
 
 from __future__ import annotations
