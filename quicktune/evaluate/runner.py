@@ -149,16 +149,16 @@ def _tokenized(tokenizer, eval_set: EvalSet, recipe):
     )
 
 
-def run_subject(run_dir: Path, eval_set: EvalSet, tokenizer, budget: int) -> SubjectResult:
-    """A run's answers: its trained model (a full fine-tune), or its base with its adapter on top."""
-    run = open_run(run_dir)
-    recipe = run.recipe
+def run_subject(run: TrainedRun, eval_set: EvalSet, tokenizer, budget: int) -> SubjectResult:
+    """A run's answers (``run`` as ``open_run`` read it): its trained model (a full fine-tune), or its
+    base with its adapter on top."""
+    label = run_label(run.run_dir)
     if run.full:
-        return evaluate_hf(run_label(run_dir), str(run.trained), None, recipe, tokenizer, eval_set, budget)
+        return evaluate_hf(label, str(run.trained), None, run.recipe, tokenizer, eval_set, budget)
     adapter = str(run.trained)
     base = run.base_folder()
     check_adapter_base(Path(adapter), Path(base))  # an adapter of another model: an error, not a traceback
-    return evaluate_hf(run_label(run_dir), base, adapter, recipe, tokenizer, eval_set, budget)
+    return evaluate_hf(label, base, adapter, run.recipe, tokenizer, eval_set, budget)
 
 
 # --- the base model's answers, computed once ----------------------------------------------------
@@ -363,7 +363,7 @@ def evaluate_run(
         _against_run(ev, against, runs_root)
     label = run_label(run_dir)
     progress(label)
-    ev.subjects.append(run_subject(run_dir, ev.eval_set, ev.tokenizer, ev.budget))
+    ev.subjects.append(run_subject(run, ev.eval_set, ev.tokenizer, ev.budget))
     quant = _gguf_subject(ev, gguf or None) if gguf is not None else None
     report = EvalReport(
         run_dir, ev.eval_set, run.recipe.eval.metric, ev.subjects, created=now(), against=ev.against, gguf=quant,
@@ -449,7 +449,7 @@ def _against_run(ev: _Evaluation, against: str, runs_root: Path) -> None:
     other = resolve_run(against, runs_root, ev.run.run_dir.parent.name)
     ev.against = run_label(other)
     ev.progress(ev.against)
-    ev.subjects.append(run_subject(other, ev.eval_set, ev.tokenizer, ev.budget))
+    ev.subjects.append(run_subject(open_run(other), ev.eval_set, ev.tokenizer, ev.budget))
 
 
 def _gguf_subject(ev: _Evaluation, quant: str | None) -> str:

@@ -223,9 +223,9 @@ def evaluate_probes(
         other_dir = resolve_run(against, runs_root, run_dir.parent.name)
         against_label = run_label(other_dir)
         progress(f"{against_label} answers {len(probes)} probes")
-        other = run_subject(other_dir, questions, tokenizer, budget)
+        other = run_subject(open_run(other_dir), questions, tokenizer, budget)
     progress(f"{run_label(run_dir)} answers {len(probes)} probes")
-    answered = run_subject(run_dir, questions, tokenizer, budget)
+    answered = run_subject(run, questions, tokenizer, budget)
     models = [_probe_scores(probes, other), _probe_scores(probes, answered)]
     return ProbeReport(run_dir, probe_set, sha, probes, models, created=now(), against=against_label,
                        max_new_tokens=budget, threshold=threshold)
