@@ -199,3 +199,38 @@ def model_loss_sft_trainer():
                                         num_items_in_batch=num_items_in_batch)
 
     return ModelLossSFTTrainer
+
+
+def contender_parser(description: str, names: tuple[str, ...], steps: int, warmup: int):
+    """The command line of a two-contender speed bench (dpo_speed, grpo_speed): --steps, --warmup,
+    --threads, --only, and the --child/--workdir a child is started with."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for each child")
+    parser.add_argument("--child", choices=names)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--only", choices=names, nargs="+", default=list(names))
+    return parser
+
+
+def run_contenders(script: str | Path, args, workdir: Path) -> tuple[dict, dict, dict]:
+    """Each contender of ``args.only`` in its own child, one after the other: their results, their
+    failures (the child's output tail) and the 1-minute load average before and after each."""
+    import os
+
+    results, failures, load = {}, {}, {}
+    for name in args.only:
+        argv = python_argv(script, "--child", name, "--workdir", str(workdir), "--steps", str(args.steps),
+                           "--warmup", str(args.warmup))
+        before = os.getloadavg()[0]
+        try:
+            results[name] = run_child(name, argv, workdir, env=child_env(args.threads, HF_HUB_OFFLINE="1"))
+        except ChildFailed as exc:
+            failures[name] = str(exc)[-1500:]
+            print(exc)
+        load[name] = (round(before, 2), round(os.getloadavg()[0], 2))
+    return results, failures, load
+

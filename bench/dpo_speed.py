@@ -26,17 +26,14 @@ Prints a table and writes bench/results/dpo_speed.json.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ChildFailed, child_env, python_argv, save_results, step_timer, versions
-from common import run_child as run_bench_child
+from common import contender_parser, run_contenders, save_results, step_timer, versions
 
 RECIPE = "smollm2-demo-dpo"
 CONTENDERS = ("quicktune", "trl")
@@ -159,29 +156,12 @@ def child_main(name: str, workdir: Path, steps: int, warmup: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for each child")
-    parser.add_argument("--child", choices=CONTENDERS)
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--only", choices=CONTENDERS, nargs="+", default=list(CONTENDERS))
-    args = parser.parse_args()
+    args = contender_parser(__doc__.splitlines()[0], CONTENDERS, 10, 2).parse_args()
     if args.child:
         child_main(args.child, args.workdir, args.steps, args.warmup)
         return
     workdir = Path(tempfile.mkdtemp(prefix="dpo-speed-"))
-    results, failures, load = {}, {}, {}
-    for name in args.only:
-        argv = python_argv(__file__, "--child", name, "--workdir", str(workdir), "--steps", str(args.steps),
-                           "--warmup", str(args.warmup))
-        before = os.getloadavg()[0]
-        try:
-            results[name] = run_bench_child(name, argv, workdir, env=child_env(args.threads, HF_HUB_OFFLINE="1"))
-        except ChildFailed as exc:
-            failures[name] = str(exc)[-1500:]
-            print(exc)
-        load[name] = (round(before, 2), round(os.getloadavg()[0], 2))
+    results, failures, load = run_contenders(__file__, args, workdir)
     print(f"\nDPO, {args.steps} steps of {BATCH} pairs (medians of the last {args.steps - args.warmup}), "
           f"{args.threads} threads, one invocation, one child after the other:")
     print(f"{'contender':30} {'CPU s/step':>10} {'wall s/step':>11} {'min-max wall':>13} {'tokens':>7} "

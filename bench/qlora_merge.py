@@ -73,7 +73,7 @@ def agreeing(ours: list[list[int]], theirs: list[list[int]]) -> tuple[int, int]:
 
 
 def scores(tokenizer, answers, references, stops) -> dict[str, float]:
-    from quicktune.evaluate.metrics import Answer, score_all
+    from quicktune.metrics import Answer, score_all
 
     scored = []
     for tokens in answers:

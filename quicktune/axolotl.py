@@ -71,7 +71,8 @@ AXOLOTL_DEFAULTS = {
 # tests/test_axolotl.py compares this with the recipe schema, so a new recipe key gets a decision here.
 RECIPE_KEYS = {
     "name": "kept", "description": "kept", "hardware": "kept", "extends": "resolved: the export is the whole recipe",
-    "method": "adapter", "model.base": "base_model", "model.max_seq_length": "sequence_len",
+    "method": "adapter (grpo: rl: grpo and adapter)", "model.base": "base_model",
+    "model.max_seq_length": "sequence_len",
     "model.load_in_4bit": "load_in_4bit", "model.chat_template": "chat_template, chat_template_jinja",
     "model.trust_remote_code": "trust_remote_code", "model.revision": "kept", "model.dtype": "bf16, fp16",
     "lora.r": "lora_r", "lora.alpha": "lora_alpha", "lora.dropout": "lora_dropout",
@@ -91,7 +92,13 @@ RECIPE_KEYS = {
     "training.early_stopping_patience": "early_stopping_patience", "training.logging_every": "logging_steps",
     "training.gpus": "kept (accelerate launch --num_processes)", "training.report_to": "kept",
     "export": "kept", "eval": "kept", "preference": "refused: dpo/orpo are not mapped",
+    "grpo.num_generations": "trl.num_generations",
+    "grpo.max_completion_length": "trl.max_completion_length", "grpo.temperature": "trl.temperature",
+    "grpo.beta": "trl.beta",
+    "grpo.rewards": "trl.reward_funcs, trl.reward_weights (FILE.py:FUNCTION as module.FUNCTION); built-ins kept",
 }
+# grpo's keys under Axolotl's trl: section (0.19 schema), both ways.
+GRPO_TRL_KEYS = ("num_generations", "max_completion_length", "temperature", "beta")
 
 
 # --------------------------------------------------------------------------- recipe -> Axolotl
@@ -194,6 +201,7 @@ def to_axolotl(recipe: Recipe) -> AxolotlExport:
     _export_lora(recipe, draft)
     _export_data(recipe, draft)
     _export_training(recipe.training, draft)
+    _export_grpo(recipe, draft)
     draft.config["output_dir"] = f"./outputs/{recipe.name}"
     draft.config[BLOCK] = {"recipe": draft.keep, "as_written": draft.lossy}
     return AxolotlExport(draft.config, draft.notes)
@@ -202,7 +210,7 @@ def to_axolotl(recipe: Recipe) -> AxolotlExport:
 def _start_export(recipe: Recipe) -> _ExportDraft:
     """Reads the recipe's method and its quicktune-only keys (name, description, hardware, export, eval); returns
     a draft with an empty config that keeps them. Raises QuicktuneError for a preference method (not mapped)."""
-    if recipe.method in PREFERENCE_METHODS:
+    if recipe.method in PREFERENCE_METHODS:  # grpo is mapped (_export_grpo)
         raise QuicktuneError(f"method {recipe.method}: the Axolotl export maps supervised recipes (lora, qlora, full); "
                              "preference training (Axolotl's rl: dpo / orpo) is not mapped yet")
     keep = {"name": recipe.name, "description": recipe.description, "hardware": recipe.hardware,
@@ -224,7 +232,9 @@ def _export_model(recipe: Recipe, draft: _ExportDraft) -> None:
     if m.revision:  # Axolotl's loaders read cfg.revision_of_model, but its schema drops the key
         draft.kept("model")["revision"] = m.revision
         draft.notes.append("model.revision: Axolotl 0.19's schema has no revision key (revision_of_model is dropped)")
-    if recipe.method != "full":
+    if recipe.method == "grpo":  # an adapter on the base as loaded
+        config["adapter"] = "qlora" if m.load_in_4bit else "lora"
+    elif recipe.method != "full":
         config["adapter"] = recipe.method
     config["load_in_4bit"] = bool(m.load_in_4bit)
     config.update(_DTYPES[m.dtype])
@@ -234,6 +244,34 @@ def _export_model(recipe: Recipe, draft: _ExportDraft) -> None:
     else:
         config["chat_template"] = "jinja"  # quicktune's family template, word for word
         config["chat_template_jinja"] = FAMILY_TEMPLATES[m.chat_template]
+
+
+def _export_grpo(recipe: Recipe, draft: _ExportDraft) -> None:
+    """Reads recipe.grpo (method grpo only); writes rl: grpo and Axolotl's trl section: the group size, answer
+    length, temperature and beta, and the user's own rewards as dotted module.function paths with their weights.
+    The built-in rewards have no Axolotl equivalent: the whole rewards list is kept in the quicktune block."""
+    if recipe.method != "grpo":
+        return
+    g, config = recipe.grpo, draft.config
+    config["rl"] = "grpo"
+    trl = {key: getattr(g, key) for key in GRPO_TRL_KEYS}
+    own = [(r, *r.name.rpartition(":")[::2]) for r in g.rewards if r.name.partition(":")[0].endswith(".py")]
+    if own:
+        trl["reward_funcs"] = [f"{Path(file).stem}.{function}" for _, file, function in own]
+        trl["reward_weights"] = [r.weight for r, _, _ in own]
+        draft.notes.append("grpo.rewards: your reward files are written as module.function; Axolotl imports the "
+                           f"module from where it runs: copy {', '.join(sorted({Path(f).name for _, f, _ in own}))} "
+                           "beside the config")
+    built_in = [r.name for r in g.rewards if not r.name.partition(":")[0].endswith(".py")]
+    if built_in:
+        draft.kept("grpo")["rewards"] = [r.model_dump(mode="json") for r in g.rewards]
+        draft.notes.append(f"grpo.rewards {', '.join(built_in)}: quicktune's built-in rewards have no Axolotl "
+                           "equivalent (kept for quicktune; for Axolotl write them as your own reward functions)")
+    draft.notes.append("grpo: Axolotl's GRPO reads prompts through a dataset transform (datasets[].type: "
+                       "module.function returning a prompt); the datasets are written as chat data")
+    config["trl"] = trl
+    # Axolotl (as TRL) counts a batch in answers: each of training.batch_size prompts num_generations times.
+    config["micro_batch_size"] = config.get("micro_batch_size", recipe.training.batch_size) * g.num_generations
 
 
 def _export_lora(recipe: Recipe, draft: _ExportDraft) -> None:
@@ -343,12 +381,34 @@ def _export_batch(t: TrainingSection, draft: _ExportDraft) -> None:
                             "axolotl": {"gradient_accumulation_steps": accumulation}})
 
 
+class _QuotingDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, but a string holding a character that is not printable (NUL, U+0085, U+2028, a tab)
+    is always double-quoted, where each is an escape: PyYAML writes some of them bare (a path ending in U+0085
+    read back with a space in its place)."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    quoted = any(not ch.isprintable() and ch != "\n" for ch in value)
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"' if quoted else None)
+
+
+_QuotingDumper.add_representer(str, _represent_str)
+
+
+def _comment(text: str) -> str:
+    """``text`` for one comment line: a line break (or any character that is not printable: NUL, U+2028) is
+    written as its escape, so a value (a file name, a reward pattern, the recipe's path) cannot end the comment
+    and add a key to the config."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def axolotl_yaml(export: AxolotlExport, source: str) -> str:
-    header = [(f"# Axolotl config written by `quicktune recipes export {source} --axolotl` (Axolotl "
+    header = [(f"# Axolotl config written by `quicktune recipes export {_comment(source)} --axolotl` (Axolotl "
                f"{AXOLOTL_SCHEMA_VERSION} schema)."), "# Recipe keys with no exact Axolotl equivalent:"]
-    header += [f"#   {note}" for note in export.no_equivalent]
+    header += [f"#   {_comment(note)}" for note in export.no_equivalent]
     header.append(f"# `{BLOCK}:` keeps them for `quicktune recipes import`; Axolotl drops keys it does not know.")
-    return "\n".join(header) + "\n" + yaml.safe_dump(export.config, sort_keys=False, allow_unicode=True, width=120)
+    body = yaml.dump(export.config, Dumper=_QuotingDumper, sort_keys=False, allow_unicode=True, width=120)
+    return "\n".join(header) + "\n" + body
 
 
 def write_new(path: Path, text: str, force: bool) -> None:
@@ -521,6 +581,7 @@ def from_axolotl(path: Path) -> AxolotlImport:
     _import_data(draft, path.parent)
     _import_schedule(draft)
     _import_run_settings(draft)
+    _import_grpo(draft, path.parent)
     _apply_block(draft.recipe, block, draft.cfg, draft.reader)
     _import_last_layers(draft)
     draft.recipe.setdefault("name", _name_from(path))
@@ -560,6 +621,50 @@ def _import_method(draft: _ImportDraft) -> None:
         recipe["method"] = "qlora" if four_bit else "lora"
         reader.skip(("adapter",), f"adapter {adapter!r}: quicktune trains lora or qlora adapters")
     recipe["model"]["load_in_4bit"] = four_bit
+
+
+def _import_grpo(draft: _ImportDraft, base_dir: Path) -> None:
+    """Reads rl and Axolotl's trl section; writes method grpo and the recipe's grpo section: the group size,
+    answer length, temperature and beta, and each trl.reward_funcs dotted path as FILE.py:FUNCTION (the module's
+    file beside the config) with its trl.reward_weights. Lists what does not map: another rl method, a reward
+    model id, a trl key quicktune has no equivalent for."""
+    rl = draft.take("rl", ("method",))
+    trl = draft.cfg.get("trl") if isinstance(draft.cfg.get("trl"), dict) else {}
+    if rl is None:
+        return
+    if rl != "grpo":
+        draft.reader.skip(("rl",), f"rl {rl!r}: quicktune imports supervised configs and rl: grpo")
+        return
+    draft.used.add("trl")
+    adapter = draft.recipe.get("method")
+    if adapter == "full":
+        draft.reader.skip(("rl",), "rl: grpo without an adapter: quicktune trains GRPO as a LoRA or QLoRA adapter")
+    draft.recipe["method"] = "grpo"
+    grpo = {key: trl[key] for key in GRPO_TRL_KEYS if trl.get(key) is not None}
+    funcs = trl.get("reward_funcs") or []
+    weights = trl.get("reward_weights") or [1.0] * len(funcs)
+    rewards = []
+    for index, (dotted, weight) in enumerate(zip(funcs, weights, strict=False)):
+        module, _, function = str(dotted).rpartition(".")
+        if not module or "/" in str(dotted):
+            draft.reader.skip(("trl", "reward_funcs", index), f"{dotted!r}: a reward model or not a module.function "
+                              "path; quicktune scores with functions only")
+            continue
+        rewards.append({"name": f"{base_dir / (module.replace('.', '/') + '.py')}:{function}", "weight": weight})
+    if rewards:
+        grpo["rewards"] = rewards
+    for key in trl:
+        if key not in (*GRPO_TRL_KEYS, "reward_funcs", "reward_weights"):
+            draft.reader.skip(("trl", key), "no quicktune equivalent")
+    draft.recipe["grpo"] = grpo
+    answers, group = draft.recipe["training"].get("batch_size"), grpo.get("num_generations", 8)
+    if isinstance(answers, int) and isinstance(group, int) and group > 0:  # Axolotl's batch counts answers
+        if answers % group:
+            draft.reader.skip(("micro_batch_size",), f"{answers} answers a step is no whole number of groups of "
+                              f"{group}: training.batch_size (prompts) left at its default")
+            del draft.recipe["training"]["batch_size"]
+        else:
+            draft.recipe["training"]["batch_size"] = answers // group
 
 
 def _import_chat_template(draft: _ImportDraft) -> None:

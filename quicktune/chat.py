@@ -103,9 +103,9 @@ class ChatSession:
     dropped: int = 0  # exchanges the last reply forgot to stay inside the context
     cut_by_context: bool = False  # the last answer stopped because the context was full
 
-    def messages(self, user: str) -> list[dict[str, str]]:
+    def messages(self, user: str, history: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return [*system, *self.history, {"role": "user", "content": user}]
+        return [*system, *(self.history if history is None else history), {"role": "user", "content": user}]
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
         try:
@@ -122,18 +122,50 @@ class ChatSession:
         oldest exchanges had to be forgotten for the prompt and an answer to fit."""
         n_ctx = self.llm.n_ctx()
         room = min(self.max_tokens, n_ctx // 4)  # kept free for the answer
-        tokens = self.prompt_tokens(self.messages(user))
-        self.dropped = 0
-        while len(tokens) + room > n_ctx and self.history:
-            self.history = self.history[2:]  # forget the oldest exchange
-            self.dropped += 1
-            tokens = self.prompt_tokens(self.messages(user))
-        if len(tokens) + MIN_ANSWER > n_ctx:
+        tokens = self._fit(user, n_ctx - room)
+        if len(tokens) + min(room, MIN_ANSWER) > n_ctx:  # only when no history is left to forget
             raise QuicktuneError(
                 f"this message needs {len(tokens)} tokens with the system prompt; the context holds {n_ctx}",
                 hint="Send a shorter message, or chat with a larger context (--ctx).",
             )
         return self._stream(user, tokens, min(self.max_tokens, n_ctx - len(tokens)))
+
+    def _fit(self, user: str, limit: int) -> list[int]:
+        """The prompt's tokens with as many of the latest exchanges as fit in ``limit`` tokens (all of them when
+        they fit); the older ones are forgotten (``history`` loses them, ``dropped`` counts them).
+
+        Linear in the context, not in the history: the exchanges' texts are counted newest first, each text
+        only up to what could still fit, and counting stops at the first that cannot; that bound (a text
+        counts at least the tokens it has alone, less one at each seam) leaves a handful of exact renders
+        (a binary search) over a prompt no longer than the context."""
+        pairs = len(self.history) // 2
+        self.dropped = 0
+        if not pairs:
+            return self.prompt_tokens(self.messages(user))
+
+        def kept(count: int) -> list[int]:
+            return self.prompt_tokens(self.messages(user, self.history[2 * (pairs - count):]))
+
+        fitting = {0: kept(0)}  # exchanges kept -> the prompt's tokens, for counts known to fit
+        room, most = limit - len(fitting[0]), 0
+        for index in range(pairs - 1, -1, -1):
+            for turn in self.history[2 * index: 2 * index + 2]:
+                text = turn["content"][: max(room, 0) * 64 + 64].encode("utf-8")  # more is not needed to overflow
+                room -= max(0, len(self.llm.tokenize(text, add_bos=False, special=False)) - 1)
+            if room < 0:
+                break
+            most += 1
+        low, high, probe = 0, most, most  # the most exchanges that fit lie in [low, high]; all of them first
+        while low < high:
+            tokens = kept(probe)
+            if len(tokens) <= limit:
+                low, fitting[probe] = probe, tokens
+            else:
+                high = probe - 1
+            probe = (low + high + 1) // 2
+        self.dropped = pairs - low
+        self.history = self.history[2 * self.dropped:]
+        return fitting[low]
 
     def _stream(self, user: str, tokens: list[int], budget: int) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -177,6 +177,91 @@ def data_check(
         print_data_report(report)
 
 
+@data.command("synth")
+@click.argument("seeds", type=click.Path(dir_okay=False), metavar="SEEDS")
+@click.option("--endpoint", "url", required=True, metavar="URL",
+              help="OpenAI-compatible base URL of the stronger model (ending in /v1).")
+@click.option("--model", required=True, metavar="NAME", help="The model name the endpoint serves.")
+@click.option("-n", "--n", "count", required=True, type=click.IntRange(1), metavar="N",
+              help="Rows OUT.jsonl should hold in all (rows from an earlier run count).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="OUT.jsonl",
+              help="Where the new rows go, appended one by one; run again to continue it.")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), metavar="K",
+              help="Requests in flight at once.")
+@click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Held-out file(s): a new row asking what one of their rows asks is rejected "
+              "(default: the recipe's data.eval).")
+@click.option("-r", "--recipe", help="Recipe whose tokenizer and max_seq_length bound a row's length, and whose "
+              "data.train/data.eval rows are checked against too.")
+@click.option("--api-key-env", "key_env", metavar="VAR",
+              help="Environment variable holding the API key (default OPENAI_API_KEY; a local server needs none).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Picks the seed rows shown per row.")
+@click.option("--temperature", default=0.9, show_default=True, type=click.FloatRange(0, 2, min_open=True))
+@click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(16), help="Longest reply.")
+@click.option("--max-tries", type=click.IntRange(1), help="Requests this run at most (default: 3 per row wanted).")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(0.1), metavar="SECONDS",
+              help="Seconds to wait for one reply.")
+def data_synth(seeds: str, url: str, model: str, count: int, output: str, concurrency: int,
+               eval_files: tuple[str, ...], recipe: str | None, key_env: str | None, seed: int, temperature: float,
+               max_tokens: int, max_tries: int | None, timeout: float) -> None:
+    """Write new examples like the SEEDS rows, in their format, with a stronger model.
+
+    \b
+    Each new row is asked of the endpoint with a few seed rows as examples, then
+    checked like `data check` checks data: it must parse in the seeds' format, fit
+    (the recipe's max_seq_length in tokens; without --recipe 8192 characters),
+    and be neither a duplicate nor a near duplicate of a seed, a training row or
+    a row already kept, nor leak an eval row. Rejected rows, with the reason, go
+    to OUT.rejected.jsonl; the lineage (URL, model, seeds sha256, counts; never
+    the key) to OUT.jsonl.synth.json. Ctrl-C (exit 130) or a failure keeps every
+    row written; the same command again continues where it stopped.
+
+    \b
+    Examples:
+      quicktune data synth my.jsonl --endpoint http://localhost:11434/v1 --model qwen2.5:14b -n 200 -o more.jsonl
+      quicktune data synth my.jsonl --endpoint https://api.openai.com/v1 --model gpt-4o-mini \\
+          --api-key-env OPENAI_API_KEY -n 500 -o more.jsonl --eval held-out.jsonl --recipe smollm2-demo
+    """
+    from quicktune.synth import synth_command
+
+    synth_command(seeds, output, url=url, model=model, count=count, concurrency=concurrency,
+                  eval_paths=tuple(eval_files), recipe_ref=recipe, key_env=key_env, seed=seed,
+                  temperature=temperature, max_tokens=max_tokens, max_tries=max_tries, timeout=timeout)
+
+
+@data.command("accept")
+@click.argument("review", type=click.Path(dir_okay=False), metavar="REVIEW.jsonl")
+@click.option("--into", required=True, type=click.Path(dir_okay=False), metavar="CORRECTIONS.jsonl",
+              help="The training file the accepted rows are appended to (made when missing).")
+@click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
+              help="The eval file(s) runs are compared on: a row asking what one of their rows asks is refused "
+              "(default: the recipe's data.eval).")
+@click.option("-r", "--recipe", help="Recipe whose data.eval rows are checked against (and whose data.format and "
+              "data.system_prompt read them).")
+def data_accept(review: str, into: str, eval_files: tuple[str, ...], recipe: str | None) -> None:
+    """Turn a reviewed file (from `quicktune eval --review`) into training rows.
+
+    \b
+    A row is taken when "accept" is true, or when it is null and "corrected" was
+    edited; "accept": false drops it; rows left as written are counted as
+    unreviewed. Each taken row becomes {"messages": [...prompt..., {"role":
+    "assistant", "content": corrected}]} in CORRECTIONS.jsonl, unless the same row
+    is already there, or it asks what a row of the eval file asks (refused, with
+    its line: training on it would inflate the scores). A broken line: exit
+    status 2, nothing written.
+
+    \b
+    Examples:
+      quicktune data accept review.jsonl --into corrections.jsonl -r smollm2-demo
+      quicktune data accept review.jsonl --into corrections.jsonl --eval held-out.jsonl
+      quicktune train smollm2-demo --from v1 --add-data corrections.jsonl   # the next run
+    """
+    from quicktune.console import print_accept_summary
+    from quicktune.data.accept import accept_reviewed
+
+    print_accept_summary(accept_reviewed(Path(review), Path(into), eval_files=list(eval_files), recipe_ref=recipe))
+
+
 def _semantic_threshold(value: str | None) -> float | str | None:
     if value is None:
         return "default"
@@ -217,6 +302,11 @@ def _training_command(func):
     func = click.option("--gpus", type=click.IntRange(1, 64), metavar="N",
                         help="Train on N processes, one per GPU, through accelerate launch (DDP; the recipe's global "
                         "batch is kept). Without CUDA: N CPU processes (gloo). Same as --set training.gpus=N.")(func)
+    func = click.option(
+        "--add-data", "add_data", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+        help="Also train on FILE (appended to the recipe's data.train for this run; repeatable), e.g. the "
+        "corrections `quicktune data accept` wrote. The manifest records what it added since --from's run.",
+    )(func)
     func = RUNS_OPTION(func)
     func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(func)
     return click.argument("recipe")(func)
@@ -225,7 +315,7 @@ def _training_command(func):
 @main.command()
 @_training_command
 def train(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | None, dry_run: bool,
-          allow_data_change: bool, new_run: bool, gpus: int | None) -> None:
+          allow_data_change: bool, new_run: bool, gpus: int | None, add_data: tuple[str, ...] = ()) -> None:
     """Train RECIPE (a built-in name or a YAML path) into a new run folder.
 
     \b
@@ -238,11 +328,20 @@ def train(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | 
       quicktune train smollm2-demo --set training.max_steps=20
       quicktune train smollm2-demo --from v1      # continue from run v1's adapter
       quicktune train llama3.1-8b-qlora --gpus 4  # 4 GPUs, DDP through accelerate launch
+      quicktune train smollm2-demo --from v1 --add-data corrections.jsonl  # v1 + reviewed answers
     """
     from quicktune.workflow import train_command
 
-    _exit_if_interrupted(train_command(recipe, _with_gpus(overrides, gpus), runs_dir, parent, dry_run,
+    overrides = _with_added_data(recipe, _with_gpus(overrides, gpus), add_data)
+    _exit_if_interrupted(train_command(recipe, overrides, runs_dir, parent, dry_run,
                                        allow_data_change=allow_data_change, new_run=new_run))
+
+
+def _with_added_data(recipe: str, overrides: list[str], add_data: tuple[str, ...]) -> list[str]:
+    """--add-data FILE is data.train=[the recipe's files..., FILE]: recorded like any other key."""
+    from quicktune.recipe import with_added_train_files
+
+    return with_added_train_files(recipe, overrides, list(add_data))
 
 
 def _with_gpus(overrides: tuple[str, ...], gpus: int | None) -> list[str]:
@@ -262,7 +361,7 @@ def _exit_if_interrupted(result) -> None:
 @_training_command
 @click.option("--force", is_flag=True, help="Train even when `quicktune plan` says it will not fit the GPU.")
 def run(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | None, dry_run: bool,
-        allow_data_change: bool, new_run: bool, gpus: int | None, force: bool) -> None:
+        allow_data_change: bool, new_run: bool, gpus: int | None, force: bool, add_data: tuple[str, ...] = ()) -> None:
     """Train RECIPE, then export it for Ollama and llama.cpp, and score it.
 
     \b
@@ -277,7 +376,8 @@ def run(recipe: str, overrides: tuple[str, ...], runs_dir: str, parent: str | No
     """
     from quicktune.workflow import run_command
 
-    _exit_if_interrupted(run_command(recipe, _with_gpus(overrides, gpus), runs_dir, parent, dry_run, force,
+    overrides = _with_added_data(recipe, _with_gpus(overrides, gpus), add_data)
+    _exit_if_interrupted(run_command(recipe, overrides, runs_dir, parent, dry_run, force,
                                      allow_data_change=allow_data_change, new_run=new_run))
 
 
@@ -353,11 +453,48 @@ def chat(
     chat_command(target, quant, prompt, system, max_tokens, runs_dir, num_ctx)
 
 
+@main.command()
+@click.argument("target", metavar="RUN|GGUF")
+@click.option(
+    "-q", "--quant", type=QUANT_CHOICE, help="Which exported GGUF of RUN; default: the best one you asked for.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; the default answers this machine only, 0.0.0.0 every network.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--name", help="The model name clients send; default: the run's Ollama name (recipe-vN:quant), "
+              "or the GGUF's file name without .gguf.")
+@click.option("--ctx", "num_ctx", type=click.IntRange(64), help="Context in tokens; default: the Modelfile's num_ctx.")
+@RUNS_OPTION
+def serve(
+    target: str, quant: str | None, host: str, port: int, name: str | None, num_ctx: int | None, runs_dir: str,
+) -> None:
+    """Serve an exported model through an OpenAI-compatible API (llama.cpp), until Ctrl-C.
+
+    \b
+    Answers as `quicktune eval --gguf` reads the GGUF: the trained chat template and
+    stop tokens, the Modelfile's system prompt for requests that send none (as Ollama
+    does), its temperature and top_p when a request leaves them out, no repeat penalty,
+    and every prompt read afresh, so the same greedy request gets the same answer.
+    Any client of the OpenAI API works: base URL http://HOST:PORT/v1, the model NAME.
+    A GGUF no run exported is served with its own chat template and stop tokens.
+
+    \b
+    Examples:
+      quicktune serve runs/smollm2-demo/v1
+      quicktune serve smollm2-demo/v1 --port 8081 --name demo
+      quicktune eval smollm2-demo/v1 --endpoint http://127.0.0.1:8080/v1 --model smollm2-demo-v1:q4_k_m
+      quicktune serve model.gguf --host 0.0.0.0
+    """
+    from quicktune.workflow import serve_command
+
+    serve_command(target, quant, host, port, name, num_ctx, runs_dir)
+
+
 @main.group("runs", invoke_without_command=True)
 @RUNS_OPTION
 @click.pass_context
 def runs_group(ctx: click.Context, runs_dir: str) -> None:
-    """List runs with their status and key metrics (or `runs compare A B`)."""
+    """List runs with their status and key metrics (or `runs compare A B`, `runs promote RUN`, `runs history`)."""
     ctx.obj = runs_dir
     if ctx.invoked_subcommand is None:
         from pathlib import Path
@@ -366,6 +503,19 @@ def runs_group(ctx: click.Context, runs_dir: str) -> None:
         from quicktune.runs import list_runs
 
         print_runs(list_runs(Path(runs_dir)), Path(runs_dir))
+
+
+def _pass_runs_dir(func):
+    """A ``runs`` subcommand's first argument: its own ``--runs-dir`` (where users type it, after the
+    subcommand) or else the group's (``runs --runs-dir X compare``, QUICKTUNE_RUNS, ``runs``)."""
+    @click.option("--runs-dir", "own_runs_dir", type=click.Path(file_okay=False), default=None,
+                  help="Where run folders are (default: the `runs --runs-dir` value, $QUICKTUNE_RUNS, or runs).")
+    @click.pass_obj
+    def with_runs_dir(group_runs_dir: str, *args, own_runs_dir: str | None = None, **kwargs):
+        return func(own_runs_dir or group_runs_dir, *args, **kwargs)
+
+    with_runs_dir.__name__, with_runs_dir.__doc__ = func.__name__, func.__doc__
+    return with_runs_dir
 
 
 THRESHOLD_OPTION = click.option(
@@ -379,7 +529,7 @@ THRESHOLD_OPTION = click.option(
 @click.argument("first", metavar="A")
 @click.argument("second", metavar="B")
 @THRESHOLD_OPTION
-@click.pass_obj
+@_pass_runs_dir
 def runs_compare(runs_dir: str, first: str, second: str, threshold: float | None) -> None:
     """Compare two runs: recipe differences, data hashes, training and eval metrics.
 
@@ -397,6 +547,81 @@ def runs_compare(runs_dir: str, first: str, second: str, threshold: float | None
     from quicktune.workflow import compare_command
 
     compare_command(first, second, runs_dir, threshold)
+
+
+@runs_group.command("promote")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--as", "name", metavar="NAME", help="The Ollama model name (default: the recipe's name): NAME:vN and "
+              "NAME:latest. Lower-case letters, digits, '-', '_', '.'.")
+@click.option("--force", is_flag=True, help="Promote although the checks refuse it (needs --reason).")
+@click.option("--reason", metavar="TEXT", help="Why: recorded in the history (required with --force).")
+@click.option("--no-ollama", is_flag=True, help="Record the promotion without creating the Ollama tags.")
+@_pass_runs_dir
+def runs_promote(runs_dir: str, run_ref: str, name: str | None, force: bool, reason: str | None,
+                 no_ollama: bool) -> None:
+    """Make RUN the version in use: checked, tagged in Ollama, recorded.
+
+    \b
+    RUN must be finished, exported (`quicktune export RUN`) and scored (`quicktune eval RUN`).
+    It is refused when it is worse than the version promoted now on an eval metric of the same
+    held-out rows (as `runs compare` marks ▼); the table shows what got worse. With ollama on
+    PATH it runs, in the run's export folder:
+      ollama create NAME:vN -f Modelfile.<quant>
+      ollama cp NAME:vN NAME:latest
+    and checks both with `ollama show`; without it, it prints those commands. Each promotion is
+    recorded in runs/<recipe>/promotions.jsonl (`quicktune runs history`). `promoted` (and
+    `promoted~1`, the one before) then name that run in every command: chat, eval --against,
+    serve, export, train --from.
+
+    \b
+    Examples:
+      quicktune runs promote v3
+      quicktune runs promote smollm2-demo/v4 --as invoice-extractor
+      quicktune runs promote v5 --force --reason "fixes dates; one row worse on tone"
+      quicktune chat promoted
+    """
+    from quicktune.workflow import promote_command
+
+    promote_command(run_ref, runs_dir, name, force, reason, no_ollama)
+
+
+@runs_group.command("rollback")
+@click.argument("recipe", required=False)
+@click.option("--reason", metavar="TEXT", help="Why: recorded in the history.")
+@click.option("--no-ollama", is_flag=True, help="Record the rollback without re-pointing NAME:latest in Ollama.")
+@_pass_runs_dir
+def runs_rollback(runs_dir: str, recipe: str | None, reason: str | None, no_ollama: bool) -> None:
+    """Go back to the version promoted before the current one (no checks: it passed them once).
+
+    \b
+    Points NAME:latest at NAME:vPrev again (`ollama cp`; `ollama create` first if Ollama lost
+    NAME:vPrev) and records the rollback in the history. RECIPE may be left out when the runs
+    folder holds one recipe.
+
+    \b
+    Examples:
+      quicktune runs rollback
+      quicktune runs rollback smollm2-demo --reason "v4 answers in French"
+    """
+    from quicktune.workflow import rollback_command
+
+    rollback_command(recipe, runs_dir, no_ollama, reason)
+
+
+@runs_group.command("history")
+@click.argument("recipe", required=False)
+@_pass_runs_dir
+def runs_history(runs_dir: str, recipe: str | None) -> None:
+    """Every promotion and rollback: when, who, why, what was compared, the Ollama tags.
+
+    \b
+    Examples:
+      quicktune runs history
+      quicktune runs history smollm2-demo
+    """
+    from quicktune.workflow import history_command
+
+    history_command(recipe, runs_dir)
 
 
 @main.command("eval")
@@ -421,6 +646,42 @@ def runs_compare(runs_dir: str, first: str, second: str, threshold: float | None
     help="A local GGUF chat model that compares the run's answer with the other's on each row, in both orders.",
 )
 @click.option(
+    "--judge-endpoint", metavar="URL",
+    help="Instead of --judge: a judge model behind an OpenAI-compatible server (base URL ending in /v1).",
+)
+@click.option("--judge-model", metavar="NAME", help="The judge's model name at --judge-endpoint.")
+@click.option(
+    "--review", metavar="OUT.jsonl", type=click.Path(dir_okay=False),
+    help="Write the rows the run got wrong (by the recipe's eval.metric) to OUT.jsonl, its answer beside the "
+    "expected one, to correct and accept (then `quicktune data accept`).",
+)
+@click.option("--review-all", is_flag=True, help="With --review: write every row, right or wrong.")
+@click.option("--force", is_flag=True, help="With --review: replace OUT.jsonl when it exists.")
+@click.option(
+    "--judge-api-key-env", metavar="VAR", help="Environment variable holding --judge-endpoint's API key "
+    "[default: OPENAI_API_KEY, when set].",
+)
+@click.option(
+    "--endpoint", metavar="URL",
+    help="Also score the model as a server serves it (OpenAI-compatible base URL: http://localhost:11434/v1 for "
+    "Ollama) and compare its answers with the run's exported GGUF.",
+)
+@click.option(
+    "--model", "endpoint_model", metavar="NAME", help="The served model's name at --endpoint (Ollama: name:tag).",
+)
+@click.option(
+    "--api-key-env", metavar="VAR",
+    help="Environment variable holding --endpoint's API key [default: OPENAI_API_KEY, when set].",
+)
+@click.option(
+    "--with-system", is_flag=True,
+    help="Send the run's system prompt with each request to --endpoint (vLLM, hosted APIs: no Modelfile SYSTEM).",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(1), default=1, show_default=True,
+    help="Requests at a time to --endpoint and --judge-endpoint (1 keeps a single-slot server's answers greedy).",
+)
+@click.option(
     "--probe", type=click.Choice(["general"]),
     help="Instead of held-out rows: the shipped probe set of general abilities, base (or --against RUN) vs RUN.",
 )
@@ -432,7 +693,10 @@ def runs_compare(runs_dir: str, first: str, second: str, threshold: float | None
 def evaluate(
     run_ref: str, against: str, data_files: tuple[str, ...], limit: int | None, gguf: str | None,
     max_new_tokens: int | None, judge: str | None, probe: str | None, threshold: float | None, as_json: bool,
-    runs_dir: str,
+    runs_dir: str, judge_endpoint: str | None = None, judge_model: str | None = None,
+    judge_api_key_env: str | None = None, endpoint: str | None = None, endpoint_model: str | None = None,
+    api_key_env: str | None = None, with_system: bool = False, concurrency: int = 1, review: str | None = None,
+    review_all: bool = False, force: bool = False,
 ) -> None:
     """Score RUN against the base model (or another run) on held-out data.
 
@@ -455,6 +719,26 @@ def evaluate(
                              names the probes that dropped (eval/probes-general-*.json)
       --judge MODEL.gguf     a local judge model compares the two answers of each row
                              with a written rubric, in both orders: win / tie / loss
+      --judge-endpoint URL --judge-model NAME
+                             the same, asked of a model behind a server; a judge that
+                             mostly names one position is flagged as unreliable
+
+    \b
+    Is the served model the one you trained?
+      --endpoint URL --model NAME
+                             the model as Ollama, quicktune serve, llama-server or
+                             vLLM serves it, scored like the others, and how often it
+                             answers as the exported GGUF does (first difference shown).
+                             The server adds the system prompt (Modelfile SYSTEM);
+                             --with-system sends it instead. Keys come from the
+                             environment (--api-key-env VAR), never the command line.
+
+    \b
+    Correct what it got wrong (the next run learns it):
+      --review OUT.jsonl     the rows RUN got wrong (by eval.metric; --review-all:
+                             every row), each with model_answer, expected and a
+                             "corrected" copy to edit; set "accept": true, then
+                             `quicktune data accept OUT.jsonl --into corrections.jsonl`
 
     \b
     Examples:
@@ -465,13 +749,20 @@ def evaluate(
       quicktune eval runs/smollm2-demo/v1 --against fewshot:5
       quicktune eval runs/smollm2-demo/v1 --probe general
       quicktune eval runs/smollm2-demo/v1 --judge ~/models/judge.gguf --limit 20
+      quicktune eval runs/smollm2-demo/v1 --endpoint http://localhost:11434/v1 --model smollm2-demo-v1
+      quicktune eval runs/smollm2-demo/v1 --judge-endpoint http://localhost:11434/v1 --judge-model qwen2.5:7b
       quicktune eval runs/smollm2-demo/v1 --json > report.json
+      quicktune eval runs/smollm2-demo/v1 --data feedback.jsonl --review review.jsonl --against none
     """
     from quicktune.workflow import eval_command
 
     report = eval_command(
         run_ref, against, list(data_files), limit, gguf, max_new_tokens, runs_dir, judge=judge, probe=probe,
         threshold=threshold, as_json=as_json,
+        endpoints=dict(endpoint=endpoint, model=endpoint_model, api_key_env=api_key_env, with_system=with_system,
+                       concurrency=concurrency, judge_endpoint=judge_endpoint, judge_model=judge_model,
+                       judge_api_key_env=judge_api_key_env),
+        review=review, review_all=review_all, force=force,
     )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
@@ -527,11 +818,16 @@ def ui(runs_dir: str, port: int, host: str) -> None:
     """A local web dashboard: runs, live loss curves, evals, exports, side-by-side chat.
 
     \b
-    Serves on 127.0.0.1 only unless --host says otherwise, and prints the URL. Pages:
-    every run with its lineage; one run (live curves, manifest, the data check's
-    rendered example, fidelity table, Modelfiles); two runs compared; a chat with
+    Serves on 127.0.0.1 only unless --host says otherwise, and prints the URL
+    with a key made at each start: opening it signs the browser in (a cookie);
+    anything without the key is refused. Pages:
+    every run with its lineage (★ the promoted version); one run (live curves,
+    manifest, the data check's rendered example, fidelity table, Modelfiles, a
+    Promote button); two runs compared; the promotion history; a chat with
     exported GGUFs (llama.cpp), two models side by side. It reads the runs folder
-    and writes nothing; everything it shows ships inside the package (works offline).
+    and writes one thing only: a promotion, through the same checks as `quicktune
+    runs promote` (accepted from its own page only). Everything it shows ships
+    inside the package (works offline).
 
     \b
     Examples:

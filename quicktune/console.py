@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -18,11 +20,60 @@ from quicktune.plan import GIB
 
 if TYPE_CHECKING:
     from quicktune.data.report import DataReport, RenderedExample, TokenStats
+    from quicktune.data.synth_check import SynthSummary
     from quicktune.errors import QuicktuneError
     from quicktune.recipe import Recipe
 
-console = Console(highlight=False, soft_wrap=True)  # paths and file:line stay on one line
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # file:line must stay on one line
+# Output that is no terminal (a log, CI) sees no spinner: a line this often says what is still running.
+PROGRESS_EVERY_S = 30.0  # QUICKTUNE_PROGRESS_EVERY (seconds) overrides it
+
+
+class LineStatus:
+    """``console.status`` where the output is no terminal: rich's spinner draws nothing there, so a
+    long step (the export's fidelity check, eval) was minutes without a line. This prints the current
+    message with the time elapsed every ``every`` seconds until the step ends; nothing for a short one."""
+
+    def __init__(self, out: Console, message: str, every: float):
+        import threading
+
+        self._out, self._message, self._every = out, message, every
+        self._start = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="quicktune-progress", daemon=True)
+
+    def update(self, status=None, **_ignored) -> None:
+        if status is not None:
+            self._message = str(status)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self._every):
+            seconds = int(time.monotonic() - self._start)
+            self._out.print(f"[dim]… {self._message} ({seconds // 60}:{seconds % 60:02d})[/]", highlight=False)
+
+    def __enter__(self) -> LineStatus:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+class _Console(Console):
+    """rich's Console whose ``status`` prints lines at intervals where the output is no terminal."""
+
+    def status(self, status, **kwargs):
+        if self.is_terminal:
+            return super().status(status, **kwargs)
+        try:
+            every = float(os.environ.get("QUICKTUNE_PROGRESS_EVERY", PROGRESS_EVERY_S))
+        except ValueError:
+            every = PROGRESS_EVERY_S
+        return LineStatus(self, str(status), every if every > 0 else PROGRESS_EVERY_S)
+
+
+console = _Console(highlight=False, soft_wrap=True)  # paths and file:line stay on one line
+err_console = _Console(stderr=True, highlight=False, soft_wrap=True)  # file:line must stay on one line
 
 
 @contextmanager
@@ -111,6 +162,10 @@ def print_data_report(report: DataReport) -> None:
         note = (" (pad token = eos: quicktune builds labels itself, so the stop token is still trained)"
                 if stop.pad_equals_eos else "")
         console.print(f"stop token after each answer: [bold]{escape(stop.text)}[/] id {stop.id}{note}")
+    if report.rewards is not None:  # grpo: each reward on the reference answers, as if the model wrote them
+        means = ", ".join(f"{escape(name)} {'-' if mean is None else f'{mean:.2f}'}"
+                          for name, mean in report.rewards.items())
+        console.print(f"rewards on {report.reward_rows} reference answers (mean): {means}")
     if report.example is not None:
         _print_example(report.example, "bold green",
                        f"Rendered example ({escape(report.example.origin)}): [bold green]green[/] is trained, "
@@ -206,27 +261,110 @@ def print_runs(runs, root) -> None:
     if not runs:
         console.print(f"No runs in {root} yet. Start one with [bold]quicktune run smollm2-demo[/].")
         return
-    table = Table(title=f"Runs in {root}", title_justify="left")
-    for column in ("run", "status", "started", "steps", "train loss", "best eval loss", "eval", "exported", "parent"):
-        table.add_column(column, no_wrap=column in ("run", "status"))
-
     def number(value):
         return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    for run in runs:
+    def cells(run):
         style = {"finished": "green", "interrupted": "yellow", "failed": "red"}.get(run.status, "")
-        table.add_row(
-            f"{run.recipe}/{run.version}",
+        return (
+            f"{run.recipe}/{run.version}" + (" [bold magenta]★ promoted[/]" if run.promoted else ""),
             f"[{style}]{run.status}[/]" if style else run.status,
-            run.started,
+            run.started.replace("T", " ")[:16],  # 2026-12-07 18:34 (UTC)
             number(run.steps),
             number(run.train_loss),
             number(run.eval_loss),
-            run.headline or "",
+            escape(run.headline or ""),
             ", ".join(run.exported),
-            run.parent or "",
+            escape(_parent_label(run.parent, root)),
         )
+
+    columns = ("run", "status", "started", "steps", "train loss", "best eval loss", "eval", "exported", "parent")
+    table = Table(title=f"Runs in {root}", title_justify="left")
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    rows = [cells(run) for run in runs]
+    for row in rows:
+        table.add_row(*row)
+    if console.measure(table, options=console.options.update_width(10_000)).maximum <= console.width:
+        console.print(table)
+        return
+    # Too narrow for the table (80 columns): one block a run, every value whole (no "star…", "exac…").
+    console.print(f"Runs in {escape(str(root))}")
+    for row in rows:
+        console.print(f"[bold]{row[0]}[/]  {row[1]}  started {row[2]}  steps {row[3]}")
+        extra = [f"{name} {value}" for name, value in zip(columns[4:], row[4:]) if value]
+        console.print("  " + " · ".join(extra), highlight=False)
+
+
+def _parent_label(parent: str | None, root) -> str:
+    """A parent run as ``recipe/vN`` when it lies in the runs folder listed, else its path."""
+    if not parent:
+        return ""
+    path = Path(parent)
+    try:
+        path.resolve().relative_to(Path(root).resolve())
+    except (ValueError, OSError):
+        return parent
+    return f"{path.parent.name}/{path.name}"
+
+
+# --- promotion (quicktune/promote.py) ----------------------------------------------------------
+
+
+def print_promotion_check(names, rows, regressions, source: str) -> None:
+    """The eval metrics a promotion compared: ``names`` (promoted, candidate), ``rows`` (metric, promoted's
+    value, candidate's value, formatted), ``regressions`` (metrics the candidate is worse on, marked ▼)."""
+    table = Table(title=f"{names[0]} (promoted) vs {names[1]}", title_justify="left")
+    for column in ("eval", names[0], names[1]):
+        table.add_column(column)
+    for key, before, after in rows:
+        worse = key in regressions
+        table.add_row(key, before, f"[red]{after} ▼[/]" if worse else after)
     console.print(table)
+    console.print(f"[dim]eval scores from {escape(source)}[/]")
+
+
+def print_ollama_commands(folder, commands: list[str], note: str | None = None) -> None:
+    """What to run when ``ollama`` is not on PATH: ``cd folder`` (when given), then ``commands``."""
+    console.print("[yellow]ollama is not on PATH[/]: to serve it with Ollama, run")
+    if folder is not None:
+        console.print(f"  cd {shell_path(folder)}", soft_wrap=True, highlight=False)
+    for command in commands:
+        console.print(f"  {command}", soft_wrap=True, highlight=False)
+    if note:
+        console.print(f"[dim]({escape(note)})[/]", soft_wrap=True, highlight=False)
+
+
+def print_ollama_ran(command: str) -> None:
+    console.print(f"[green]✓[/] {escape(command)}", soft_wrap=True, highlight=False)
+
+
+def print_promotion(entry) -> None:
+    """One line for a promotion or rollback just recorded (a ``runs.Promotion``)."""
+    verb = "promoted" if entry.action == "promote" else "rolled back to"
+    tags = f"; Ollama: {', '.join(entry.tags)}" + ("" if entry.ollama == "done" else f" ({entry.ollama})")
+    console.print(f"[bold green]{verb}[/] {entry.run}{tags if entry.tags else ''} [dim]({escape(entry.why)})[/]",
+                  soft_wrap=True, highlight=False)
+
+
+def print_history(histories, root) -> None:
+    """``quicktune runs history``: [(recipe, [Promotion, ...] oldest first, the run promoted now or None)]."""
+    if not histories:
+        console.print(f"Nothing promoted in {root} yet. Promote a run with [bold]quicktune runs promote vN[/].")
+        return
+    for recipe, entries, current in histories:
+        console.print(f"[bold]Promotions of {recipe}[/] (promoted now: [bold magenta]{current or 'none'}[/])")
+        for entry in entries:
+            what = entry.action + (" [red](forced)[/]" if entry.forced else "")
+            compared = entry.compared or {}
+            against = f"; checked against {compared['with']}" if compared.get("with") else ""
+            worse = compared.get("regressions")
+            console.print(
+                f"  {entry.when}  {what} [bold]{entry.run}[/] by {escape(entry.who)}: {escape(entry.why)}{against}"
+                + (f" ([red]worse on {escape(', '.join(worse))}[/])" if worse else "")
+                + (f"; Ollama {', '.join(entry.tags)} ({entry.ollama})" if entry.tags else ""),
+                soft_wrap=True, highlight=False,
+            )
 
 
 def print_fidelity(fidelity) -> None:
@@ -257,7 +395,7 @@ def print_fidelity(fidelity) -> None:
             row.name,
             share(row.same_top_token),
             share(row.greedy_agreement),
-            "-" if row.identical_answers is None else f"{row.identical_answers}/{n}",
+            "-" if row.identical_answers is None else f"{row.identical_answers}/{n}" + _ties(row),
             "-" if row.stops is None else f"{row.stops}/{n}",
         )
     console.print(table)
@@ -282,6 +420,12 @@ def print_fidelity(fidelity) -> None:
         else "TEMPLATE rendered by Go's text/template == chat template"
     )
     console.print(f"{mark} {what}: {escape(parity)}")
+
+
+def _ties(row) -> str:
+    """' (1 tie)': near-ties of the merged model the GGUF broke the other way (export/gate.py)."""
+    ties = getattr(row, "ties", None)
+    return f" ({ties} tie{'s' if ties != 1 else ''})" if ties else ""
 
 
 def print_checks(checks) -> None:
@@ -372,3 +516,93 @@ def shell_path(path) -> str:
     except ValueError:
         text = str(path)
     return shlex.quote(text)
+
+
+# --- quicktune data synth ---------------------------------------------------------------------------------
+
+SYNTH_ROWS_SHOWN = 15  # rejected rows listed by reason; the rest are in OUT.rejected.jsonl
+
+
+@contextmanager
+def synth_progress(summary: SynthSummary, *, show: bool = True):
+    """A live bar while ``data synth`` runs: rows in the output of the rows wanted, rows rejected, and rows
+    per minute (tried and kept). Yields the function that redraws it from ``summary``."""
+    progress = Progress(
+        TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rejected]} rejected  {task.fields[rate]}"), TimeElapsedColumn(),
+        console=console, disable=not show,
+    )
+
+    def update() -> None:
+        rate = (f"{summary.per_minute(summary.tried):.1f} rows/min, "
+                f"{summary.per_minute(summary.accepted):.1f} kept/min") if summary.tried else ""
+        progress.update(task, completed=summary.total_rows, rejected=len(summary.rejections), rate=rate)
+
+    with progress:
+        task = progress.add_task("synth", total=summary.wanted, completed=summary.total_rows, rejected=0, rate="")
+        yield update
+        update()
+
+
+def print_synth_summary(summary: SynthSummary) -> None:
+    """What a ``data synth`` run did: rows kept and rejected (by reason, then row by row), the rates, the
+    files written, and notes (a torn last line repaired, changed seeds)."""
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print(
+        f"[bold]{summary.status}[/]: {summary.accepted} row(s) kept and {len(summary.rejections)} rejected this run "
+        f"in {summary.seconds:.1f} s ({summary.per_minute(summary.tried):.1f} rows/min tried, "
+        f"{summary.per_minute(summary.accepted):.1f} kept/min); {summary.total_rows} of {summary.wanted} rows in "
+        f"{escape(str(summary.output))}"
+    )
+    if summary.rejections:
+        table = Table(title="Rejected rows", title_justify="left")
+        for column in ("row", "reason", "detail"):
+            table.add_column(column, justify="right" if column == "row" else "left")
+        for rejection in summary.rejections[:SYNTH_ROWS_SHOWN]:
+            table.add_row(str(rejection.row), rejection.reason, escape(rejection.detail))
+        console.print(table)
+        counts = ", ".join(f"{reason} {count}" for reason, count in summary.reason_counts().items())
+        more = len(summary.rejections) - SYNTH_ROWS_SHOWN
+        console.print(f"rejected by reason: {counts}" + (f" ({more} more rows not shown)" if more > 0 else ""))
+    console.print(f"[dim]rejected rows and the replies: {escape(str(summary.rejected_file))}; "
+                  f"lineage: {escape(str(summary.lineage_file))}[/]")
+
+
+def print_serving(label: str, url: str, name: str, num_ctx: int, system: str | None, example: str) -> None:
+    """``quicktune serve``'s start: what it serves, where, under which name, and a command that asks it."""
+    console.print(f"[bold]serving[/] {escape(label)} at [bold]{escape(url)}[/] as model [bold]{escape(name)}[/] "
+                  f"({num_ctx}-token context; Ctrl-C stops it)")
+    if system:
+        console.print(f"[dim]system prompt for requests without one:[/] {escape(system)}")
+    console.print(escape(example))
+
+
+def print_review_written(path, rows: list[dict], total: int, metric: str, every_row: bool) -> None:
+    """What ``eval --review`` wrote and how a person reviews it (quicktune/evaluate/review.py)."""
+    which = "every row" if every_row else f"the rows it got wrong by {metric}"
+    console.print(f"[bold]review[/]: {len(rows)} of {total} held-out rows ({which}) in {shell_path(path)}")
+    if not rows:
+        console.print("  nothing to review: the run got every row right")
+        return
+    console.print("  open it in any editor; each line is one question, with model_answer and expected side by side:")
+    console.print('    accept the expected answer:  set "accept": true')
+    console.print('    give a better answer:        edit "corrected" (then set "accept": true)')
+    console.print('    drop the row:                set "accept": false   (rows left at null are skipped)')
+    console.print(f"  then: quicktune data accept {shell_path(path)} --into corrections.jsonl -r RECIPE")
+
+
+def print_accept_summary(result) -> None:
+    """What ``data accept`` did (quicktune/data/accept.py's AcceptResult)."""
+    for refused in result.leaked:
+        console.print(f"[yellow]refused[/] {escape(refused.origin)}: asks what {escape(refused.eval_origin)} asks "
+                      "(the eval file the runs are compared on); training on it would leak the eval")
+    verb = "appended to" if result.existed else "written to"
+    console.print(f"[green]✓[/] {result.accepted} row(s) {verb} {shell_path(result.into)}"
+                  if result.accepted else f"nothing new for {shell_path(result.into)}")
+    console.print(f"  accepted {result.accepted}, unreviewed {result.unreviewed}, declined {result.declined}, "
+                  f"duplicates {result.duplicates}, leaked (refused) {len(result.leaked)}")
+    if result.unchecked:
+        console.print("[yellow]not checked for eval leakage[/]: give -r RECIPE (its data.eval) or --eval EVAL.jsonl")
+    if result.accepted:
+        console.print(f"  next: quicktune train RECIPE --from vN --add-data {shell_path(result.into)}")

@@ -28,11 +28,14 @@ from quicktune.console import console, err_console, print_library_log
 
 LOG_NAME = "library.log"
 
+# The notice about bitsandbytes' 4-bit CPU kernel: bitsandbytes warns when it is imported, 4-bit model or not.
+FOUR_BIT_KERNEL = re.compile(r"Failed to load CPU gemm_4bit_forward")
+
 # (pattern in the libraries' output, what it means for the user). Only what changes what the user
 # gets or should do; the rest stays in the log.
 NOTICES: tuple[tuple[re.Pattern[str], str], ...] = (
     (
-        re.compile(r"Failed to load CPU gemm_4bit_forward"),
+        FOUR_BIT_KERNEL,
         (
             "bitsandbytes has no fast 4-bit CPU kernel on this machine: 4-bit layers run on its slower path "
             "(method: lora trains this model at about the same speed)"
@@ -53,6 +56,8 @@ NOTICES: tuple[tuple[re.Pattern[str], str], ...] = (
 class LibraryLog:
     path: Path
     _saved: dict[int, int] = field(default_factory=dict)
+    # whether the command loaded 4-bit weights (None: not known): the 4-bit kernel notice is said only then
+    four_bit: bool | None = None
 
     def move_into(self, run_dir: Path) -> Path:
         """Move the log (still being written) into ``run_dir``; an earlier log there is appended to."""
@@ -79,7 +84,8 @@ class LibraryLog:
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return []
-        return [said for pattern, said in NOTICES if pattern.search(text)]
+        return [said for pattern, said in NOTICES
+                if pattern.search(text) and (pattern is not FOUR_BIT_KERNEL or self.four_bit is not False)]
 
 
 _ACTIVE: list[LibraryLog] = []

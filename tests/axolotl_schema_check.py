@@ -58,6 +58,8 @@ def check(path: str, torch_version: str) -> dict:
         got = validated.get(key)
         if key in ("datasets", "test_datasets"):
             got = [{k: v for k, v in dict(d).items() if k in entry} for d, entry in zip(got, value)]
+        elif isinstance(value, dict) and got is not None:  # a section (trl:): the keys written, as validated
+            got = {k: v for k, v in dict(got).items() if k in value}
         if got != value and not (isinstance(value, float) and got == value):
             changed[key] = {"written": value, "validated": got}
     return {**result, "ok": True, "kept_own_key": OWN_KEY in validated, "changed": changed}

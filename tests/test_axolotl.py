@@ -46,7 +46,9 @@ def test_round_trip_gives_the_same_resolved_recipe(name, tmp_path):
     exported = _export(tmp_path, name)
     result, written = _import(tmp_path, exported)
     assert result.exit_code == 0, result.output
-    assert load_recipe(str(written)).model_dump(mode="json") == load_recipe(name).model_dump(mode="json")
+    # the export is the whole recipe, resolved: extends (smollm2-demo-grpo's) is not written
+    back, original = (load_recipe(ref).model_dump(mode="json", exclude={"extends"}) for ref in (str(written), name))
+    assert back == original
     # the only Axolotl key quicktune has no use for is where Axolotl writes its output
     line = next(i for i, text in enumerate(exported.read_text().splitlines(), 1) if text.startswith("output_dir:"))
     assert from_axolotl(exported).unmapped == [

@@ -57,3 +57,15 @@ def test_training_prints_only_quicktune_lines_and_logs_the_rest(tiny_data, tmp_p
     for seen in ("Loading weights", "Truncating train dataset", "Dropping fully masked examples"):
         assert seen in text
     assert not list((tmp_path / "runs").glob(".library-*.log"))  # moved into the run folder, not copied
+
+
+def test_the_4bit_kernel_note_is_said_only_where_4bit_weights_were_loaded(tmp_path):
+    """bitsandbytes warns about its CPU kernel when it is imported, 4-bit model or not (issue 34: a LoRA run
+    printed the note)."""
+    from quicktune.library_log import LibraryLog
+
+    path = tmp_path / "library.log"
+    path.write_text("UserWarning: Failed to load CPU gemm_4bit_forward from kernels-community\n")
+    notes = {four_bit: LibraryLog(path, four_bit=four_bit).notices() for four_bit in (False, True, None)}
+    assert notes[False] == []
+    assert notes[True] == notes[None] and "4-bit CPU kernel" in notes[True][0]

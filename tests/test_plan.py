@@ -180,3 +180,23 @@ def test_a_preference_run_is_planned_with_both_answers_and_dpos_reference():
     # too big for the card: the fix a DPO recipe can take is a 4-bit base, not method=qlora
     big = make_plan(load_recipe("smollm2-demo-dpo", ["model.max_seq_length=4096", "training.batch_size=64"]), vram=4)
     assert all("method=qlora" not in fix.sets for fix in big.fixes)
+
+
+def test_grpo_plan_counts_the_group_and_its_generation_cache():
+    from quicktune.plan import make_plan
+    from quicktune.recipe import load_recipe
+
+    sets = ["method=grpo", "grpo.rewards=[{name: exact}]"]
+    sft = make_plan(load_recipe("llama3.1-8b-qlora"))
+    grpo = make_plan(load_recipe("llama3.1-8b-qlora", [*sets, "model.load_in_4bit=true"]))
+    parts = grpo.estimate.parts
+    # 2 prompts x 8 answers x 2048 tokens x 32 layers x (k, v) x 8 KV heads x 128 x 2 bytes = 4 GiB
+    assert parts["generation KV cache"] == 2 * 8 * 2048 * 32 * 2 * 8 * 128 * 2
+    assert parts["activations"] == 8 * sft.estimate.parts["activations"]  # the group goes through training
+    assert grpo.fits and grpo.time_note.endswith("sampling dominates")
+    # a 16-bit base does not fit a 24 GB card; the plan names the 4-bit base (not method=qlora)
+    sixteen = make_plan(load_recipe("llama3.1-8b-qlora", sets))
+    assert not sixteen.fits and ("model.load_in_4bit=true",) in [f.sets for f in sixteen.fixes]
+    # the recipe's eval_every (grpo does not evaluate while it trains) is left out, with a note
+    assert any("training.eval_every" in note and "moot" in note
+               for note in load_recipe("llama3.1-8b-qlora", sets).notes)

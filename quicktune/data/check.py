@@ -23,6 +23,7 @@ from quicktune.data.pipeline import (
     stop_token,
 )
 from quicktune.data.preference import holds_pairs, prepare_pairs, prepare_pairs_for_recipe
+from quicktune.data.prompts import prepare_prompts
 from quicktune.data.records import Example, Problems
 from quicktune.data.report import DataReport, FileSummary, PreparedData, RenderedExample, token_stats
 from quicktune.data.tokenizer import ChatTokenizer, stop_token_ids
@@ -242,4 +243,7 @@ def prepare_for_recipe(
     if recipe.method in PREFERENCE_METHODS:  # prompt/chosen/rejected pairs: quicktune.data.preference
         return prepare_pairs_for_recipe(recipe, train_paths=train_paths, eval_paths=eval_paths, tokenize=tokenize)
     tokenizer = recipe_tokenizer(recipe) if tokenize else None
-    return prepare_rows(CONVERSATIONS, DataSettings.from_recipe(recipe, train_paths, eval_paths), tokenizer)
+    prepared = prepare_rows(CONVERSATIONS, DataSettings.from_recipe(recipe, train_paths, eval_paths), tokenizer)
+    if recipe.method == "grpo":  # the rows as prompts, and the rewards tried on their reference answers
+        return prepare_prompts(recipe, prepared, tokenizer)
+    return prepared

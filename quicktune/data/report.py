@@ -94,6 +94,8 @@ class DataReport:
     example: RenderedExample | None = None
     example_rejected: RenderedExample | None = None  # preference pairs: the rejected side of the example
     warnings: list[str] = field(default_factory=list)
+    rewards: dict[str, float | None] | None = None  # grpo: each reward's mean on the reference answers
+    reward_rows: int = 0  # grpo: the reference answers the rewards were tried on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

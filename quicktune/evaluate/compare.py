@@ -17,6 +17,7 @@ import yaml
 from quicktune.evaluate.preference import PREFERENCE_METRICS, shown
 from quicktune.evaluate.regression import DEFAULT_THRESHOLD, LOSS, find_regressions
 from quicktune.runs import EVAL_DIR, eval_reports, own_scores, read_manifest, run_label
+from quicktune.train.lineage import compare_data
 from quicktune.train.preference import LOGGED
 
 
@@ -94,6 +95,7 @@ def compare_runs(a: Path, b: Path, threshold: float = DEFAULT_THRESHOLD) -> Comp
     ]
     for name in sorted(set(data[0]) | set(data[1])):
         result.rows.append(("data", name, data[0].get(name, "-"), data[1].get(name, "-")))
+    result.notes.append(data_added_note(compare_data(a, b)))
     for key in ("parent", "seed"):
         result.rows.append(("run", key, _text(manifests[0].get(key)), _text(manifests[1].get(key))))
     metrics = [m.get("metrics") or {} for m in manifests]
@@ -126,6 +128,19 @@ def compare_runs(a: Path, b: Path, threshold: float = DEFAULT_THRESHOLD) -> Comp
         )
         result.notes.append(f"eval scores from {source}")
     return result
+
+
+def data_added_note(added: dict) -> str:
+    """One line of what B trains on that A did not (train/lineage.py's ``data_added``), e.g.
+    ``data added since x/v1: corrections.jsonl, 37 rows (sha256 0a1b2c3d4e5f); 37 training rows new``."""
+    files = "; ".join(f"{Path(f['path']).name}, {f['rows']} rows (sha256 {f['sha256'][:12]})" for f in added["files"])
+    if added["new_rows"] is None:
+        rows = f"new training rows unknown ({added['since']} kept no row hashes)"
+    else:
+        rows = f"{added['new_rows']} training row(s) new"
+        if added["new_rows"]:
+            rows += f" (rows sha256 {added['new_rows_sha256'][:12]})"
+    return f"data added since {added['since']}: {files or 'no new file'}; {rows}"
 
 
 def _share(value: float | None) -> str:

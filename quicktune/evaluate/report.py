@@ -1,8 +1,9 @@
 """The evaluation report: ``eval/<against>-<rows>.json`` and ``.png`` in the run folder, and the terminal view.
 
 One file per comparison, named by what the run was compared with (``base``, another run's
-``recipe-vN``, or ``alone``; ``+q4_k_m`` when a GGUF was scored too) and the first 12 hex digits
-of the held-out rows' sha256; asking the same question again on the same rows replaces it.
+``recipe-vN``, or ``alone``; ``+q4_k_m`` when a GGUF was scored too, ``+served-<model>`` when a
+served model was) and the first 12 hex digits of the held-out rows' sha256; asking the same question
+again on the same rows replaces it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from quicktune.evaluate import preference
-from quicktune.evaluate.metrics import METRICS
 from quicktune.evaluate.probes import by_category
 from quicktune.evaluate.regression import LOSS
 from quicktune.evaluate.runner import EvalReport
+from quicktune.evaluate.served import report_slug, short_model
+from quicktune.metrics import METRICS
 from quicktune.runs import EVAL_DIR, write_atomic
 from quicktune.train.plot import save_figure
 
@@ -26,7 +28,8 @@ CHART_METRICS = ("exact_match", "normalized_match", "json_valid", "json_fields",
 
 def report_name(report: EvalReport) -> str:
     against = (report.against or "alone").replace("/", "-").replace(":", "")  # fewshot:3 -> fewshot3
-    return f"{against}{'+' + report.gguf if report.gguf else ''}-{report.eval_set.sha256[:12]}"
+    served = f"+{report_slug(report.served)}" if report.served else ""
+    return f"{against}{'+' + report.gguf if report.gguf else ''}{served}-{report.eval_set.sha256[:12]}"
 
 
 def write_report(report: EvalReport) -> tuple[Path, Path | None, bool]:
@@ -95,6 +98,11 @@ def print_report(report: EvalReport, console, *, examples: int = 3) -> None:
         label = f"[bold]{name}[/] (headline)" if name == report.metric else name
         changes = [marked(_change(o.metrics.get(name), run.metrics.get(name)), o, name) for o in comparators]
         table.add_row(label, *map(_value, values), *changes)
+    for name in dict.fromkeys(k for s in subjects for k in s.metrics if k.startswith("reward:")):  # grpo's rewards
+        values = [s.metrics.get(name) for s in subjects]
+        changes = [marked("-" if o.metrics.get(name) is None or run.metrics.get(name) is None
+                          else f"{run.metrics[name] - o.metrics[name]:+.3f}", o, name) for o in comparators]
+        table.add_row(f"{name} (mean)", *("-" if v is None else f"{v:.3f}" for v in values), *changes)
     for name in preference.PREFERENCE_METRICS:  # held-out preference pairs
         values = [s.metrics.get(name) for s in subjects]
         if any(v is not None for v in values):
@@ -125,6 +133,8 @@ def print_report(report: EvalReport, console, *, examples: int = 3) -> None:
         )
     if report.fewshot:
         _print_fewshot(report, console)
+    if report.served:
+        print_served(report.served, console)
     if report.judge:
         print_judge(report.judge, console)
     if comparators and examples:
@@ -142,21 +152,59 @@ def _print_fewshot(report: EvalReport, console) -> None:
     )
 
 
+def print_served(served: dict, console) -> None:
+    """The served model: where, what was sent, no loss, and how often it answered as the exported GGUF
+    did, with the first row where it did not."""
+    where = served["endpoint"]
+    console.print(
+        f"[bold]Served[/]: {escape(where['model'])} at {escape(where['url'])}; system prompt: "
+        f"{escape(served['system_prompt']['how'])}; loss and perplexity: not available through the API"
+    )
+    share = "-" if served["agreement"] is None else f"{served['agreement']:.0%}"
+    style = "green" if served["same"] == served["rows"] else "yellow"
+    console.print(f"  the same answer as {escape(served['compared_with'])} (greedy, in-process) on "
+                  f"[{style}]{served['same']} of {served['rows']} rows ({share})[/]")
+    first = served["first_difference"]
+    if first is None:
+        return
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_column("", style="dim", no_wrap=True)
+    table.add_column("")
+    for message in first["sent"]:
+        table.add_row(f"sent {message['role']}", escape(message["content"]))
+    table.add_row(escape(served["compared_with"]), escape(first["gguf"].strip()))
+    table.add_row(escape(served["label"]), escape(first["served"].strip()))
+    console.print(f"  first difference, row {first['row'] + 1}:")
+    console.print(table)
+    console.print("  [dim]a server that renders another prompt (chat template, system prompt) or samples otherwise "
+                  "(temperature, repeat penalty) answers otherwise[/]")
+
+
 def print_judge(judge: dict, console) -> None:
+    """The judged comparison: win/tie/loss, the judge's position bias, and a flag when it is unreliable."""
     agreement = "-" if judge["agreement"] is None else f"{judge['agreement']:.0%}"
     chose_a = "-" if judge["chose_a"] is None else f"{judge['chose_a']:.0%}"
+    endpoint = judge.get("endpoint")
+    who = f"{short_model(judge['model'])} at {endpoint['url']}" if endpoint else Path(judge["model"]).name
+    unparsed = judge.get("unparsed", 0)
     console.print(
-        f"[bold]Judged[/] by {escape(Path(judge['model']).name)}, each row in both orders: "
+        f"[bold]Judged[/] by {escape(who)}, each row in both orders: "
         f"{escape(judge['run'])} vs {escape(judge['against'])}: "
-        f"[green]{judge['win']} win[/] / {judge['tie']} tie / [red]{judge['loss']} loss[/] of {judge['rows']} rows"
+        f"[green]{judge['win']} win[/] / {judge['tie']} tie / [red]{judge['loss']} loss[/]"
+        + (f" / {unparsed} unparsed" if unparsed else "") + f" of {judge['rows']} rows"
     )
     console.print(
-        f"  the judge gave the same verdict in both orders on {agreement} of {judge['judged']} judged rows "
+        f"  the judge gave the same verdict in both orders on {agreement} of the judged rows it answered "
         f"(it chose the first answer {chose_a} of the time; {judge['identical']} rows had identical answers and "
         "count as ties)"
-        + (" [yellow]- low agreement: the verdicts say more about answer order than quality[/]"
-           if judge["agreement"] is not None and judge["agreement"] < 0.5 else "")
+        + (f"; {judge['unparsed_replies']} replies said none of A, B, tie" if judge.get("unparsed_replies") else "")
     )
+    if judge.get("flagged"):
+        console.print(f"  [yellow]unreliable judge: {escape('; '.join(judge['flags']))}: its win/tie/loss says "
+                      "little[/]")
+    elif judge.get("too_few"):
+        console.print(f"  [dim]{judge['judged']} judged rows: too few (under {judge['min_judged']}) to tell the "
+                      "judge's position bias from chance[/]")
 
 
 def _print_differences(report: EvalReport, console, limit: int) -> None:

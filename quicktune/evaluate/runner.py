@@ -4,8 +4,9 @@ Every subject answers the same prompts, rendered with the run's trained chat tem
 and decoded greedily; its answers are scored with ``metrics`` and its loss on the
 reference answers (the trained tokens, as in training) gives the perplexity. A subject
 is a Hugging Face model (the base, or base + a run's adapter, loaded through the
-training backend) or an exported GGUF through llama.cpp (``--gguf``), so the cost of
-quantization shows in the same table.
+training backend), an exported GGUF through llama.cpp (``--gguf``), so the cost of
+quantization shows in the same table, or the model as a server serves it (``--endpoint``,
+evaluate/served.py: scored the same, no loss, and compared answer by answer with the GGUF).
 """
 
 from __future__ import annotations
@@ -29,15 +30,27 @@ from quicktune.data import tokenizer as data_tokenizer  # cache_dir looked up wh
 from quicktune.data.check import prepare_for_recipe
 from quicktune.data.heldout import EvalSet, load_eval_set
 from quicktune.data.masking import IGNORE, tokenize_examples
+from quicktune.data.system_prompt import served_prompt
 from quicktune.data.tokenizer import ChatTokenizer, stop_token_ids
 from quicktune.errors import QuicktuneError
 from quicktune.evaluate import fewshot
-from quicktune.evaluate.judge import judge_pair
-from quicktune.evaluate.metrics import METRICS, Answer, score_all
+from quicktune.evaluate.judge import judge_pair, judge_pair_endpoint
 from quicktune.evaluate.preference import pair_metrics
 from quicktune.evaluate.regression import DEFAULT_THRESHOLD, find_regressions
+from quicktune.evaluate.served import (
+    SERVED_KIND,
+    EndpointOptions,
+    agreement,
+    ask_all,
+    served_answers,
+    served_label,
+    served_messages,
+    served_record,
+)
 from quicktune.inference import LOSS_BATCH_TOKENS, cut_at_stop, generate_batch_size, greedy_answers, reference_loss
+from quicktune.metrics import METRICS, Answer, score_all
 from quicktune.models import PACKAGE_SCHEME, resolve_model
+from quicktune.rewards import means, resolve
 from quicktune.runs import exported_gguf, now, pick_quantization, resolve_run, run_label, write_atomic
 
 MAX_NEW_TOKENS_CAP = 512
@@ -46,7 +59,7 @@ MAX_NEW_TOKENS_CAP = 512
 @dataclass
 class SubjectResult:
     label: str
-    kind: str  # "hf" or "gguf"
+    kind: str  # "hf", "gguf" or "endpoint" (served.SERVED_KIND: no loss)
     metrics: dict[str, float | None]
     loss: float | None
     answers: list[Answer] = field(default_factory=list)
@@ -281,6 +294,7 @@ class EvalReport:
     gguf: str | None = None  # the quantization scored through llama.cpp, if any
     fewshot: dict[str, Any] | None = None  # K, the examples' origins, the system prompt (evaluate/fewshot.py)
     judge: dict[str, Any] | None = None  # the judged comparison (evaluate/judge.py)
+    served: dict[str, Any] | None = None  # the served model and its agreement with the GGUF (evaluate/served.py)
     threshold: float = DEFAULT_THRESHOLD  # a metric that fell by more than this (points) is a regression
 
     @property
@@ -317,6 +331,7 @@ class EvalReport:
             "subjects": [s.to_json() for s in self.subjects],
             "fewshot": self.fewshot,
             "judge": self.judge,
+            "served": self.served,
             "regressions": {"threshold_points": self.threshold, "run": self.run_label, "fell": self.regressions()},
         }
 
@@ -334,6 +349,7 @@ class _Evaluation:
     subjects: list[SubjectResult] = field(default_factory=list)
     against: str | None = None  # the comparator's label in the report
     fewshot: dict[str, Any] | None = None  # the few-shot comparison's details, for the report
+    served: tuple[SubjectResult, list, int] | None = None  # the served subject, what was sent, rows left without system
 
 
 def evaluate_run(
@@ -347,42 +363,96 @@ def evaluate_run(
     runs_root: Path = Path("runs"),
     judge: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
+    endpoints: EndpointOptions | None = None,
     progress=lambda message: None,
 ) -> EvalReport:
     """A finished run against ``against`` (``base``, ``fewshot[:K]``, another run, or None: the run alone)
-    on its held-out set (or ``data_files``), with its exported GGUF (``gguf``) and a judge (``judge``)."""
-    shots_k, judge_path = _check_options(against, judge)
+    on its held-out set (or ``data_files``), with its exported GGUF (``gguf``) and a judge (``judge``).
+
+    ``endpoints`` adds the model as a server serves it (its GGUF comes too, to compare answers with)
+    and a judge behind a server; the servers are asked for their models before anything loads, and the
+    served model answers first, so a server that fails does so before the models load."""
+    endpoints = endpoints or EndpointOptions()
+    shots_k, judge_path = _check_options(against, judge, endpoints)
     run = open_run(run_dir)
     run.require_finished()
+    if endpoints.endpoint is not None:
+        gguf = _served_quantization(run, gguf)
+    endpoints.check()
     ev = _ask_questions(run, data_files, limit, max_new_tokens, progress)
+    if endpoints.endpoint is not None:
+        _ask_server(ev, endpoints)
     if against == "base":
         _against_base(ev)
     elif shots_k is not None:
         _against_fewshot(ev, shots_k)
     elif against:
         _against_run(ev, against, runs_root)
-    label = run_label(run_dir)
-    progress(label)
+    progress(run_label(run_dir))
     ev.subjects.append(run_subject(run, ev.eval_set, ev.tokenizer, ev.budget))
     quant = _gguf_subject(ev, gguf or None) if gguf is not None else None
+    served = _add_served(ev, endpoints) if endpoints.endpoint is not None else None
+    if run.recipe.method == "grpo":
+        _score_rewards(ev, run.recipe)
     report = EvalReport(
         run_dir, ev.eval_set, run.recipe.eval.metric, ev.subjects, created=now(), against=ev.against, gguf=quant,
-        fewshot=ev.fewshot, threshold=threshold,
+        fewshot=ev.fewshot, threshold=threshold, served=served,
     )
-    if judge_path is not None:
-        other = report.comparators()[-1]
-        progress(f"the judge ({judge_path.name}): {label} vs {other.label}, both orders")
-        report.judge = judge_pair(judge_path, ev.eval_set, other, report.run_subject())
+    _judge(report, judge_path, endpoints, progress)
     return report
 
 
-def _check_options(against: str | None, judge: str | None) -> tuple[int | None, Path | None]:
-    """Reads ``--against`` and ``--judge`` before anything loads: the few-shot K (None: not few-shot) and
-    the judge's GGUF (None: no judge); raises on a K that is not a number, or a judge with nothing to judge."""
+def _score_rewards(ev: _Evaluation, recipe) -> None:
+    """grpo: each reward's mean over every subject's answers (greedy), beside the metrics."""
+    rewards = resolve(recipe.grpo.rewards, None)
+    prompts = [ev.tokenizer.render(p, add_generation_prompt=True) for p in ev.eval_set.prompts]
+    origins = [e.origin for e in ev.eval_set.examples]
+    for subject in ev.subjects:
+        subject.metrics.update(means(rewards, prompts, [a.text for a in subject.answers],
+                                     list(ev.eval_set.references), origins))
+
+
+def _check_options(against: str | None, judge: str | None,
+                   endpoints: EndpointOptions) -> tuple[int | None, Path | None]:
+    """Reads ``--against``, ``--judge`` and ``--judge-endpoint`` before anything loads: the few-shot K (None:
+    not few-shot) and the judge's GGUF (None: no GGUF judge); raises on a K that is not a number, two
+    judges, or a judge with nothing to judge."""
     shots_k = fewshot.parse_against(against)
-    if judge is not None and not against:
-        raise QuicktuneError("--judge compares two answers per row: it needs --against (base, fewshot or a run)")
+    if judge is not None and endpoints.judge is not None:
+        raise QuicktuneError("--judge and --judge-endpoint both name a judge: give one",
+                             hint="--judge MODEL.gguf runs a local GGUF; --judge-endpoint URL --judge-model NAME asks "
+                             "a model behind an OpenAI-compatible server.")
+    for option, given in (("--judge", judge is not None), ("--judge-endpoint", endpoints.judge is not None)):
+        if given and not against:
+            raise QuicktuneError(f"{option} compares two answers per row: it needs --against (base, fewshot or a run)")
     return shots_k, _judge_file(judge) if judge is not None else None
+
+
+def _served_quantization(run: TrainedRun, gguf: str | None) -> str:
+    """The exported GGUF the served model's answers are compared with (``gguf``, or the one
+    ``pick_quantization`` picks), checked before anything loads; a run not exported is an error."""
+    try:
+        quant = pick_quantization(run.run_dir, run.manifest, gguf or None)
+        exported_gguf(run.run_dir, run.manifest, quant)
+    except QuicktuneError as exc:
+        raise QuicktuneError(f"--endpoint compares the served model's answers with the run's exported GGUF's: "
+                             f"{exc.message}", hint=exc.hint) from None
+    return quant
+
+
+def _judge(report: EvalReport, judge_path: Path | None, endpoints: EndpointOptions, progress) -> None:
+    """Adds the judged comparison of the run with its last comparator: a GGUF judge (``judge_path``) or
+    one behind a server (``endpoints.judge``), when either was given."""
+    if judge_path is None and endpoints.judge is None:
+        return
+    run, other = report.run_subject(), report.comparators()[-1]
+    if judge_path is not None:
+        progress(f"the judge ({judge_path.name}): {run.label} vs {other.label}, both orders")
+        report.judge = judge_pair(judge_path, report.eval_set, other, run, progress)
+    else:
+        progress(f"the judge ({endpoints.judge.model}): {run.label} vs {other.label}, both orders")
+        report.judge = judge_pair_endpoint(endpoints.judge, report.eval_set, other, run,
+                                           concurrency=endpoints.concurrency, progress=progress)
 
 
 def _judge_file(judge: str) -> Path:
@@ -401,10 +471,19 @@ def _ask_questions(run: TrainedRun, data_files, limit: int | None, max_new_token
                    progress) -> _Evaluation:
     """Reads the run's recipe, its held-out set (or ``data_files``, ``limit`` rows) and its trained chat
     tokenizer; the answer budget is ``max_new_tokens``, else the longest reference + 32 tokens."""
-    eval_set = load_eval_set(run.recipe, list(data_files), limit)
+    eval_set = load_eval_set(_served_recipe(run) if data_files else run.recipe, list(data_files), limit)
     tokenizer = run.chat_tokenizer()
     budget = max_new_tokens or answer_budget(tokenizer, eval_set.references)
     return _Evaluation(run, eval_set, tokenizer, budget, progress)
+
+
+def _served_recipe(run: TrainedRun):
+    """The run's recipe with data.system_prompt set to the system prompt serving sends (export.system, else what
+    training used): rows of ``--data`` files without a system turn are asked as the exported model is asked.
+    (The held-out split keeps what training inserted: those rows were split off the training data.)"""
+    recipe = run.recipe.model_copy(deep=True)
+    recipe.data.system_prompt = served_prompt(run.recipe, run.manifest)
+    return recipe
 
 
 def _against_base(ev: _Evaluation) -> None:
@@ -462,3 +541,30 @@ def _gguf_subject(ev: _Evaluation, quant: str | None) -> str:
     gguf_file = exported_gguf(run.run_dir, run.manifest, quant)
     ev.subjects.append(evaluate_gguf(label, gguf_file, run.recipe, ev.tokenizer, ev.eval_set, ev.budget))
     return quant
+
+
+def _ask_server(ev: _Evaluation, endpoints: EndpointOptions) -> None:
+    """The served model answers every held-out prompt greedily (without the run's served system prompt
+    unless ``with_system``); kept in ``ev.served`` until the GGUF's answers are there to compare with."""
+    endpoint = endpoints.endpoint
+    label = served_label(endpoint)
+    system = served_prompt(ev.run.recipe, ev.run.manifest)
+    sent = [served_messages(prompt, system, endpoints.with_system) for prompt in ev.eval_set.prompts]
+    start = time.perf_counter()
+    replies = ask_all(endpoint, sent, max_tokens=ev.budget, concurrency=endpoints.concurrency,
+                      progress=lambda done, total: ev.progress(f"{label} at {endpoint.url}: {done} of {total}"))
+    answers = served_answers(replies)
+    subject = SubjectResult(label, SERVED_KIND, score_all(answers, ev.eval_set.references), None, answers,
+                            round(time.perf_counter() - start, 1))
+    ev.served = (subject, sent, sum(len(s) < len(p) for s, p in zip(sent, ev.eval_set.prompts)))
+
+
+def _add_served(ev: _Evaluation, endpoints: EndpointOptions) -> dict[str, Any]:
+    """Adds the served subject after the GGUF's (the last subject) and returns the report's ``served``
+    section: the server, what was sent, and how often its answers equal the GGUF's."""
+    subject, sent, left_out = ev.served
+    gguf = ev.subjects[-1]
+    ev.subjects.append(subject)
+    system = served_prompt(ev.run.recipe, ev.run.manifest)
+    return served_record(endpoints, subject.label, system, left_out, gguf.label,
+                         agreement(sent, subject.answers, gguf.answers))

@@ -187,7 +187,7 @@ def _write_ggufs(ex: _Export) -> None:
             continue
         with _step(result, quant, ex.console, f"writing {target.name}"):
             if quant in CONVERTED:
-                _convert(result.merged, target, quant, ex.tokenizer, base_gguf, result.name)
+                convert_as_trained(result.merged, target, quant, ex.tokenizer, base_gguf, result.name)
             else:
                 with _stderr_to(result.export_dir / "quantize.log"):
                     llamacpp.quantize(result.ggufs["f16"], target, quant)
@@ -206,8 +206,12 @@ def _write_modelfiles(ex: _Export) -> None:
     ex.renderer = ollama_renderer(ex.tokenizer.chat_template, ex.fmt.go_template())
     result.metadata["ollama_renderer"] = ex.renderer.renderer
     result.metadata["ollama_renderer_reason"] = ex.renderer.reason
+    checked = None  # what this export checked of the TEMPLATE, for the header: asked once, when a file is written
     for quant in ex.quants:
-        result.modelfiles[quant] = _write_modelfile(result, ex.run, quant, ex.fmt, ex.tokenizer, ex.renderer)
+        if checked is None and not (result.export_dir / f"Modelfile.{quant}").is_file():
+            checked = ollama.template_check(ex.fmt, ex.tokenizer.render)
+        result.modelfiles[quant] = _write_modelfile(result, ex.run, quant, ex.fmt, ex.tokenizer, ex.renderer,
+                                                    checked)
 
 
 def _show_warnings(ex: _Export) -> None:
@@ -356,8 +360,10 @@ def _download(repo: str, revision: str | None, console) -> Path:
         ) from None
 
 
-def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Path | None, name: str) -> None:
-    """Convert, then make the metadata say what training used (tokenizer, template, eos)."""
+def convert_as_trained(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Path | None,
+                       name: str) -> None:
+    """Convert, then make the metadata say what training used (tokenizer, template, eos, the spacing after
+    special tokens)."""
     raw = target.parent / f".{target.stem}.raw.gguf"
     raw.unlink(missing_ok=True)
     # general.name: the export's name (llama.cpp keys a few tokenizer fixes, e.g. Phi-3's, on it)
@@ -372,6 +378,8 @@ def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Pat
         eot_id = tokenizer.token_id(tokenizer.end_of_turn())
         if eot_id is not None and eot_id != tokenizer.eos_id and fields.get("tokenizer.ggml.eot_token_id") != eot_id:
             values["tokenizer.ggml.eot_token_id"] = eot_id  # e.g. Phi-3's <|end|> beside eos <|endoftext|>
+        if base_gguf is None:
+            values.update(spacing_as_trained(read_gguf_fields(raw, ""), tokenizer))
         if base_gguf is not None or values:
             # A GGUF base: its own vocabulary, merges and pre-tokenizer are what llama.cpp
             # tokenized with, and what training matched; the converter can only guess them
@@ -382,6 +390,50 @@ def _convert(merged: Path, target: Path, outtype: str, tokenizer, base_gguf: Pat
                 os.replace(raw, temp)
     finally:
         raw.unlink(missing_ok=True)
+
+
+# llama.cpp strips the whitespace after every special token of a model whose general.name holds one of
+# these (lower-cased; llama-vocab.cpp, a fix for Phi-3's published tokenizer, whose chat tokens rstrip).
+_RSTRIP_NAMES = ("phi-3", "phi3")
+
+
+def spacing_as_trained(fields: dict[str, Any], tokenizer) -> dict[str, Any]:
+    """GGUF values that make llama.cpp space the text after a special token as training did, for a
+    SentencePiece vocabulary (``tokenizer.ggml.model`` llama) whose chat template opens with a special token.
+
+    * ``tokenizer.ggml.add_space_prefix``: llama.cpp puts '▁' before the text after each special token when
+      it is on (the converter's default). A tokenizer.json saved by transformers 5 (legacy=False: Metaspace,
+      prepend_scheme 'first') prefixes only the start of the text, which a chat prompt gives to a special
+      token: there, off is what training did.
+    * ``general.name`` (a Phi-3 model): llama.cpp also strips the whitespace after every special token when
+      the name says Phi-3 (``_RSTRIP_NAMES``). Where training's turn marker does not strip it, the name is
+      spelled so that the rule does not apply ('phi3' -> 'phi_3'); where it does and the name does not say
+      so (an export named after a recipe called e.g. 'support-bot'), '-phi3' is added to it."""
+    if fields.get("tokenizer.ggml.model") != "llama" or not tokenizer.chat_template:
+        return {}
+    try:
+        rendered = tokenizer.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes"}])
+    except QuicktuneError:
+        return {}
+    added = tokenizer.backend.get_added_tokens_decoder().values()
+    markers = sorted((t for t in added if t.special and t.content in rendered), key=lambda t: rendered.index(t.content))
+    if not markers or not rendered.startswith(markers[0].content):
+        return {}
+    marker = next((t for t in markers if t.content not in (tokenizer.special.get("bos_token"),)), markers[0])
+    values: dict[str, Any] = {}
+    after = tokenizer.backend.encode(marker.content + "Hi", add_special_tokens=False).tokens
+    spaced = len(after) > 1 and after[1].startswith("\u2581")
+    if bool(fields.get("tokenizer.ggml.add_space_prefix", True)) != spaced:
+        values["tokenizer.ggml.add_space_prefix"] = spaced
+    if fields.get("general.architecture") != "phi3":
+        return values
+    name = str(fields.get("general.name") or "")
+    says_phi3 = any(word in name.lower() for word in _RSTRIP_NAMES)
+    if says_phi3 and not marker.rstrip:
+        values["general.name"] = re.sub(r"(?i)phi-?3", lambda m: m[0].replace("-", "")[:3] + "_3", name)
+    elif marker.rstrip and not says_phi3:
+        values["general.name"] = f"{name}-phi3" if name else "phi3"
+    return values
 
 
 def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
@@ -414,7 +466,8 @@ def check_metadata(path: Path, tokenizer) -> dict[str, Any]:
     return meta
 
 
-def _write_modelfile(result: ExportResult, run: TrainedRun, quant: str, fmt, tokenizer, renderer) -> Path:
+def _write_modelfile(result: ExportResult, run: TrainedRun, quant: str, fmt, tokenizer, renderer,
+                     template_check: str | None = None) -> Path:
     """Writes ``export/Modelfile.<quant>``, FROM the GGUF beside it, unless one is there already."""
     recipe = run.recipe
     path = result.export_dir / f"Modelfile.{quant}"
@@ -433,6 +486,7 @@ def _write_modelfile(result: ExportResult, run: TrainedRun, quant: str, fmt, tok
         system_key=_system_key(recipe, run.manifest),
         num_ctx_note=why,
         renderer=renderer,
+        template_check=template_check,
     )
     write_atomic(path, ollama.render_modelfile(fmt, settings))
     return path

@@ -266,6 +266,7 @@ class ModelfileSettings:
     num_ctx_note: str = ""  # why this context size: a comment line above PARAMETER num_ctx
     renderer: OllamaRenderer | None = None  # which renderer Ollama will use (export/renderer.py)
     system_key: str = "export.system"  # the recipe key the system prompt came from, for messages
+    template_check: str | None = None  # what this export checked of TEMPLATE (``template_check``); None: nothing
 
 
 class ModelfileValueError(QuicktuneError):
@@ -313,6 +314,7 @@ def render_modelfile(fmt: TurnFormat, settings: ModelfileSettings) -> str:
         "num_ctx_comment": f"# num_ctx {settings.num_ctx}: {settings.num_ctx_note}\n" if settings.num_ctx_note else "",
         "system": f"SYSTEM {_quoted(settings.system, settings.system_key)}" if settings.system else "",
         "renderer_comment": _renderer_comment(settings.renderer),
+        "template_check": _template_check_comment(settings.template_check),
         "trim_comment": (
             "# The chat template trims each message; this TEMPLATE (Go) cannot: send messages without\n"
             "# leading or trailing whitespace (the model was trained on them stripped).\n"
@@ -354,6 +356,32 @@ def _read_back(text: str, fmt: TurnFormat, settings: ModelfileSettings) -> None:
     ]
     if wrong:
         raise ModelfileValueError(f"Ollama would read the Modelfile's {', '.join(wrong)} differently than written")
+
+
+def template_check(fmt: TurnFormat, render: Render) -> str:
+    """What this export checked of the TEMPLATE, for the Modelfile's header: rendered with Go's text/template
+    (as Ollama renders it) against the chat template, or why it was not, and what was checked instead."""
+    parity = go_parity(fmt, render, [])
+    if parity.startswith("skipped: "):
+        return (f"Not rendered with Go's text/template on this export ({parity.removeprefix('skipped: ')}); "
+                f"checked only that the turn format read off the chat template reproduces it on "
+                f"{len(CHECK_CONVERSATIONS)} conversations (in Python).")
+    return f"Rendered with Go's text/template (as Ollama does) on this export: {parity} equal to the chat template."
+
+
+def _template_check_comment(check: str | None) -> str:
+    """The header's sentence on what was checked, as comment lines of under 100 columns (no line breaks from
+    the text itself: a Go error message could hold one)."""
+    words = " ".join((check or "Not rendered with Go's text/template for this file.").split()).split(" ")
+    lines, line = [], ""
+    for word in words:
+        limit = 78 if not lines else 96  # the first line follows "# template syntax. "
+        if line and len(line) + 1 + len(word) > limit:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return "\n# ".join([*lines, line])
 
 
 def _renderer_comment(renderer: OllamaRenderer | None) -> str:

@@ -4,7 +4,10 @@ On held-out prompts, rendered and tokenized exactly as in training:
 
 * **greedy agreement**: the merged Hugging Face model and the F16 GGUF (through
   llama.cpp) each generate greedily; the share of the reference tokens the GGUF
-  reproduces before the first difference, and how many answers are identical;
+  reproduces before the first difference, and how many answers are identical, where a
+  near-tie of the reference (two tokens within ``TIE_TOLERANCE``, export/gate.py) that the
+  GGUF breaks the other way is a tie: the comparison goes on fed the reference's token
+  (export/gguf_check.py ``compare_answer``), and the ties are counted;
 * **same top token**, for every GGUF (F16 and each quantization): fed the reference
   answer, how often the GGUF's most likely next token is the reference token;
 * **stops**: how many answers end with an end-of-turn/EOS token (the model learned to stop);
@@ -13,6 +16,9 @@ On held-out prompts, rendered and tokenized exactly as in training:
 * **template parity** for the renderer Ollama will use (export/renderer.py): the Modelfile
   TEMPLATE through Go's text/template (when ``go`` is installed), or, when llama-server renders
   the GGUF's own template, llama.cpp's chat-template engine (export/llama_template.py).
+
+The GGUF side runs in a child process (export/gguf_check.py): a crash of llama.cpp ends the
+check with a message, not quicktune.
 """
 
 from __future__ import annotations
@@ -22,10 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from quicktune import llamacpp
 from quicktune.data.tokenizer import ChatTokenizer, stop_token_ids
+from quicktune.export.gate import TIE_TOLERANCE
+from quicktune.export.gguf_check import REFERENCE_TOP_K, agreement, check_ggufs
 from quicktune.export.llama_template import CheckerUnavailable, jinja_parity, llama_render
 from quicktune.export.ollama import CHECK_CONVERSATIONS, TurnFormat, go_parity
 from quicktune.export.renderer import JINJA, OllamaRenderer
@@ -37,8 +42,11 @@ class GgufFidelity:
     name: str  # f16, q4_k_m, ...
     same_top_token: float  # share of reference positions
     greedy_agreement: float | None = None  # F16 only
-    identical_answers: int | None = None
+    identical_answers: int | None = None  # identical to the reference, ties allowed
     stops: int | None = None
+    ties: int | None = None  # near-ties of the reference the GGUF broke the other way, in identical answers
+    differences: list[dict[str, Any]] = field(default_factory=list)  # where the other answers part (not ties)
+    tied: list[dict[str, Any]] = field(default_factory=list)  # each tie: {"prompt", "token", "gap"} (nats)
 
 
 @dataclass
@@ -68,10 +76,20 @@ class Fidelity:
         return asdict(self)
 
 
+@dataclass
+class Reference:
+    """The merged model's greedy answers, and at each answer position (fed the answer before it) its most
+    likely tokens with their log-probabilities, best first: [[token, log p], ...]."""
+
+    answers: list[list[int]]
+    top: list[list[list[tuple[int, float]]]]
+
+
 def reference_answers(
     merged_dir: Path, prompts: list[list[int]], stop_ids: set[int], max_new_tokens: int
-) -> list[list[int]]:
-    """Greedy answers of the merged model (transformers), stop token included when reached."""
+) -> Reference:
+    """Greedy answers of the merged model (transformers), stop token included when reached, and its
+    ``REFERENCE_TOP_K`` most likely tokens at each answer position (one prompt at a time, unpadded)."""
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import-time notices
     import torch
     from transformers import AutoModelForCausalLM
@@ -82,15 +100,15 @@ def reference_answers(
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=dtype).to(device).eval()
     answers = greedy_answers(model, prompts, stop_ids, min(stop_ids), max_new_tokens)
+    top = []
+    with torch.inference_mode():
+        for prompt, answer in zip(prompts, answers):
+            ids = torch.tensor([prompt + answer[:-1]], device=device)
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1 :].float()
+            best = torch.log_softmax(logits, dim=-1).topk(REFERENCE_TOP_K, dim=-1)
+            top.append([list(zip(i, v)) for i, v in zip(best.indices.tolist(), best.values.tolist())])
     del model
-    return answers
-
-
-def _same_top_token(llm: Any, prompt: list[int], answer: list[int]) -> tuple[int, int]:
-    llm.reset()
-    llm.eval(prompt + answer[:-1])
-    logits = np.asarray(llm.scores[len(prompt) - 1 : len(prompt) - 1 + len(answer)])
-    return int((logits.argmax(axis=-1) == np.asarray(answer)).sum()), len(answer)
+    return Reference(answers, top)
 
 
 def trained_vs_merged(
@@ -122,16 +140,6 @@ def _stops(answers: list[list[int]], stop_ids: set[int]) -> int:
     return sum(bool(a) and a[-1] in stop_ids for a in answers)
 
 
-def agreement(reference: list[int], other: list[int]) -> float:
-    """The share of ``reference`` that ``other`` reproduces before their first different token."""
-    same = 0
-    for a, b in zip(reference, other):
-        if a != b:
-            break
-        same += 1
-    return same / max(len(reference), len(other), 1)
-
-
 @dataclass
 class _Check:
     """What the steps of the fidelity check read: the conversations and their training prompt tokens, the
@@ -146,6 +154,7 @@ class _Check:
     go_path: bool  # Ollama renders with the Modelfile TEMPLATE (Go), not the GGUF's template (llama.cpp)
     served: list[tuple[str | None, bool]] | None = None  # llama-server's prompts (text, add BOS), when rendered
     reference: list[list[int]] = field(default_factory=list)  # the merged model's greedy answers
+    reference_top: list = field(default_factory=list)  # its most likely tokens at each answer position
 
 
 def check_fidelity(
@@ -173,7 +182,8 @@ def check_fidelity(
         check.served, parity = _llama_served(ggufs["f16"], tokenizer, turn_format, conversations)
 
     progress("greedy answers of the merged model (transformers)")
-    check.reference = reference_answers(merged_dir, prompts, stop_ids, max_new_tokens)
+    reference = reference_answers(merged_dir, prompts, stop_ids, max_new_tokens)
+    check.reference, check.reference_top = reference.answers, reference.top
     trained = None
     if load_trained is not None:
         progress("the model as trained (base + adapter) against the merged model")
@@ -195,50 +205,36 @@ def check_fidelity(
 
 
 def _check_ggufs(check: _Check, ggufs: dict[str, Path], progress) -> tuple[list[GgufFidelity], int | None]:
-    """Loads each GGUF through llama.cpp: the share of the merged model's answer tokens it ranks first;
-    the first (F16) also answers greedily and tokenizes the prompts Ollama builds. Returns a row per GGUF
-    and how many of those prompts tokenize as in training (None: not checked)."""
-    context = max(len(p) for p in check.prompts) + check.max_new_tokens + 8
-    rows = []
-    prompt_tokens_equal = 0
-    for index, (name, path) in enumerate(ggufs.items()):
-        progress(f"{name}: llama.cpp on the same prompts")
-        llm = llamacpp.load(path, n_ctx=context, logits_all=True)
-        same = total = 0
-        for prompt, answer in zip(check.prompts, check.reference):
-            s, t = _same_top_token(llm, prompt, answer)
-            same, total = same + s, total + t
-        row = GgufFidelity(name, round(same / max(total, 1), 4))
-        if index == 0:  # the F16 file: generate, and check the prompt Ollama will build
-            answers = [llamacpp.greedy(llm, p, check.stop_ids, check.max_new_tokens) for p in check.prompts]
-            row.greedy_agreement = round(sum(map(agreement, check.reference, answers)) / len(check.prompts), 4)
-            row.identical_answers = sum(a == b for a, b in zip(check.reference, answers))
-            row.stops = _stops(answers, check.stop_ids)
-            prompt_tokens_equal = _prompt_tokens_equal(llm, check)
-        rows.append(row)
-        del llm
-    return rows, prompt_tokens_equal
+    """Each GGUF through llama.cpp, in a child process (export/gguf_check.py): the share of the merged
+    model's answer tokens it ranks first; the first (F16) also answers greedily (ties allowed) and
+    tokenizes the prompts Ollama builds. Returns a row per GGUF and how many of those prompts tokenize as
+    in training (None: not checked)."""
+    request = {
+        "ggufs": {name: str(path) for name, path in ggufs.items()},
+        "prompts": check.prompts,
+        "reference": check.reference,
+        "reference_top": check.reference_top,
+        "stop_ids": sorted(check.stop_ids),
+        "max_new_tokens": check.max_new_tokens,
+        "tolerance": TIE_TOLERANCE,
+        "sent": _ollama_prompts(check),
+    }
+    answer = check_ggufs(request, progress)
+    return [GgufFidelity(**row) for row in answer["rows"]], answer["prompt_tokens_equal"]
 
 
-def _prompt_tokens_equal(llm: Any, check: _Check) -> int | None:
-    """How many prompts, as Ollama sends them to llama.cpp, tokenize (with the GGUF's own vocabulary) to
-    the training tokens: llama-server's rendering, or the Modelfile TEMPLATE's. None: llama.cpp's renderer
-    could not be run; 0 when there is no TEMPLATE to build them with."""
+def _ollama_prompts(check: _Check) -> list[tuple[str | None, bool]] | str | None:
+    """The prompts as Ollama sends them to llama.cpp (text, add BOS), to be tokenized with the GGUF's own
+    vocabulary and compared with the training tokens: llama-server's rendering, or the Modelfile
+    TEMPLATE's. None: llama.cpp's renderer could not be run (not checked); "none": no TEMPLATE."""
     if check.served is not None:  # llama-server: the rendered text, tokenized with add_special
-        sent = check.served
-    elif check.go_path and check.turn_format is not None:
+        return check.served
+    if check.go_path and check.turn_format is not None:
         fmt = check.turn_format
         # as a client sends it: edges stripped when the template trims (README, Serving with Ollama)
-        sent = [(fmt.render(fmt.client_messages(c)).removeprefix(fmt.bos), check.add_bos) for c in check.conversations]
-    elif not check.go_path:
-        return None  # llama.cpp's renderer could not be run: not checked
-    else:
-        return 0
-    equal = 0
-    for (text, bos), ids in zip(sent, check.prompts):
-        built = None if text is None else llm.tokenize(text.encode("utf-8"), add_bos=bos, special=True)
-        equal += built == ids
-    return equal
+        return [(fmt.render(fmt.client_messages(c)).removeprefix(fmt.bos), check.add_bos)
+                for c in check.conversations]
+    return None if not check.go_path else "none"
 
 
 def _llama_served(

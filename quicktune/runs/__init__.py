@@ -3,7 +3,8 @@
 One public surface for train/, export/, evaluate/, ui/ and the CLI (``from quicktune import runs``);
 each concern lives in its own module: ``files`` (the one atomic write), ``folder`` (versions and
 the manifest), ``locks``, ``checkpoints`` (resume and staging), ``refs`` (naming and listing runs),
-``exports`` (a run's GGUFs) and ``reports`` (its kept eval reports). No torch here.
+``exports`` (a run's GGUFs), ``reports`` (its kept eval reports) and ``promotions`` (which version
+of a recipe is promoted, and its history). No torch here.
 """
 
 from quicktune.runs.checkpoints import (
@@ -37,21 +38,42 @@ from quicktune.runs.folder import (
     write_manifest,
 )
 from quicktune.runs.locks import LOCK, RunInUse, holder, lock_run
-from quicktune.runs.refs import RunSummary, list_runs, resolve_run
+from quicktune.runs.promotions import (
+    HISTORY,
+    PROMOTE,
+    ROLLBACK,
+    Promotion,
+    append_entry,
+    in_force,
+    lock_history,
+    promoted_entry,
+    read_history,
+)
+from quicktune.runs.refs import PROMOTED, RunSummary, list_runs, recipe_dir_named, resolve_run
 from quicktune.runs.reports import EVAL_DIR, eval_headline, eval_reports, own_scores, read_own_eval, report_against
+from quicktune.runs.resume import RecipeChange, adopt_recipe, recipe_change, resumable_change
+from quicktune.runs.resume import refusal as resume_refusal
 
 __all__ = [
     "CHECKPOINT_FILES",
     "EVAL_DIR",
+    "HISTORY",
     "LOCK",
     "MANIFEST",
+    "PROMOTE",
+    "PROMOTED",
     "QUANT_ORDER",
+    "ROLLBACK",
     "STALE_IN_EXPORT",
     "STALE_IN_RUN",
     "VERSION",
     "WEIGHT_FILES",
+    "Promotion",
+    "RecipeChange",
     "RunInUse",
     "RunSummary",
+    "adopt_recipe",
+    "append_entry",
     "checkpoint_complete",
     "checkpoint_dirs",
     "create_run_dir",
@@ -63,19 +85,27 @@ __all__ = [
     "exported_gguf",
     "find_resumable",
     "holder",
+    "in_force",
     "latest_checkpoint",
     "list_runs",
+    "lock_history",
     "lock_run",
     "next_run_dir",
     "now",
     "own_scores",
     "pick_quantization",
+    "promoted_entry",
+    "read_history",
     "read_manifest",
     "read_own_eval",
+    "recipe_change",
+    "recipe_dir_named",
     "remove_stale",
     "report_against",
     "resolve_run",
     "restore_final",
+    "resumable_change",
+    "resume_refusal",
     "run_label",
     "sha256_file",
     "swap_in",

@@ -64,6 +64,9 @@ class LiveProgress(TrainerCallback):
         if "rewards/accuracies" in logs:  # dpo / orpo: how often chosen beats rejected, and by how much
             self.fields["pref"] = (f"  pref acc {logs['rewards/accuracies']:.0%}"
                                    f"  margin {logs.get('rewards/margins', float('nan')):.3f}")
+        if "frac_reward_zero_std" in logs:  # grpo: the mean reward, and the groups with no signal
+            self.fields["pref"] = (f"  reward {logs.get('reward', float('nan')):.3f}"
+                                   f"  no signal {logs['frac_reward_zero_std']:.0%}")
         if "num_tokens" in logs:
             now = time.perf_counter()
             if self._last_tokens is not None and now > self._last_tokens[1]:
@@ -108,3 +111,23 @@ class StopOnInterrupt(TrainerCallback):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+
+class GroupSignal(TrainerCallback):
+    """grpo: warns once (``say``) when most groups scored all their answers the same (TRL's
+    ``frac_reward_zero_std`` above ``warn_at`` over the last ``window`` logs): their advantage is 0,
+    so nothing is learned from them. ``message(share, step)`` says what to change."""
+
+    def __init__(self, say, message, warn_at: float = 0.75, window: int = 3):
+        self.say, self.message, self.warn_at, self.window = say, message, warn_at, window
+        self.seen: list[float] = []
+        self.warned = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "frac_reward_zero_std" not in logs or self.warned:
+            return
+        self.seen.append(float(logs["frac_reward_zero_std"]))
+        recent = self.seen[-self.window:]
+        if len(recent) == self.window and sum(recent) / len(recent) > self.warn_at:
+            self.warned = True
+            self.say(self.message(sum(recent) / len(recent), state.global_step))

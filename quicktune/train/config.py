@@ -11,6 +11,16 @@ from quicktune.plan import optimizer_for
 from quicktune.recipe import Recipe
 from quicktune.train.ranks import process_args
 
+# TrainingArguments that sft_config derives from the recipe: DPO, ORPO and GRPO take the same.
+SHARED_ARGS = (
+    "output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "num_train_epochs", "max_steps",
+    "seed", "data_seed", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps",
+    "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "report_to",
+    "disable_tqdm", "use_cpu", "bf16", "fp16", "gradient_checkpointing", "dataloader_num_workers", "save_only_model",
+    "max_length",
+)
+
 
 def planned_steps(recipe: Recipe, train_rows: int) -> int:
     """Optimizer steps the run will take (before packing changes the row count)."""

@@ -19,19 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from quicktune.errors import QuicktuneError
-from quicktune.train.config import planned_steps, sft_config
+from quicktune.train.config import SHARED_ARGS, planned_steps, sft_config
 
 REFERENCE_ADAPTER = "ref"  # the name TRL gives the frozen copy of the starting adapter
-
-# TrainingArguments that quicktune.train.config.sft_config derives from the recipe: DPO and ORPO take the same.
-_SHARED_ARGS = (
-    "output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "num_train_epochs", "max_steps",
-    "seed", "data_seed", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps",
-    "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "report_to",
-    "disable_tqdm", "use_cpu", "bf16", "fp16", "gradient_checkpointing", "dataloader_num_workers", "save_only_model",
-    "max_length",
-)
 
 # What TRL logs (DPO and ORPO alike) and the names quicktune keeps them under.
 LOGGED = {
@@ -47,7 +37,7 @@ def preference_config(recipe, backend, run_dir: Path, train_rows: int, has_eval:
     ``preference`` section (beta; for DPO also loss_type, label_smoothing and sft_weight: TRL's
     ``sft`` loss on the chosen answer added with that weight)."""
     sft_args = sft_config(recipe, run_dir, backend, has_eval, planned_steps(recipe, train_rows))
-    shared = {name: getattr(sft_args, name) for name in _SHARED_ARGS}
+    shared = {name: getattr(sft_args, name) for name in SHARED_ARGS}
     settings = recipe.preference
     # lora.dropout is the recipe's to set: TRL would switch dropout off by default.
     if recipe.method == "dpo":

@@ -34,8 +34,9 @@ from quicktune.data.report import PreparedData
 from quicktune.errors import QuicktuneError, RecipeError
 from quicktune.recipe import PREFERENCE_METHODS, Recipe, too_many_layers
 from quicktune.templates import FAMILY_TEMPLATES
-from quicktune.train import preference  # the module: tests wrap preference.preference_trainer
+from quicktune.train import grpo, preference  # the modules: tests wrap preference.preference_trainer
 from quicktune.train.config import planned_steps, sft_config
+from quicktune.train.lineage import data_added, write_row_hashes
 from quicktune.train.plot import plot_losses
 from quicktune.train.ranks import Ranks, main_first, on_main, stop_on_interrupt_callback
 
@@ -202,7 +203,8 @@ def recipe_sha256(recipe: Recipe) -> str:
 def data_manifest(prepared: PreparedData) -> dict[str, Any]:
     return {
         "files": [
-            {"path": item.path, "format": item.format, "rows": item.rows, "sha256": runs.sha256_file(item.path)}
+            {"path": item.path, "format": item.format, "rows": item.rows, "sha256": runs.sha256_file(item.path),
+             "split": item.split}
             for item in prepared.report.files
         ],
         "train_rows": prepared.report.train_rows,
@@ -340,6 +342,7 @@ def _start_run(run: TrainingRun, run_dir: Path) -> None:
     """A new run: writes its resolved ``recipe.yaml`` and its manifest (status running)."""
     recipe, base, backend = run.recipe, run.base, run.backend
     runs.write_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    hashes = set(write_row_hashes(run_dir, run.prepared.train))
     runs.write_manifest(
         run_dir,
         {
@@ -355,6 +358,8 @@ def _start_run(run: TrainingRun, run_dir: Path) -> None:
             "base_model": {"spec": base.spec, "kind": base.kind, "loaded_from": run.load_from,
                            "fingerprint": base.fingerprint},
             "data": run.data,
+            # lineage: the files and rows this run trains on that its parent did not (train/lineage.py)
+            "data_since_parent": data_added(run.parent_dir, run.data, hashes) if run.parent_dir else None,
             "backend": {"name": backend.name, "device": backend.device},
             "packages": package_versions(),
             "resumes": [],
@@ -508,6 +513,8 @@ def _setup_trainer(run: TrainingRun, model, hf_tokenizer, console, extra_callbac
         callbacks.append(LiveProgress(console))
     placement = {} if run.ranks is None else {"ranks": run.ranks}
     make_trainer = preference.preference_trainer if run.recipe.method in PREFERENCE_METHODS else _sft_trainer
+    if run.recipe.method == "grpo":
+        make_trainer, placement = grpo.grpo_trainer, {"say": run.say}
     trainer = make_trainer(run.recipe, run.backend, model, hf_tokenizer, run.prepared, run.run_dir, callbacks,
                            **placement)
     trainer.remove_callback(PrinterCallback)  # LiveProgress and metrics.jsonl report instead
@@ -677,6 +684,7 @@ def _final_metrics(session: Session) -> dict[str, Any]:
         "tokens_per_second": round(tokens / seconds, 1) if seconds and tokens else None,
     }
     metrics.update(preference.logged_metrics(history))  # dpo / orpo: preference accuracy and reward margin
+    metrics.update(grpo.logged_metrics(history))  # grpo: rewards, groups without signal, answer length
     import torch
 
     if torch.cuda.is_available():

@@ -1,13 +1,19 @@
 """What the dashboard's pages show, as JSON-ready dicts, read from the run folders.
 
 Read-only and torch-free: every run is found through ``quicktune.runs`` (the one run-folder
-model), named in URLs as ``recipe/vN``, and must lie inside the runs folder the UI was started on.
+model), named in URLs as ``recipe/vN``, and must lie inside the runs folder the UI was started on,
+symlinks resolved: a run folder, a recipe folder, or a file the views read (``RUN_FILES``, the eval
+reports, the promotion history) that a link takes out of the runs folder is neither listed nor shown.
+Which version is promoted comes from ``runs/<recipe>/promotions.jsonl`` (``quicktune.runs``'s
+``read_history`` / ``in_force``, as ``quicktune runs`` and ``runs history`` read it).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +25,27 @@ from quicktune.errors import QuicktuneError
 from quicktune.evaluate.compare import compare_runs, scores_on_the_same_rows
 from quicktune.export.exporter import ollama_tag
 from quicktune.runs import (
+    EVAL_DIR,
+    HISTORY,
+    MANIFEST,
+    PROMOTE,
+    RunSummary,
+    eval_headline,
     eval_reports,
-    list_runs,
+    in_force,
+    read_history,
     read_manifest,
     report_against,
     resolve_run,
     run_label,
     sha256_file,
+    versions,
 )
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/v\d+$")
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # whole (fullmatch): no trailing newline
+RUN_NAME = re.compile(rf"{RECIPE_NAME.pattern}/v[0-9]+")
 METRICS_FILE = "metrics.jsonl"
+RUN_FILES = (MANIFEST, "recipe.yaml", METRICS_FILE, "loss.png", "eval.json", EVAL_DIR)  # what the views read
 MAX_DIFFERING_ROWS = 50
 
 
@@ -38,14 +54,72 @@ def inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
+def link_out(run_dir: Path, root: Path) -> Path | None:
+    """The first path the views would read for ``run_dir`` (its folder, its files, its eval reports, its recipe's
+    promotion history) that a symlink takes out of ``root``; None when there is none."""
+    if not inside(run_dir, root):
+        return run_dir
+    candidates = [run_dir / name for name in RUN_FILES] + [run_dir.parent / HISTORY]
+    for path in candidates:
+        if (path.exists() or path.is_symlink()) and not inside(path, root):
+            return path
+    reports = run_dir / EVAL_DIR
+    if reports.is_dir():
+        return next((path for path in sorted(reports.iterdir()) if not inside(path, root)), None)
+    return None
+
+
 def run_folder(root: Path, name: str) -> Path:
-    """``recipe/vN`` under ``root``; anything else (a path, ``..``, a run elsewhere) is refused."""
-    if not RUN_NAME.match(name or ""):
-        raise QuicktuneError(f"{name!r} is not a run name: expected recipe/vN")
-    found = resolve_run(str(root / name), root)
-    if not inside(found, root):
-        raise QuicktuneError(f"{name!r} is not inside the runs folder {root}")
-    return found
+    """``recipe/vN`` under ``root``; anything else (a path, ``..``, a run elsewhere, a run a symlink takes out
+    of ``root``) is refused."""
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        raise QuicktuneError(f"{str(name)[:80]!r} is not a run name: expected recipe/vN")
+    outside = link_out(root / name, root)
+    if outside is not None:
+        raise QuicktuneError(f"{name!r} is not inside the runs folder {root}: {outside.name} is a link out of it",
+                             hint="The dashboard shows what is inside its runs folder only.")
+    return resolve_run(str(root / name), root)
+
+
+def contained_runs(root: Path) -> list[RunSummary]:
+    """``quicktune.runs.list_runs`` with symlinks resolved: each run once, under its real name, and none that a
+    link takes out of ``root`` (its folder, its recipe's folder, a file the views read), left out unread."""
+    summaries: list[RunSummary] = []
+    found = root.iterdir() if root.is_dir() else []
+    recipe_dirs = sorted({p.resolve() for p in found if p.is_dir() and inside(p, root)})
+    seen: set[Path] = set()
+    for recipe_dir in recipe_dirs:
+        promoted = _promoted_version(recipe_dir, root)
+        for number in versions(recipe_dir):
+            run_dir = (recipe_dir / f"v{number}").resolve()
+            if run_dir in seen or run_dir.parent != recipe_dir or link_out(run_dir, root) is not None:
+                continue  # listed already, a link to another recipe's run, or a link out
+            seen.add(run_dir)
+            try:
+                manifest = read_manifest(run_dir)
+            except (QuicktuneError, json.JSONDecodeError):
+                continue
+            metrics = manifest.get("metrics") or {}
+            summaries.append(RunSummary(
+                path=run_dir, recipe=recipe_dir.name, version=run_dir.name, status=manifest.get("status", "?"),
+                started=manifest.get("started", ""), steps=metrics.get("steps", manifest.get("interrupted_at_step")),
+                train_loss=metrics.get("train_loss"),
+                eval_loss=metrics.get("best_eval_loss", metrics.get("eval_loss")), parent=manifest.get("parent"),
+                exported=list(((manifest.get("export") or {}).get("ggufs") or {}).keys()),
+                headline=eval_headline(run_dir), promoted=run_dir.name == promoted,
+            ))
+    return summaries
+
+
+def _promoted_version(recipe_dir: Path, root: Path) -> str | None:
+    """``vN`` promoted now, or None (also when the history cannot be read, or is a link out of ``root``)."""
+    if not inside(recipe_dir / HISTORY, root):
+        return None
+    try:
+        stack = in_force(read_history(recipe_dir))
+    except QuicktuneError:
+        return None
+    return stack[-1].version if stack else None
 
 
 def _label_of(path: str | None, root: Path) -> str | None:
@@ -79,7 +153,7 @@ def _updated(run_dir: Path) -> float | None:
 
 def runs_view(root: Path) -> dict[str, Any]:
     rows = []
-    for summary in list_runs(root):
+    for summary in contained_runs(root):
         manifest = read_manifest(summary.path)
         label = run_label(summary.path)
         rows.append(
@@ -98,6 +172,7 @@ def runs_view(root: Path) -> dict[str, Any]:
                 "exported": summary.exported,
                 "parent": _label_of(summary.parent, root),
                 "updated": _updated(summary.path),
+                "promoted": summary.promoted,
             }
         )
     return {"root": str(root), "runs": rows, "lineage": lineage(rows)}
@@ -119,6 +194,47 @@ def lineage(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 
+def _recipe_history(recipe_dir: Path) -> dict[str, Any]:
+    """One recipe's promotions and rollbacks, oldest first, and the run promoted now (``recipe/vN`` or None);
+    a history that cannot be read (or is a link out of the runs folder) gives its error instead of lines."""
+    if not inside(recipe_dir / HISTORY, recipe_dir.parent):
+        return {"recipe": recipe_dir.name, "current": None, "lines": [], "error": f"{HISTORY} is a link out of the "
+                "runs folder: not shown"}
+    try:
+        lines = read_history(recipe_dir)
+    except QuicktuneError as exc:
+        return {"recipe": recipe_dir.name, "current": None, "lines": [], "error": exc.message}
+    stack = in_force(lines)
+    return {"recipe": recipe_dir.name, "current": stack[-1].run if stack else None,
+            "lines": [asdict(line) for line in lines], "error": None}
+
+
+def history_view(root: Path, recipe: str | None = None) -> dict[str, Any]:
+    """``quicktune runs history`` as JSON: every recipe's under ``root`` that has promotions, or ``recipe``'s
+    (a recipe name with runs under ``root``)."""
+    if recipe:
+        if not RECIPE_NAME.fullmatch(recipe):
+            raise QuicktuneError(f"{recipe[:80]!r} is not a recipe name")
+        folder = root / recipe  # never a path: a name under root ("~" is not the home folder)
+        if not inside(folder, root):
+            raise QuicktuneError(f"{recipe!r} is not inside the runs folder {root}: it is a link out of it")
+        if not versions(folder):
+            raise QuicktuneError(f"no runs of {recipe!r} in the runs folder {root}")
+        folders = [folder]
+    else:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and inside(p, root)) if root.is_dir() else []
+    histories = [_recipe_history(folder) for folder in folders]
+    return {"root": str(root), "recipes": [h for h in histories if h["lines"] or h["error"] or recipe]}
+
+
+def _promotion(run_dir: Path) -> dict[str, Any]:
+    """Whether ``run_dir`` is its recipe's promoted version now, when it was promoted before, and the history."""
+    history = _recipe_history(run_dir.parent)
+    label = run_label(run_dir)
+    mine = [line["when"] for line in history["lines"] if line["run"] == label and line["action"] == PROMOTE]
+    return {"now": history["current"] == label, "promoted_at": mine, "history": history}
+
+
 def _modelfiles(run_dir: Path, export: dict[str, Any]) -> list[dict[str, Any]]:
     shown = []
     for quant, relative in (export.get("modelfiles") or {}).items():
@@ -131,8 +247,8 @@ def _modelfiles(run_dir: Path, export: dict[str, Any]) -> list[dict[str, Any]]:
                 "quant": quant,
                 "file": relative,
                 "text": path.read_text(encoding="utf-8", errors="replace"),
-                "create": f"ollama create {tag} -f {shell_path(path)}",
-                "run": f"ollama run {tag}",
+                "create": f"ollama create {shlex.quote(tag)} -f {shell_path(path)}",  # the copy button's command
+                "run": f"ollama run {shlex.quote(tag)}",
             }
         )
     return shown
@@ -172,13 +288,14 @@ def run_view(root: Path, name: str) -> dict[str, Any]:
         "folder": str(run_dir),
         "manifest": manifest,
         "parent": _label_of(manifest.get("parent"), root),
-        "recipe": recipe.read_text(encoding="utf-8") if recipe.is_file() else None,
+        "recipe": recipe.read_text(encoding="utf-8", errors="replace") if recipe.is_file() else None,
         "loss_png": "loss.png" if (run_dir / "loss.png").is_file() else None,
         "updated": _updated(run_dir),
         "modelfiles": _modelfiles(run_dir, export),
         "fidelity": export.get("fidelity") or None,
         "evals": _reports(run_dir),
         "chat": f"quicktune chat {shell_path(run_dir)}" if export.get("ggufs") else None,
+        "promotion": _promotion(run_dir),
     }
 
 
@@ -215,7 +332,7 @@ def example_view(root: Path, name: str) -> dict[str, Any]:
     run_dir = run_folder(root, name)
     manifest = read_manifest(run_dir)
     changed = []
-    for item in (manifest.get("data") or {}).get("files", []):
+    for item in (manifest.get("data") or {}).get("files", []) or []:
         path = Path(item["path"])
         if not path.is_file():
             changed.append(f"{item['path']}: missing")

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from quicktune.cli import main
-from quicktune.evaluate.metrics import METRICS
+from quicktune.metrics import METRICS
 from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.slow

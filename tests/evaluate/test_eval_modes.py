@@ -56,14 +56,16 @@ def test_fewshot_base_and_run_side_by_side_with_a_judge(trained_run, wide_consol
     assert judge["win"] + judge["tie"] + judge["loss"] == judge["rows"] == 2
     assert judge["judged"] + judge["identical"] == 2 and judge["rubric"] and judge["model"].endswith(".gguf")
     assert "Judged" in result.output and "both orders" in result.output
+    assert judge["kind"] == "gguf" and judge["too_few"] and not judge["flagged"]  # 2 rows cannot tell position bias
+    assert "too few (under 4)" in " ".join(result.output.split())
 
 
 def test_the_judge_on_real_answers_in_both_orders(smollm2_tokenizer):
     from quicktune.data.heldout import EvalSet
     from quicktune.data.records import Example, Message
     from quicktune.evaluate.judge import OPTIONS, judge_pair
-    from quicktune.evaluate.metrics import Answer
     from quicktune.evaluate.runner import SubjectResult, _judge_file
+    from quicktune.metrics import Answer
 
     questions = [("What is 2 + 2?", "4"), ("Name the capital of France.", "Paris"), ("Say hi.", "Hi!")]
     held = EvalSet(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quicktune.evaluate.judge import RUBRIC, _outcome, judge_prompt
+from quicktune.evaluate.judge import RUBRIC, UNPARSED, _outcome, judge_prompt
 
 
 def test_both_orders_combine_into_one_outcome():
@@ -12,6 +12,7 @@ def test_both_orders_combine_into_one_outcome():
     assert _outcome("tie", "B") == ("tie", "win", "win")
     assert _outcome("tie", "A") == ("tie", "loss", "loss")
     assert _outcome("tie", "tie") == ("tie", "tie", "tie")
+    assert _outcome(UNPARSED, "B") == (None, "win", UNPARSED)  # a reply that said nothing: not guessed
 
 
 def test_the_prompt_carries_the_rubric_request_reference_and_both_answers():

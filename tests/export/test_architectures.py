@@ -14,9 +14,10 @@ Nothing comes from a hub. Where llama.cpp ships the family's real vocabulary (th
 llama-cpp-python sdist's ``models/ggml-vocab-*.gguf``: Llama 3, Llama 2/Mistral SentencePiece,
 Qwen2, Phi-3), the model gets it as quicktune's training tokenizer rebuilds it from that GGUF;
 Gemma has none quicktune supports (Gemma 4's is refused), so Gemma gets a tiny SentencePiece
-model trained on the spot in Gemma's layout. Two more cases keep the causes of known
-differences in view: a SentencePiece tokenizer as transformers 5 saves it (legacy=False), and
-the SmolLM2 tokenizer quicktune rebuilds from its GGUF.
+model trained on the spot in Gemma's layout, saved as transformers 5 saves it (no
+added_tokens_decoder). Two more cases: a SentencePiece tokenizer as transformers 5 saves it
+(legacy=False) on Phi-3, and the SmolLM2 tokenizer quicktune rebuilds from its GGUF. Each model is
+converted as ``quicktune export`` converts it (``exporter.convert_as_trained``).
 """
 
 from __future__ import annotations
@@ -203,57 +204,15 @@ def phi3_spm(folder: Path, _sources: Sources) -> Path:
 
 # --- architectures ---------------------------------------------------------------------------
 
-# Where llama.cpp tokenizes a chat differently from quicktune's training tokenizer: why, and a
-# check that the difference is exactly that (anything else fails the test).
-
-
-def _space_after_special(converted, llama_ids: list[int], llama_tokenize) -> bool:
-    """llama.cpp's ids are training's for the text with a space put before each stretch of
-    plain text that follows a special token (llama.cpp's rule for SentencePiece vocabularies)."""
-    import re
-
-    backend = converted.tokenizer.backend
-    specials = sorted(
-        (token.content for token in backend.get_added_tokens_decoder().values() if token.special), key=len, reverse=True
-    )
-    parts = re.split("(" + "|".join(map(re.escape, specials)) + ")", converted.text)  # text, special, text, ...
-    # Phi-3's chat tokens also eat the whitespace after them in llama.cpp (their rstrip attribute,
-    # applied when general.name says phi3, as an export's does); the rest of the text gets the space.
-    strip = converted.arch.gguf_arch == "phi3"
-    parts = [part.lstrip() if strip and i % 2 == 0 and i > 0 else part for i, part in enumerate(parts)]
-    spaced = "".join(" " + part if i % 2 == 0 and i > 0 and part else part for i, part in enumerate(parts))
-    return llama_ids == backend.encode(spaced, add_special_tokens=False).ids
-
-
-SPACE_AFTER_SPECIAL = (
-    ("llama.cpp's SentencePiece tokenizer (add_space_prefix, on since tokenizer_config.json has no "
-     "add_prefix_space) puts a space before the text after each special token, as legacy=True tokenizers "
-     "do; this one is legacy=False, transformers 5's default (Metaspace, prepend_scheme 'first'): "
-     "'<|user|>\\nWhat' is ['<|user|>', '<0x0A>', 'W', ...] in training; llama.cpp also drops the newline "
-     "after Phi-3's chat tokens (rstrip), giving ['<|user|>', '▁W', ...]"),
-    _space_after_special,
-)
-
-
-def _start_of_turn_spelled_out(converted, llama_ids: list[int], llama_tokenize) -> bool:
-    """Both turn markers are NORMAL tokens in the GGUF; llama.cpp tokenizes <start_of_turn> as
-    plain text and nothing else differs (<end_of_turn> it forces to CONTROL as a known EOT)."""
-    tokens, types = converted.fields["tokenizer.ggml.tokens"], converted.fields["tokenizer.ggml.token_type"]
-    start, end = tokens.index("<start_of_turn>"), tokens.index("<end_of_turn>")
-    normal = 1  # gguf.TokenType.NORMAL
-    spelled = llama_tokenize("<start_of_turn>")
-    expected = [piece for i in converted.ids for piece in (spelled if i == start else [i])]
-    return types[start] == types[end] == normal and start not in spelled and llama_ids == expected
-
-
-GEMMA_START_OF_TURN = (
-    ("llama.cpp spells <start_of_turn> out byte by byte ('<0x3C>', 'sta', 'r', ...): the converter's "
-     "SentencePiece path learns user-defined tokens only from tokenizer_config.json's added_tokens_decoder "
-     "(or added_tokens.json), which transformers 5 no longer writes, and does not read SentencePiece's "
-     "USER_DEFINED type, so both turn markers are NORMAL tokens; <end_of_turn> survives only because "
-     "llama.cpp forces known end-of-turn tokens to CONTROL (with added_tokens_decoder put back, all match)"),
-    _start_of_turn_spelled_out,
-)
+# Where llama.cpp tokenized a chat differently from training until the export fixed it (each was an
+# expected failure here): Gemma's <start_of_turn> spelled out byte by byte, because llama.cpp's converter
+# learns a SentencePiece vocabulary's user-defined tokens only from tokenizer_config.json's
+# added_tokens_decoder, which transformers 5 no longer writes (llamacpp.convert puts it back from
+# tokenizer.json); and a legacy=False Phi-3 tokenizer (Metaspace, prepend_scheme 'first': '<|user|>\nWhat'
+# is ['<|user|>', '<0x0A>', 'W', ...] in training) that llama.cpp gave a space after every special token
+# (add_space_prefix) and whose newline after a chat token it dropped (its rstrip rule for models named
+# Phi-3): the export sets tokenizer.ggml.add_space_prefix and general.name to match training
+# (exporter.spacing_as_trained). ``tokenization_differs`` is for a difference that is known and not fixed.
 
 
 @dataclass(frozen=True)
@@ -343,16 +302,16 @@ ARCHS = [
     Arch("mistral", "llama", "mistral", real_vocab("llama-spm"), mistral_config),
     Arch("qwen2", "qwen2", "chatml", real_vocab("qwen2"), qwen2_config, **QWEN),
     Arch("qwen3", "qwen3", "chatml", real_vocab("qwen2"), qwen3_config, **QWEN),
-    Arch("gemma2", "gemma2", "gemma", gemma_spm, gemma2_config, norm_offset=0.0,
-         tokenization_differs=GEMMA_START_OF_TURN),
-    Arch("gemma3", "gemma3", "gemma", gemma_spm, gemma3_config, norm_offset=0.0,
-         tokenization_differs=GEMMA_START_OF_TURN),
+    # Gemma's tokenizer as transformers 5 saves it (no added_tokens_decoder): see GEMMA_START_OF_TURN.
+    Arch("gemma2", "gemma2", "gemma", gemma_spm, gemma2_config, norm_offset=0.0),
+    Arch("gemma3", "gemma3", "gemma", gemma_spm, gemma3_config, norm_offset=0.0),
     Arch("phi3", "phi3", "phi3", real_vocab("phi-3"), phi3_config),
     # SmolLM2's vocabulary as quicktune rebuilds it from the demo's GGUF: llama.cpp's converter
     # must recognize its pre-tokenizer ("smollm") from the tokenizer.json alone.
     Arch("smollm2", "llama", "chatml", smollm2_rebuilt, llama_config, tokenizer_model="gpt2", tokenizer_pre="smollm"),
     # A SentencePiece tokenizer.json as transformers 5 writes it, on Phi-3 (what a user's own folder may hold)
-    Arch("phi3-legacy-false", "phi3", "phi3", phi3_spm, phi3_config, tokenization_differs=SPACE_AFTER_SPECIAL),
+    # (see SPACE_AFTER_SPECIAL: the export sets add_space_prefix and general.name to match it)
+    Arch("phi3-legacy-false", "phi3", "phi3", phi3_spm, phi3_config),
 ]
 
 
@@ -462,16 +421,20 @@ def sources(smollm2_tokenizer, llama_cpp_src) -> Sources:
 def converted(request, tmp_path_factory, sources) -> Converted:
     from transformers import AutoTokenizer
 
-    from quicktune import llamacpp
     from quicktune.data.tokenizer import load_chat_tokenizer
+    from quicktune.export.exporter import convert_as_trained
 
     arch: Arch = request.param
     folder = tmp_path_factory.mktemp(arch.id)
     model_dir = build_model(arch, folder / "model", sources)
-    # named as an export names it (the recipe's): llama.cpp keys its Phi-3 token fixes on general.name
-    name = f"{arch.id}-tiny"
-    gguf = llamacpp.convert(model_dir, folder / "model.gguf", "f16", log=folder / "convert.log", name=name)
     tokenizer = load_chat_tokenizer(str(model_dir))
+    saved = {f.name: f.read_bytes() for f in model_dir.iterdir()}
+    # converted as an export converts it, named as an export names it (the recipe's): llama.cpp keys its
+    # Phi-3 token fixes on general.name
+    name = f"{arch.id}-tiny"
+    gguf = folder / "model.gguf"
+    convert_as_trained(model_dir, gguf, "f16", tokenizer, None, name)
+    assert {f.name: f.read_bytes() for f in model_dir.iterdir()} == saved, "the conversion changed the model folder"
     text = tokenizer.render(CONVERSATION, add_generation_prompt=True)
     ids = tokenizer.encode_batch([text])[0].ids
     hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

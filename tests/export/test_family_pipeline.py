@@ -67,7 +67,7 @@ FAMILIES = {
     "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),  # Phi-3 fuses q/k/v and gate/up
 }
 # Gemma's tokenizer as Google publishes it, with tokenizer_config.json's added_tokens_decoder (the
-# matrix's gemma folder lacks it, as a transformers 5 save does: see GEMMA_START_OF_TURN there).
+# matrix's gemma folder lacks it, as a transformers 5 save does, and the export puts it back).
 TOKENIZERS = {"gemma2": gemma_spm_published}
 
 

@@ -481,3 +481,44 @@ def test_fold_system_joins_like_llama_cpp_source(llama_cpp_src):
     separator = joined[1].encode().decode("unicode_escape")
     folded = fold_system(_msgs(("system", "S"), ("user", "U"), ("assistant", "A")))
     assert folded == _msgs(("user", f"S{separator}U"), ("assistant", "A")) and separator == "\n"
+
+
+def _family_modelfile(family: str, template_check: str | None) -> str:
+    special, add_bos = FAMILY_SPECIALS[family]
+    tokenizer = _tokenizer(templates.FAMILY_TEMPLATES[family], special)
+    fmt = ollama.read_format(tokenizer.render, bos=tokenizer.special.get("bos_token"), add_bos=add_bos)
+    if template_check == "measure":
+        template_check = ollama.template_check(fmt, tokenizer.render)
+    settings = ollama.ModelfileSettings(
+        gguf_name="x-q4_k_m.gguf", name="x:q4_k_m", modelfile_name="Modelfile.q4_k_m",
+        stops=ollama.stop_tokens(tokenizer.end_of_turn(), tokenizer.eos_token), temperature=0.7, top_p=0.9,
+        num_ctx=4096, renderer=ollama_renderer(tokenizer.chat_template, fmt.go_template()),
+        template_check=template_check,
+    )
+    return ollama.render_modelfile(fmt, settings)
+
+
+def _header(text: str) -> str:
+    return " ".join(line.removeprefix("# ") for line in text.splitlines() if line.startswith("#"))
+
+
+def test_the_header_says_go_did_not_render_the_template_when_go_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no go here
+    text = _family_modelfile("chatml", "measure")
+    header = _header(text)
+    assert "checked that both render the same prompts" not in header
+    assert "Not rendered with Go's text/template on this export (Go is not installed" in header
+    assert f"reproduces it on {len(ollama.CHECK_CONVERSATIONS)} conversations (in Python)" in header
+    assert read_modelfile(text).template is not None  # still a Modelfile Ollama reads
+    assert all(len(line) <= 100 for line in text.splitlines() if line.startswith("#"))
+
+
+@needs_go
+def test_the_header_says_what_go_rendered_on_this_export():
+    header = _header(_family_modelfile("gemma", "measure"))
+    n = len(ollama.CHECK_CONVERSATIONS)
+    assert f"Rendered with Go's text/template (as Ollama does) on this export: {n}/{n} conversations equal" in header
+
+
+def test_a_modelfile_written_without_a_check_does_not_claim_one():
+    assert "Not rendered with Go's text/template for this file." in _header(_family_modelfile("phi3", None))

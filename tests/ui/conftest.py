@@ -1,5 +1,6 @@
 """Fixtures for the dashboard tests: run folders in the format training and export write, the
-server, and a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by selenium).
+server, a visitor signed in with the URL it prints (``client``), and a real headless Chromium (Debian's
+``chromium`` + ``chromium-driver``, driven by selenium), signed in the same way (``browser``).
 
 Screenshots go to ``<pytest tmp>/ui-shots/`` and are copied to ``$QUICKTUNE_UI_SHOTS`` (default
 ``/tmp/ui-shots``), with ``load-times.json``: how long each page took to be ready in the browser.
@@ -114,7 +115,7 @@ def _export(run_dir: Path, gguf: Path) -> None:
 def _eval_report(run_dir: Path, answers: list[str], rows_sha: str, held: list[dict]) -> None:
     """An eval/base-<rows>.json as ``quicktune eval`` writes it (evaluate/runner.py: EvalReport.to_json)."""
     from quicktune import runs
-    from quicktune.evaluate.metrics import METRICS
+    from quicktune.metrics import METRICS
 
     prompts = [row["messages"][-2]["content"] for row in held]
     references = [row["messages"][-1]["content"] for row in held]
@@ -168,11 +169,54 @@ def dashboard(ui_runs):
     server.server_close()
 
 
+@pytest.fixture
+def client(dashboard):
+    """A visitor of the session's dashboard, signed in with the URL ``quicktune ui`` prints (its cookie kept)."""
+    from tests.ui.client import signed_in
+
+    return signed_in(dashboard)
+
+
+@pytest.fixture
+def start_dashboard():
+    """Starts dashboards of their own (``start_dashboard(root, host="127.0.0.1")``, on a free port) and stops
+    them after the test."""
+    from quicktune.ui.server import serve
+
+    started = []
+
+    def start(root: Path, host: str = "127.0.0.1"):
+        server = serve(root, host, 0)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
 # --- the browser --------------------------------------------------------------------------------
 
 
+def sign_in(browser, server) -> None:
+    """Opens the URL the server prints, as a user would: the cookie is set and the address bar is left bare."""
+    browser.get("about:blank")
+    browser.get(server.login_url)
+    assert browser.current_url == server.url, browser.current_url  # the key does not stay in the address bar
+    cookie = browser.get_cookie(server.gate.cookie)
+    assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+
+
 @pytest.fixture(scope="session")
-def browser(tmp_path_factory):
+def browser(chromium, dashboard):
+    """The browser, signed in to the session's dashboard."""
+    sign_in(chromium, dashboard)
+    return chromium
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
     missing = [path for path in CHROMIUM if not os.access(path, os.X_OK)]
     if missing:
         pytest.skip(f"no headless Chromium here ({', '.join(missing)} missing): "

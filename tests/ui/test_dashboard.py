@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -10,10 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
+from tests.ui.client import Client
 from tests.ui.conftest import metric_lines
 
 READY = "#page[data-ready]"
@@ -169,14 +168,10 @@ def test_chat_streams_two_models_side_by_side(browser, dashboard, shots):
     screenshot(browser, shots, "chat")
 
 
-def _get(server, path: str, host: str | None = None) -> tuple[int, str]:
-    address = urlsplit(server.url)
-    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
-    connection.putrequest("GET", path, skip_host=True)  # the path goes out as written, ".." and all
-    connection.putheader("Host", host or address.netloc)
-    connection.endheaders()
-    response = connection.getresponse()
-    return response.status, response.read().decode("utf-8", "replace")
+def _get(client: Client, path: str, host: str | None = None) -> tuple[int, str]:
+    """(status, text) of a GET sent as written (the path ".." and all), with the client's cookie."""
+    response = client.request("GET", path, headers={"Host": host} if host else None)
+    return response.status, response.text
 
 
 @pytest.mark.parametrize(
@@ -188,18 +183,18 @@ def _get(server, path: str, host: str | None = None) -> tuple[int, str]:
         "/files/tiny/v1/export/tiny-v1-q4_k_m.gguf",  # a symlink out of the runs folder
     ],
 )
-def test_paths_outside_the_runs_folder_are_refused(dashboard, path):
-    status, body = _get(dashboard, path)
+def test_paths_outside_the_runs_folder_are_refused(client, path):
+    status, body = _get(client, path)
     assert status == 403, body
     assert "only files inside the runs folder" in body
 
 
-def test_run_names_that_are_paths_are_refused(dashboard, ui_runs):
-    for name in ("../tiny/v1", "tiny/../tiny/v1", str(ui_runs / "tiny" / "v1")):
-        status, body = _get(dashboard, f"/api/run?run={name}")
+def test_run_names_that_are_paths_are_refused(client, ui_runs):
+    for name in ("../tiny/v1", "tiny/../tiny/v1", str(ui_runs / "tiny" / "v1"), "tiny/v1%0A"):
+        status, body = _get(client, f"/api/run?run={name}")
         assert status == 400 and "not a run name" in json.loads(body)["error"]
-    assert _get(dashboard, "/files/tiny/v1/metrics.jsonl")[0] == 200
-    assert _get(dashboard, "/api/runs", host="attacker.example:80")[0] == 403  # DNS rebinding
+    assert _get(client, "/files/tiny/v1/metrics.jsonl")[0] == 200
+    assert _get(client, "/api/runs", host=f"attacker.example:{client.port}")[0] == 403  # DNS rebinding
 
 
 def test_browser_is_refused_a_dotdot_path(browser, dashboard, shots):
@@ -216,8 +211,8 @@ def test_browser_is_refused_a_dotdot_path(browser, dashboard, shots):
 
 
 def test_ui_command_serves_without_torch(ui_runs, tmp_path):
-    """`quicktune ui` prints its URL and serves every page but the chat without loading torch
-    (checked in the server process's own memory map)."""
+    """`quicktune ui` prints its URL, with the key that signs a browser in, and serves every page but the chat
+    without loading torch (checked in the server process's own memory map)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "quicktune", "ui", "--runs-dir", str(ui_runs), "--port", "0"],
@@ -227,16 +222,14 @@ def test_ui_command_serves_without_torch(ui_runs, tmp_path):
         line = process.stdout.readline()
         assert line.startswith("quicktune ui: http://127.0.0.1:"), line + process.stderr.read()
         url = line.split()[2]
-
-        class Server:
-            pass
-
-        server = Server()
-        server.url = url
+        assert "/?token=" in url
+        client = Client(url)
+        assert client.get("/api/runs").status == 403  # not without the key
+        assert client.sign_in(url).status == 303
         for path in ("/", "/static/app.js", "/static/vendor/uplot/uPlot.iife.min.js", "/api/runs",
                      "/api/run?run=tiny/v1", "/api/metrics?run=tiny/v3", "/api/compare?a=tiny/v1&b=tiny/v2",
                      "/api/chat/models", "/files/tiny/v1/eval/base-ab12ab12ab12.json"):
-            status, body = _get(server, path)
+            status, body = _get(client, path)
             assert status == 200, (path, body)
         maps = Path(f"/proc/{process.pid}/maps").read_text()
         assert "libtorch" not in maps
@@ -266,4 +259,4 @@ def test_another_address_is_served_only_when_asked_for_with_a_warning(ui_runs):
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=30)
     assert "warning: listening on 0.0.0.0" in " ".join(err.split())
-    assert "no login" in err
+    assert "plain HTTP" in " ".join(err.split())

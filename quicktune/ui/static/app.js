@@ -1,4 +1,4 @@
-// quicktune ui: one page, four views (#/ runs, #/run?run=R, #/compare?a=A&b=B, #/chat?a=M&b=M).
+// quicktune ui: one page, five views (#/ runs, #/run?run=R, #/compare?a=A&b=B, #/chat?a=M&b=M, #/history).
 // Plain DOM and uPlot (vendored in static/vendor/uplot); every text goes in through textContent.
 "use strict";
 
@@ -134,7 +134,7 @@ async function runsView() {
         e.target.checked ? chosen.add(r.name) : chosen.delete(r.name);
         compare.disabled = chosen.size !== 2;
       }})),
-      el("td", {}, runLink(r.name)),
+      el("td", {}, runLink(r.name), r.promoted ? el("span", {class: "promoted", text: " ★ promoted"}) : null),
       el("td", {}, badge(r.status), r.status === "running" && r.updated ? el("div", {class: "muted small", text: `last log ${ago(r.updated)}`}) : null),
       el("td", {text: r.method || "–"}),
       el("td", {class: "mono small", text: r.base || "–"}),
@@ -164,6 +164,80 @@ async function runsView() {
     const text = JSON.stringify(fresh);
     if (text !== last) { last = text; render(fresh); }
   });
+}
+
+// --- promotions -------------------------------------------------------------------------------
+
+const TOKEN = (document.querySelector('meta[name="quicktune-token"]') || {}).content || "";
+
+function historyTable(h) {
+  if (h.error) return el("p", {class: "error", text: h.error});
+  if (!h.lines.length) return el("p", {class: "muted", text: `nothing promoted yet: quicktune runs promote ${h.recipe}/vN`});
+  return table(["when", "what", "run", "who", "why", "checked against", "Ollama"], h.lines.map(l => {
+    const c = l.compared || {};
+    const worse = (c.regressions || []).length ? ` (worse on ${c.regressions.join(", ")})` : "";
+    return el("tr", {dataset: {action: l.action, run: l.run}},
+      el("td", {class: "small", text: l.when}),
+      el("td", {}, l.action, l.forced ? el("span", {class: "error", text: " (forced)"}) : null),
+      el("td", {}, runLink(l.run)), el("td", {text: l.who}), el("td", {text: l.why}),
+      el("td", {text: c.with ? `${c.with}${worse}` : "–"}),
+      el("td", {class: "small"}, l.tags.length ? l.tags.map(t => el("span", {class: "chip mono", text: t})) : "–", ` ${l.ollama}`));
+  }), {class: "history", dataset: {recipe: h.recipe}});
+}
+
+async function historyView() {
+  const data = await api("/api/history");
+  show(el("h1", {text: "Promotions"}),
+    data.recipes.length ? null : el("p", {text: "Nothing promoted yet: promote a run from its page, or quicktune runs promote vN."}),
+    data.recipes.map(h => section(`${h.recipe} · promoted now: ${h.current || "none"}`, historyTable(h))));
+}
+
+async function postPromotion(body) {
+  const response = await fetch("/api/promote", {method: "POST", cache: "no-store",
+    headers: {"Content-Type": "application/json", "X-Quicktune-Token": TOKEN}, body: JSON.stringify(body)});
+  return {ok: response.ok, data: await response.json()};
+}
+
+function promotionState(p) {
+  const current = p.history.current || "none";
+  if (p.now) return el("p", {id: "promotion-state", class: "promoted", text: `★ promoted now (since ${p.promoted_at[p.promoted_at.length - 1] || "?"})`});
+  return el("p", {id: "promotion-state", text: p.promoted_at.length ? `promoted before (${p.promoted_at.join(", ")}), not now; promoted now: ${current}`
+    : `not promoted; promoted now: ${current}`});
+}
+
+function promoteSection(run) {
+  const p = run.promotion, h = p.history;
+  const state = el("div", {}, promotionState(p));
+  const history = el("div", {}, historyTable(h));
+  const force = el("input", {type: "checkbox", id: "promote-force"});
+  const reason = el("input", {type: "text", id: "promote-reason", size: 50, placeholder: "why (needed with force)"});
+  const name = el("input", {type: "text", id: "promote-name", size: 20, placeholder: run.name.split("/")[0].toLowerCase()});
+  const result = el("div", {id: "promote-result"});
+  const button = el("button", {id: "promote", disabled: p.now, onclick: async () => {
+    button.disabled = true;
+    result.replaceChildren(el("p", {class: "muted", text: "checking…"}));
+    try {
+      const {ok, data} = await postPromotion({run: run.name, force: force.checked, reason: reason.value, name: name.value});
+      result.dataset.outcome = ok ? "promoted" : "refused";
+      const said = ok ? [el("p", {class: "ok", id: "promote-done", text: `promoted ${data.entry.run}: ${data.entry.why}; Ollama ${data.entry.tags.join(", ")} (${data.entry.ollama})`})]
+        : [el("p", {class: "error", id: "promote-error", text: data.error}), el("ul", {}, (data.problems || []).map(x => el("li", {class: "mono small", text: x}))),
+           data.hint ? el("p", {class: "warning", text: data.hint}) : null];
+      if (data.output) said.push(el("pre", {class: "small", id: "promote-output", text: data.output}));
+      result.replaceChildren(...said.filter(Boolean));
+      if (ok) {
+        const fresh = (await api(`/api/run?run=${encodeURIComponent(run.name)}`)).promotion;
+        state.replaceChildren(promotionState(fresh));
+        history.replaceChildren(historyTable(fresh.history));
+        button.disabled = fresh.now;
+        return;
+      }
+    } catch (error) { result.replaceChildren(el("p", {class: "error", text: String(error.message || error)})); }
+    button.disabled = false;
+  }}, "Promote");
+  return section("Promotion", state,
+    el("p", {class: "muted small", text: "Does what quicktune runs promote does: checks the run (finished, exported, scored) against the promoted version's eval scores, tags it in Ollama (or shows the commands) and records it in promotions.jsonl."}),
+    el("div", {class: "pickers"}, button, " ", el("label", {}, force, " force, because: "), reason, " ", el("label", {}, "Ollama name ", name)),
+    result, el("h3", {text: `History of ${h.recipe}`}), history);
 }
 
 // --- one run ----------------------------------------------------------------------------------
@@ -269,7 +343,7 @@ async function runView(params) {
   const latest = el("span", {id: "latest"});
   const status = el("span", {id: "run-status"}, badge(m.status));
   show(
-    el("h1", {}, run.name, " ", status),
+    el("h1", {}, run.name, " ", status, run.promotion.now ? el("span", {class: "promoted", text: " ★ promoted"}) : null),
     el("p", {class: "muted"}, `${m.method} on ${(m.base_model || {}).spec} · started ${m.started}`,
       run.parent ? [" · from ", runLink(run.parent)] : null),
     section("Loss", el("p", {}, latest, " ", counter), chartBox,
@@ -277,6 +351,7 @@ async function runView(params) {
     fidelitySection(run.fidelity),
     modelfileSection(run),
     evalSection(run),
+    promoteSection(run),
     exampleSection(run.name),
     manifestSection(m),
     run.recipe ? section("Recipe", el("details", {}, el("summary", {text: "recipe.yaml (resolved)"}), el("pre", {class: "small", text: run.recipe}))) : null,
@@ -440,7 +515,7 @@ async function route() {
   delete page.dataset.ready;
   const [path, query] = (location.hash.slice(1) || "/").split("?");
   const params = new URLSearchParams(query || "");
-  const view = {"/": runsView, "/run": runView, "/compare": compareView, "/chat": chatView}[path];
+  const view = {"/": runsView, "/run": runView, "/compare": compareView, "/chat": chatView, "/history": historyView}[path];
   document.querySelectorAll("nav a").forEach(a => a.classList.toggle("active", a.dataset.nav === (path.slice(1) || "runs")));
   show(el("p", {class: "muted", text: "loading…"}));
   try {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quicktune.evaluate.metrics import Answer, json_field_counts, score_all
+from quicktune.metrics import Answer, json_field_counts, score_all
 
 REF = '{"title": "lunch", "person": "Ana", "day": "Friday", "time": "13:00"}'
 
