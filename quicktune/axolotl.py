@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from quicktune.data.formats import detect_format, format_for
 from quicktune.data.load import read_records
 from quicktune.data.tokenizer import cache_dir, gguf_cache_key
 from quicktune.errors import QuicktuneError, RecipeError
+from quicktune.hubref import HubDataset, is_hub_ref, parse_hub_ref
 from quicktune.models import resolve_model
 from quicktune.plan import find_arch
 from quicktune.recipe import (
@@ -41,6 +43,14 @@ from quicktune.runs import write_atomic
 from quicktune.templates import FAMILY_TEMPLATES
 
 AXOLOTL_SCHEMA_VERSION = "0.19.0"
+_PREFERENCE_ROWS = {  # why the dataset of an rl: config other than grpo is not imported
+    "kto": "rl {rl}: KTO rows (one answer each, labelled desirable or not) have no quicktune equivalent; quicktune "
+           "trains preference pairs (method dpo or orpo: prompt, chosen, rejected)",
+    "dpo": "rl {rl}: Axolotl reads these rows with its {type!r} preference strategy, which quicktune does not map; "
+           "quicktune's method dpo/orpo reads TRL's pairs (prompt, chosen, rejected as text or message lists): "
+           "convert the rows and name the file (or hf:// dataset) in data.train",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")  # a path that names a Hub dataset
 BLOCK = "quicktune"
 
 _DS_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -78,13 +88,17 @@ RECIPE_KEYS = {
     "lora.r": "lora_r", "lora.alpha": "lora_alpha", "lora.dropout": "lora_dropout",
     "lora.target_modules": "lora_target_modules", "lora.use_dora": "peft_use_dora",
     "lora.use_rslora": "peft_use_rslora", "lora.last_layers": "peft_layers_to_transform",
-    "data.train": "datasets", "data.eval": "test_datasets", "data.format": "datasets[].type, kept when pinned",
+    "data.train": "datasets (hf://OWNER/NAME: path, split, name, revision; field_messages / field for a renamed "
+                  "column; limit, sample and other columns kept)",
+    "data.eval": "test_datasets (as data.train)", "data.format": "datasets[].type, kept when pinned",
     "data.eval_fraction": "val_set_size", "data.system_prompt": "kept",
+    "data.shared_instruction": "keep: the rows as they are; refused: system (quicktune moves it while preparing rows)",
     "data.train_on_responses_only": "roles_to_train, train_on_eos, train_on_inputs",
     "data.dedupe": "dataset_exact_deduplication", "data.semantic_threshold": "kept",
     "training.epochs": "num_epochs", "training.max_steps": "max_steps", "training.learning_rate": "learning_rate",
     "training.lr_scheduler": "lr_scheduler", "training.warmup_ratio": "warmup_ratio",
     "training.weight_decay": "weight_decay", "training.optimizer": "optimizer",
+    "training.precision": "kept (Axolotl's bf16 / fp16 are model.dtype's)",
     "training.batch_size": "micro_batch_size", "training.grad_accumulation": "gradient_accumulation_steps",
     "training.seed": "seed",
     "training.packing": "sample_packing", "training.gradient_checkpointing": "gradient_checkpointing",
@@ -114,7 +128,9 @@ def _file_format(recipe: Recipe, path: str) -> str:
     fmt = format_for(recipe.data.format, path)
     if fmt != "auto":
         return fmt
-    first = next((r for r in read_records(path) if r.error is None), None)
+    records = read_records(path)
+    first = next((r for r in records if r.error is None), None)
+    records.close()  # a Hub dataset is streamed: read no further
     found = detect_format(first.value) if first else None
     if found is None:
         raise QuicktuneError(f"{path}: cannot tell its data format from the first record",
@@ -123,8 +139,15 @@ def _file_format(recipe: Recipe, path: str) -> str:
 
 
 def _dataset(path: str, fmt: str, responses_only: bool) -> dict[str, Any]:
+    if is_hub_ref(path):
+        return _hub_dataset(path, fmt, responses_only)[0]
     suffix = Path(path).suffix.lower()
-    entry: dict[str, Any] = {"path": path, "ds_type": _DS_TYPES.get(suffix, "json")}
+    return {"path": path, "ds_type": _DS_TYPES.get(suffix, "json"), **_dataset_type(fmt, responses_only)}
+
+
+def _dataset_type(fmt: str, responses_only: bool) -> dict[str, Any]:
+    """The keys of a dataset entry that say how Axolotl reads its rows."""
+    entry: dict[str, Any] = {}
     if fmt in _LAYOUTS:
         entry["type"] = "chat_template"
         entry.update(copy.deepcopy(_LAYOUTS[fmt]))  # no YAML anchors between datasets
@@ -135,6 +158,27 @@ def _dataset(path: str, fmt: str, responses_only: bool) -> dict[str, Any]:
     else:
         entry.update(type="completion", field="text")
     return entry
+
+
+def _hub_dataset(ref: str, fmt: str, responses_only: bool) -> tuple[dict[str, Any], list[str]]:
+    """An ``hf://`` entry as Axolotl's dataset entry (path OWNER/NAME, split, name, revision; the column holding
+    the messages or text as field_messages / field), and what of it Axolotl cannot say."""
+    source = parse_hub_ref(ref)
+    entry: dict[str, Any] = {"path": source.hf, "split": source.split}
+    if source.subset is not None:
+        entry["name"] = source.subset
+    if source.revision is not None:
+        entry["revision"] = source.revision
+    entry.update(_dataset_type(fmt, responses_only))
+    columns = dict(source.columns)
+    holder = {"messages": "messages", "sharegpt": "conversations", "text": "text"}.get(fmt)
+    for column, target in source.columns.items():
+        if target == holder:  # the column that holds the messages (or the text) is named in the entry
+            entry["field" if fmt == "text" else "field_messages"] = column
+            del columns[column]
+    lost = [f"columns {', '.join(f'{k}: {v}' for k, v in columns.items())}"] if columns else []
+    lost += [f"{key} {getattr(source, key)}" for key in ("limit", "sample", "seed") if getattr(source, key) is not None]
+    return entry, lost
 
 
 def _base_model(spec: str) -> tuple[str, str | None]:
@@ -296,10 +340,23 @@ def _export_data(recipe: Recipe, draft: _ExportDraft) -> None:
     test_datasets, val_set_size, train_on_inputs and dataset_exact_deduplication; keeps data.format,
     data.system_prompt and data.semantic_threshold."""
     d, config = recipe.data, draft.config
+    if d.shared_instruction != "keep":
+        raise QuicktuneError(
+            f"data.shared_instruction: {d.shared_instruction}: quicktune moves the instruction the rows share into "
+            "their system turn while it prepares them; Axolotl reads the files as they are and would train it in the "
+            "user turn", hint="Export with --set data.shared_instruction=keep, or write the instruction into the "
+            "rows' system turn in the data file.")
     formats = {path: _file_format(recipe, path) for path in (*d.train, *d.eval)}
     config["datasets"] = [_dataset(p, formats[p], d.train_on_responses_only) for p in d.train]
     if d.eval:
         config["test_datasets"] = [_dataset(p, formats[p], d.train_on_responses_only) for p in d.eval]
+    for key, written in (("train", "datasets"), ("eval", "test_datasets")):
+        lost = [f"{p}: {', '.join(why)}" for p in getattr(d, key) if is_hub_ref(p)
+                for why in [_hub_dataset(p, formats[p], d.train_on_responses_only)[1]] if why]
+        if lost:
+            draft.lossy_value(f"data.{key}", getattr(d, key), {written: copy.deepcopy(config[written])},
+                              f"Axolotl reads the whole split as its own columns; it has no equivalent of "
+                              f"{'; '.join(lost)}")
     config["val_set_size"] = d.eval_fraction
     config["train_on_inputs"] = not d.train_on_responses_only
     if d.format != "auto":
@@ -483,42 +540,64 @@ def _dataset_in(
     if not isinstance(entry, dict):
         reader.skip(at, "expected a mapping with path and type")
         return None
+    rl = reader.data.get("rl")
+    if rl is not None and rl != "grpo":  # the entry is read by one of Axolotl's preference prompt strategies
+        why = _PREFERENCE_ROWS["kto" if rl == "kto" else "dpo"]
+        reader.skip((*at, "type"), why.format(rl=rl, type=entry.get("type")))
+        return None
     known = {"path", "ds_type", "type", "field_messages", "message_property_mappings", "roles", "roles_to_train",
-             "train_on_eos", "field", "split", "message_field_role", "message_field_content"}
+             "train_on_eos", "field", "split", "message_field_role", "message_field_content", "name", "revision"}
     for extra in entry:
         if extra not in known and entry[extra] is not None:
             reader.skip((*at, extra), "no quicktune equivalent")
     raw = entry.get("path")
     if not isinstance(raw, str):
-        reader.skip((*at, "path"), "missing: quicktune trains on local files")
+        reader.skip((*at, "path"), "missing: a local file or a Hugging Face Hub dataset (OWNER/NAME)")
         return None
     path = Path(raw).expanduser()
     path = path if path.is_absolute() else (base_dir / path)
-    if not path.is_file():
-        reader.skip((*at, "path"), f"{raw} is not a local file (a hub dataset?): quicktune trains on local files; "
-                                   "download it and point data.train at the file")
+    hub = not path.is_file() and _HUB_ID.match(raw) is not None
+    if not path.is_file() and not hub:
+        reader.skip((*at, "path"), f"{raw} is neither a local file nor a Hugging Face Hub dataset id (OWNER/NAME)")
         return None
-    if entry.get("split") not in (None, "train"):
+    for key in ("name", "revision"):  # a Hub dataset's subset and commit
+        if not hub and entry.get(key) is not None:
+            reader.skip((*at, key), "a local file has no subsets or revisions")
+    if not hub and entry.get("split") not in (None, "train"):
         reader.skip((*at, "split"), "a local file is read whole")
     kind = entry.get("type")
+    columns: dict[str, str] = {}
     if kind == "chat_template":
-        chat = _chat_dataset(entry, at, reader)
+        chat = _chat_dataset(entry, at, reader, renames=hub)
         if chat is None:
             return None
-        fmt, responses_only = chat
+        fmt, responses_only, columns = chat
     elif kind == "alpaca":
         fmt, responses_only = "alpaca", None
-    elif kind == "completion" and entry.get("field") in (None, "text"):
+    elif kind == "completion" and (entry.get("field") in (None, "text") or hub):
         fmt, responses_only = "text", None
+        if entry.get("field") not in (None, "text"):
+            columns = {str(entry["field"]): "text"}
     else:
         reader.skip((*at, "type"), f"dataset type {kind!r}: quicktune maps chat_template, alpaca and completion")
         return None
-    return str(path.resolve()), fmt, responses_only
+    if not hub:
+        return str(path.resolve()), fmt, responses_only
+    try:
+        source = HubDataset(hf=raw, split=entry.get("split") or "train", subset=entry.get("name"),
+                            revision=entry.get("revision"), columns=columns)
+    except ValidationError as exc:
+        reader.skip(at, f"not a Hub dataset quicktune can name: {exc.errors()[0]['msg']}")
+        return None
+    return source.ref(), fmt, responses_only
 
 
-def _chat_dataset(entry: dict[str, Any], at: tuple[str, int], reader: _Reader) -> tuple[str, bool | None] | None:
+def _chat_dataset(
+    entry: dict[str, Any], at: tuple[str, int], reader: _Reader, *, renames: bool = False
+) -> tuple[str, bool | None, dict[str, str]] | None:
     """Reads a chat_template dataset entry's message fields, roles and roles_to_train; returns (format,
-    responses_only or None), or None when quicktune cannot read its messages (listed as not imported)."""
+    responses_only or None, columns), or None when quicktune cannot read its messages (listed as not imported).
+    With ``renames`` (a Hub dataset) the messages may sit under any column: ``columns`` renames it."""
     mapping = entry.get("message_property_mappings") or {
         "role": entry.get("message_field_role") or "role",
         "content": entry.get("message_field_content") or "content",
@@ -527,6 +606,12 @@ def _chat_dataset(entry: dict[str, Any], at: tuple[str, int], reader: _Reader) -
         reader.skip((*at, "message_property_mappings"), "expected a mapping of role and content to fields")
         return None
     layout = (entry.get("field_messages") or "messages", mapping.get("role"), mapping.get("content"))
+    columns: dict[str, str] = {}
+    turn_keys = {("role", "content"): "messages", ("from", "value"): "sharegpt"}.get(layout[1:])
+    if renames and turn_keys is not None and isinstance(layout[0], str):
+        wanted = "messages" if turn_keys == "messages" else "conversations"
+        columns = {layout[0]: wanted} if layout[0] != wanted else {}
+        layout = (wanted, *layout[1:])
     fmt = {("messages", "role", "content"): "messages", ("conversations", "from", "value"): "sharegpt"}.get(layout)
     if fmt is None:
         reader.skip((*at, "field_messages"), f"messages under {layout[0]!r} with role {layout[1]!r} and content "
@@ -542,7 +627,7 @@ def _chat_dataset(entry: dict[str, Any], at: tuple[str, int], reader: _Reader) -
         responses_only = list(trained) == ["assistant"]
         if not responses_only and "assistant" not in trained:
             reader.skip((*at, "roles_to_train"), "quicktune trains the answers, or every token")
-    return fmt, responses_only
+    return fmt, responses_only, columns
 
 
 @dataclass
@@ -584,6 +669,8 @@ def from_axolotl(path: Path) -> AxolotlImport:
     _import_grpo(draft, path.parent)
     _apply_block(draft.recipe, block, draft.cfg, draft.reader)
     _import_last_layers(draft)
+    if not (draft.recipe.get("data") or {}).get("train"):
+        raise _no_training_data(draft.reader)
     draft.recipe.setdefault("name", _name_from(path))
     _skip_unmapped(draft)
     loaded = validate_recipe(draft.recipe, lines=draft.lines, source=str(path))
@@ -725,8 +812,10 @@ def _import_data(draft: _ImportDraft, base_dir: Path) -> None:
     data["train_on_responses_only"] = per_dataset.pop() if len(per_dataset) == 1 else not inputs
     dedupe = draft.take("dataset_exact_deduplication")
     data["dedupe"] = "exact" if dedupe else "none"
-    pinned = {p: f for p, f, _ in (*datasets["datasets"], *datasets["test_datasets"])
-              if f != detect_format(next((r.value for r in read_records(p) if r.error is None), None))}
+    # A Hub dataset is not read here (it may not be downloaded yet): its format is found from its rows, which the
+    # columns of Axolotl's type name as quicktune's formats do (instruction/output, messages, conversations, text).
+    pinned = {p: f for p, f, _ in (*datasets["datasets"], *datasets["test_datasets"]) if not is_hub_ref(p)
+              and f != detect_format(next((r.value for r in read_records(p) if r.error is None), None))}
     data["format"] = pinned or "auto"
 
 
@@ -746,6 +835,15 @@ def _import_datasets(draft: _ImportDraft, base_dir: Path) -> dict[str, list[tupl
             if found:
                 datasets[key].append(found)
     return datasets
+
+
+def _no_training_data(reader: _Reader) -> RecipeError:
+    """The error of a config none of whose datasets quicktune can train on, with each dataset's reason."""
+    why = [line for line in reader.unmapped if line.split(": ", 2)[1].startswith(("datasets", "rl"))]
+    return RecipeError(f"{reader.path}: none of its datasets can be imported, so the recipe would have no training "
+                       "data (data.train)", problems=why or [f"{reader.where('datasets')}: datasets: none given"],
+                       hint="Point data.train at local files or hf://OWNER/NAME datasets quicktune reads (alpaca, "
+                       "sharegpt, messages or text rows), then `quicktune data check --recipe` it.")
 
 
 def _import_schedule(draft: _ImportDraft) -> None:

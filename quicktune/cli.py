@@ -150,11 +150,12 @@ def data_check(
     """Validate data FILES and show what training will see.
 
     \b
-    Reads JSONL, JSON, CSV or Parquet in messages, sharegpt, alpaca or text format;
-    reports every broken line as FILE:LINE (exit status 2), duplicates, train/eval
-    leakage, token lengths against max_seq_length, and one rendered example with
-    the trained tokens marked. With --recipe, FILES replace the recipe's data.train
-    (leave them out to check the recipe's own data).
+    Reads JSONL, JSON, CSV or Parquet in messages, sharegpt, alpaca or text format,
+    or a Hugging Face Hub dataset, hf://OWNER/NAME (from the Hub cache); reports
+    every broken line as FILE:LINE or hf://OWNER/NAME[train]:row N (exit status 2),
+    duplicates, train/eval leakage, token lengths against max_seq_length, and one
+    rendered example with the trained tokens marked. With --recipe, FILES replace
+    the recipe's data.train (leave them out to check the recipe's own data).
 
     \b
     Examples:
@@ -162,6 +163,7 @@ def data_check(
       quicktune data check my.jsonl --recipe llama3.1-8b-qlora --set model.max_seq_length=4096
       quicktune data check my.jsonl --eval held-out.jsonl --json
       quicktune data check my.jsonl --eval held-out.jsonl --semantic-threshold 0.85
+      quicktune data check "hf://yahma/alpaca-cleaned?limit=2000"
     """
     from quicktune.data.check import check_data
 
@@ -656,6 +658,11 @@ def runs_history(runs_dir: str, recipe: str | None) -> None:
     "expected one, to correct and accept (then `quicktune data accept`).",
 )
 @click.option("--review-all", is_flag=True, help="With --review: write every row, right or wrong.")
+@click.option(
+    "--no-cache", is_flag=True,
+    help="Ask every model again instead of reusing the answers an earlier eval kept (the run's in RUN/eval/answers/, "
+    "the base model's in ~/.cache/quicktune/eval-answers/); the new answers replace them.",
+)
 @click.option("--force", is_flag=True, help="With --review: replace OUT.jsonl when it exists.")
 @click.option(
     "--judge-api-key-env", metavar="VAR", help="Environment variable holding --judge-endpoint's API key "
@@ -696,7 +703,7 @@ def evaluate(
     runs_dir: str, judge_endpoint: str | None = None, judge_model: str | None = None,
     judge_api_key_env: str | None = None, endpoint: str | None = None, endpoint_model: str | None = None,
     api_key_env: str | None = None, with_system: bool = False, concurrency: int = 1, review: str | None = None,
-    review_all: bool = False, force: bool = False,
+    review_all: bool = False, force: bool = False, no_cache: bool = False,
 ) -> None:
     """Score RUN against the base model (or another run) on held-out data.
 
@@ -709,6 +716,11 @@ def evaluate(
     (<rows>: the held-out rows' sha256; the same comparison again replaces its own).
     A metric the run is worse on than what it is compared with by more than
     --threshold is marked ▼.
+    Each model's answers are kept (the run's in RUN/eval/answers/, the base
+    model's in the user cache) and reused while its files, the prompts, the
+    answer budget and the library versions stay the same: the report says
+    "N of N answers from the cache". --no-cache asks again. Served (--endpoint)
+    answers and the judge's verdicts are never kept.
 
     \b
     Was fine-tuning worth it?
@@ -762,7 +774,7 @@ def evaluate(
         endpoints=dict(endpoint=endpoint, model=endpoint_model, api_key_env=api_key_env, with_system=with_system,
                        concurrency=concurrency, judge_endpoint=judge_endpoint, judge_model=judge_model,
                        judge_api_key_env=judge_api_key_env),
-        review=review, review_all=review_all, force=force,
+        review=review, review_all=review_all, force=force, fresh=no_cache,
     )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
@@ -778,7 +790,18 @@ def evaluate(
     "--vram", type=click.FloatRange(1), help="Or the GPU memory in GiB (memory only: no time estimate without --gpu)."
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-def plan(recipe: str, gpu: str | None, vram: float | None, overrides: tuple[str, ...]) -> None:
+@click.option(
+    "--measure", is_flag=True,
+    help="Time a few real training steps of RECIPE on this machine (in a temporary folder, deleted afterwards) "
+    "and take the time from them.",
+)
+@click.option(
+    "--measure-steps", type=click.IntRange(1), default=4, show_default=True,
+    help="Steps --measure times, after one warm-up step.",
+)
+def plan(
+    recipe: str, gpu: str | None, vram: float | None, overrides: tuple[str, ...], measure: bool, measure_steps: int
+) -> None:
     """Estimate peak VRAM, disk and time for RECIPE, without loading anything.
 
     \b
@@ -786,20 +809,41 @@ def plan(recipe: str, gpu: str | None, vram: float | None, overrides: tuple[str,
     CUDA runtime, says whether it fits, and if not the nearest settings that do.
     Exit status 1 when it does not fit. A CPU recipe (its hardware line says CPU,
     e.g. smollm2-demo) is planned for the CPU unless --gpu or --vram is given.
-    Constants and their sources: quicktune/plan.py.
+    The time is per epoch and for the run as configured (training.max_steps, else
+    its epochs). With --measure it comes from real steps timed on this machine
+    (the model loads and trains; nothing is kept); without, from a scaled reference
+    (CPU) or the card's throughput (GPU). Constants and their sources: quicktune/plan.py.
 
     \b
     Examples:
       quicktune plan llama3.1-8b-qlora
       quicktune plan llama3.1-8b-qlora --gpu "RTX 3060"
       quicktune plan llama3.1-8b-qlora --set method=lora --set model.load_in_4bit=false --set model.max_seq_length=8192
+      quicktune plan smollm2-demo --measure
     """
     from quicktune.console import print_plan
+    from quicktune.hubref import is_hub_ref
     from quicktune.plan import make_plan
     from quicktune.recipe import load_recipe
 
     loaded = load_recipe(recipe, list(overrides))
-    result = make_plan(loaded, gpu=gpu, vram=vram)
+    rows = tokens = None
+    if any(is_hub_ref(entry) for entry in loaded.data.train):  # its rows are counted: read from the Hub cache
+        from quicktune.data.load import data_size
+
+        rows, tokens = data_size(loaded.data.train)
+    measured = None
+    if measure:
+        if gpu:
+            from quicktune.errors import QuicktuneError
+
+            raise QuicktuneError("--measure times this machine, --gpu plans another card: give one of them",
+                                 hint="Run `plan --measure` on the machine that will train.")
+        from quicktune.console import console
+        from quicktune.train.measure import measure_steps as time_steps
+
+        measured = time_steps(loaded, measure_steps, say=console.print)
+    result = make_plan(loaded, gpu=gpu, vram=vram, tokens=tokens, prompts=rows, measured=measured)
     print_plan(result, loaded.name, loaded.hardware)
     if not result.fits:
         sys.exit(1)

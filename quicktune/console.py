@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from quicktune.data.instruction import describe
 from quicktune.plan import GIB
 
 if TYPE_CHECKING:
@@ -157,6 +158,8 @@ def print_data_report(report: DataReport) -> None:
         console.print("[dim]Token lengths and the rendered example need a tokenizer: add --recipe.[/]")
     if report.system_prompt is not None:
         _print_system_prompt(report.system_prompt)
+    if report.shared_instruction is not None and report.shared_instruction.mode != "keep":  # kept: a warning
+        console.print(f"  [dim]{escape(describe(report.shared_instruction))}[/]")
     if report.stop is not None:
         stop = report.stop
         note = (" (pad token = eos: quicktune builds labels itself, so the stop token is still trained)"
@@ -474,18 +477,49 @@ def print_plan(plan, recipe_name: str, hardware: str = "") -> None:
     console.print(
         "disk: " + ", ".join(f"{k} {v / GIB:.1f}" for k, v in plan.disk.items()) + f" GiB; total {disk / GIB:.1f} GiB"
     )
-    if plan.epoch_seconds is None:
+    _print_plan_time(plan, recipe_name)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds >= 2 * 3600:
+        return f"about {seconds / 3600:.1f} h"
+    return f"about {seconds:.0f} s" if seconds < 120 else f"about {seconds / 60:.0f} min"
+
+
+def _print_plan_time(plan, recipe_name: str) -> None:
+    """The time lines of ``quicktune plan``: per epoch, the run as configured (training.max_steps or its
+    epochs), and where the numbers come from (a scaled reference, a card's throughput, or --measure)."""
+    if plan.measured is not None:
+        console.print(f"time: {escape(plan.time_note)}")
+    elif plan.epoch_seconds is None:
         console.print(f"time: {plan.time_note if plan.data_tokens else 'unknown: the training data was not found'}")
         return
-    seconds = plan.epoch_seconds
-    if seconds < 1:
-        duration = "under a second"
     else:
-        duration = f"about {seconds:.0f} s" if seconds < 120 else f"about {seconds / 60:.0f} min"
-    console.print(
-        f"time: ~{plan.data_tokens:,} tokens per epoch (4 characters per token) → {duration} per epoch "
-        f"(an estimate {plan.time_note})"
-    )
+        console.print(
+            f"time: ~{plan.data_tokens:,} tokens per epoch (4 characters per token) → {_duration(plan.epoch_seconds)} "
+            f"per epoch (an estimate {plan.time_note})"
+        )
+    if plan.run_seconds is not None:
+        epochs = ""
+        if plan.steps_per_epoch and plan.steps_from == "training.max_steps":
+            epochs = f"; {plan.steps / plan.steps_per_epoch:.3g} epochs of {plan.steps_per_epoch} steps"
+        elif plan.steps_per_epoch:
+            epochs = f" x {plan.steps_per_epoch} steps"
+        each = f"{plan.step_seconds:.{1 if plan.step_seconds >= 1 else 2}f} s a step"
+        console.print(f"  the run as configured: {plan.steps} steps ({plan.steps_from}{epochs}) → "
+                      f"{_duration(plan.run_seconds)} of training steps ({each})")
+        if plan.measured is not None and plan.epoch_seconds is not None:
+            console.print(f"  one epoch ({plan.steps_per_epoch} steps): {_duration(plan.epoch_seconds)}")
+    elif plan.measured is not None:
+        console.print("  the run's steps are unknown: the training data could not be counted")
+    if plan.measured is not None:
+        console.print("  (steps only: eval passes, checkpoints and export come on top)")
+    elif plan.device == "cpu":
+        console.print(f"  not measured here: `quicktune plan {escape(recipe_name)} --measure` times a few steps "
+                      "of it on this machine", highlight=False)
+
 
 def print_axolotl_export(export, out) -> None:
     console.print(f"[green]✓ wrote[/] {escape(str(out))} (Axolotl config)")

@@ -8,7 +8,9 @@ measurements in tests/test_plan.py.
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -429,6 +431,25 @@ def seconds_per_epoch(arch: Arch, tokens: int, gpu: Gpu, gradient_checkpointing:
     return tokens * flops_per_token / (gpu.bf16_tflops * 1e12 * MODEL_FLOPS_UTILIZATION)
 
 
+@dataclass(frozen=True)
+class MeasuredSteps:
+    """Optimizer steps of the recipe timed on this machine (``quicktune plan --measure``,
+    quicktune/train/measure.py): the median after the warm-up steps."""
+
+    seconds_per_step: float
+    steps: int  # steps timed, after the warm-up
+    warmup: int
+    device: str  # "cpu" or "cuda", as the training backend ran
+    step_times: tuple[float, ...] = ()  # every timed step, warm-up left out
+
+    def describe(self) -> str:
+        each = f"{self.seconds_per_step:.{1 if self.seconds_per_step >= 1 else 2}f} s/step"
+        steps = f"{self.steps} step{'' if self.steps == 1 else 's'}"
+        warmup = f"{self.warmup} warm-up step{'' if self.warmup == 1 else 's'}"
+        device = "GPU" if self.device == "cuda" else "CPU"
+        return f"measured: {each} over {steps} on this machine ({device}, after {warmup})"
+
+
 @dataclass
 class Plan:
     arch: Arch
@@ -442,6 +463,19 @@ class Plan:
     fixes: list = field(default_factory=list)
     device: str = "gpu"  # "cpu": a recipe whose hardware line says CPU, planned without --gpu/--vram
     time_note: str = ""  # where the time estimate comes from, or why there is none
+    rows: int | None = None  # rows one epoch trains on (train_rows); None: not countable here
+    steps_per_epoch: int | None = None  # optimizer steps in one epoch (steps_per_epoch)
+    steps: int | None = None  # optimizer steps the run as configured takes (run_steps)
+    step_seconds: float | None = None  # one optimizer step, estimated or measured
+    measured: MeasuredSteps | None = None  # `plan --measure`: the steps timed on this machine
+    steps_from: str = ""  # what sets the run's steps: training.max_steps, or training.epochs
+
+    @property
+    def run_seconds(self) -> float | None:
+        """The training steps of the run as configured (training.max_steps, else its epochs)."""
+        if self.step_seconds is None or self.steps is None:
+            return None
+        return self.step_seconds * self.steps
 
     @property
     def fits(self) -> bool:
@@ -491,38 +525,45 @@ def data_tokens(recipe) -> int | None:
     return int(total / 4)
 
 
-def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> Plan:
+def make_plan(
+    recipe, *, gpu: str | None = None, vram: float | None = None, tokens: int | None = None,
+    prompts: int | None = None, measured: MeasuredSteps | None = None,
+) -> Plan:
     """Plan for the GPU named, else for a GPU of ``vram`` GiB, else for the CPU when the recipe is
-    a CPU recipe, else for the RTX 4090 the built-in GPU recipes are written for."""
+    a CPU recipe, else for the RTX 4090 the built-in GPU recipes are written for. ``tokens`` and ``prompts``
+    (rows): one epoch's, counted by the caller (a Hub dataset's); None: from the data files. ``measured``:
+    steps timed on this machine (``plan --measure``), which then give the time instead of the model."""
     arch = find_arch(recipe.model.base)
     on_cpu = gpu is None and vram is None and is_cpu_recipe(recipe)
     settings = settings_for(recipe, device="cpu" if on_cpu else "cuda")
     if settings.last_layers is not None and settings.last_layers > arch.layers:  # training refuses it too
         raise too_many_layers(recipe, settings.last_layers, arch.layers)
     result = estimate(arch, settings)
-    tokens = data_tokens(recipe)
+    tokens = data_tokens(recipe) if tokens is None else tokens
+    rows = train_rows(recipe, prompts)
     disk = disk_bytes(arch, settings, recipe.export.quantizations)
-    if gpu is None and vram is None and is_cpu_recipe(recipe):
+    if on_cpu:
         epoch = (cpu_seconds_per_epoch(arch, tokens) * settings.work_factor
                  * layer_work_factor(arch, settings)) if tokens else None
         note = (
             f"scaled from our run of the quick start on a {CPU_REFERENCE['cores']}-core CPU "
-            f"({CPU_REFERENCE['seconds']:.0f} s for 120 steps of SmolLM2-135M); more cores are faster"
+            f"({CPU_REFERENCE['seconds']:.0f} s for 120 steps of 8 rows of SmolLM2-135M); more cores are faster"
         )
         if settings.method == "grpo" and tokens:
-            epoch = grpo_cpu_seconds_per_epoch(arch, settings, recipe)
+            epoch = grpo_cpu_seconds_per_epoch(arch, settings, recipe, rows or 0)
             note = (f"scaled from our demo GRPO run on a {CPU_REFERENCE['cores']}-core CPU "
                     f"({GRPO_CPU_REFERENCE['seconds_per_step']:g} s a step of {GRPO_CPU_REFERENCE['answers_per_step']} "
                     "answers of SmolLM2-135M); more cores are faster")
-        return Plan(arch, settings, 0.0, None, result, disk, tokens, epoch, device="cpu",
+        plan = Plan(arch, settings, 0.0, None, result, disk, tokens, epoch, device="cpu",
                     time_note=note + _preference_note(settings))
+        return _timed(plan, recipe, rows, measured)
     card = find_gpu(gpu) if gpu else (None if vram else GPUS["rtx 4090"])
     vram_gib = vram or card.vram_gib
     if card is not None:
         epoch = (seconds_per_epoch(arch, tokens, card, settings.gradient_checkpointing) * settings.work_factor
                  * layer_work_factor(arch, settings)) if tokens else None
         if settings.method == "grpo" and tokens:
-            epoch = grpo_gpu_seconds_per_epoch(arch, settings, recipe, card)
+            epoch = grpo_gpu_seconds_per_epoch(arch, settings, recipe, card, rows or 0)
         note = f"on {card.name}, from its 16-bit throughput at {MODEL_FLOPS_UTILIZATION:.0%} utilisation"
     else:
         epoch, note = None, "not estimated: --vram says how much memory, not how fast; name the card with --gpu"
@@ -530,7 +571,82 @@ def make_plan(recipe, *, gpu: str | None = None, vram: float | None = None) -> P
                 time_note=note + (_preference_note(settings) if card is not None else ""))
     if not plan.fits:
         plan.fixes = suggestions(arch, settings, vram_gib, recipe.training.grad_accumulation)
+    return _timed(plan, recipe, rows, measured)
+
+
+def _timed(plan: Plan, recipe, rows: int | None, measured: MeasuredSteps | None) -> Plan:
+    """``plan`` with the run's steps and their time: one step is an epoch's time over its steps, or the step
+    ``measured`` on this machine (which then also gives the epoch's time)."""
+    plan.rows = rows
+    plan.steps_per_epoch = steps_per_epoch(recipe, rows) if rows else None
+    plan.steps = run_steps(recipe, rows) if rows is not None or recipe.training.max_steps else None
+    t = recipe.training
+    plan.steps_from = "training.max_steps" if t.max_steps else f"training.epochs {t.epochs:g}"
+    if measured is not None:
+        plan.measured = measured
+        plan.step_seconds = measured.seconds_per_step
+        plan.epoch_seconds = measured.seconds_per_step * plan.steps_per_epoch if plan.steps_per_epoch else None
+        plan.time_note = measured.describe()
+    elif plan.epoch_seconds is not None and plan.steps_per_epoch:
+        plan.step_seconds = plan.epoch_seconds / plan.steps_per_epoch
     return plan
+
+
+# --- rows and steps: the run as configured ---------------------------------------------------------
+
+
+def count_rows(path: Path) -> int | None:
+    """Rows in one local data file, as quicktune/data/load.py reads them (before validation and
+    deduplication); None: a file type or content counted only by loading it."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            with path.open("rb") as handle:
+                return sum(1 for line in handle if line.strip())
+        if suffix == ".json":
+            value = json.loads(path.read_text(encoding="utf-8"))
+            return len(value) if isinstance(value, list) else None
+        if suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                return sum(1 for _ in csv.DictReader(handle))
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq  # the loader's reader; no torch
+
+            return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError, ImportError):
+        return None
+    return None
+
+
+def train_rows(recipe, rows: int | None = None) -> int | None:
+    """Rows one epoch trains on: the training files' rows (or ``rows``, counted by the caller: a Hub
+    dataset's), less the share data.eval_fraction holds out (quicktune/data/quality.hold_out's rule).
+    None: a file is missing or cannot be counted without loading it."""
+    if rows is None:
+        rows = 0
+        for entry in recipe.data.train:
+            counted = count_rows(Path(entry)) if Path(entry).is_file() else None
+            if counted is None:
+                return None
+            rows += counted
+    if recipe.data.eval_fraction and not recipe.data.eval and rows:
+        rows -= max(1, round(rows * recipe.data.eval_fraction))
+    return rows
+
+
+def steps_per_epoch(recipe, rows: int) -> int:
+    """Optimizer steps in one pass over ``rows``: a step takes batch_size x grad_accumulation rows (prompts
+    for GRPO, pairs for DPO/ORPO), whatever training.gpus splits it over."""
+    t = recipe.training
+    return math.ceil(rows / (t.batch_size * t.grad_accumulation))
+
+
+def run_steps(recipe, rows: int | None) -> int:
+    """Optimizer steps the run takes: training.max_steps when set, else its epochs over ``rows``. The rule
+    of quicktune/train/config.planned_steps, which training uses (tests/test_plan.py checks they agree)."""
+    if recipe.training.max_steps:
+        return recipe.training.max_steps
+    return max(1, math.ceil(steps_per_epoch(recipe, rows or 0) * recipe.training.epochs))
 
 
 def grpo_prompts(recipe) -> int:
@@ -545,20 +661,20 @@ def grpo_prompts(recipe) -> int:
     return rows
 
 
-def grpo_cpu_seconds_per_epoch(arch: Arch, s: Settings, recipe) -> float:
+def grpo_cpu_seconds_per_epoch(arch: Arch, s: Settings, recipe, prompts: int | None = None) -> float:
     """A GRPO epoch on the CPU, scaled by parameter count and answers sampled from our measured demo run
     (``GRPO_CPU_REFERENCE``): sampling and training both grow with the answers and their length."""
     ref = GRPO_CPU_REFERENCE
-    answers = grpo_prompts(recipe) * s.generations
+    answers = (grpo_prompts(recipe) if prompts is None else prompts) * s.generations
     per_answer = ref["seconds_per_step"] / ref["answers_per_step"] * s.completion / ref["completion"]
     return answers * per_answer * arch.params / CPU_REFERENCE["params"]
 
 
-def grpo_gpu_seconds_per_epoch(arch: Arch, s: Settings, recipe, card: Gpu) -> float:
+def grpo_gpu_seconds_per_epoch(arch: Arch, s: Settings, recipe, card: Gpu, prompts: int | None = None) -> float:
     """A GRPO epoch on ``card``: training on every sampled answer with its prompt (SFT's estimate for
     those tokens), plus sampling them token by token, which reads every weight for each new token and
     so runs far below the card's throughput (``GENERATION_UTILIZATION``, an assumption)."""
-    answers = grpo_prompts(recipe) * s.generations
+    answers = (grpo_prompts(recipe) if prompts is None else prompts) * s.generations
     train_tokens = answers * min(s.seq, s.completion + GRPO_PROMPT_TOKENS)
     training = seconds_per_epoch(arch, train_tokens, card, s.gradient_checkpointing)
     sampling = answers * s.completion * 2 * arch.params / (card.bf16_tflops * 1e12 * GENERATION_UTILIZATION)

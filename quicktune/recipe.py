@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from quicktune.errors import QuicktuneError, RecipeError
+from quicktune.hubref import hub_entry, is_hub_ref
 
 QUANTIZATIONS = ("q4_k_m", "q5_k_m", "q8_0", "f16", "bf16")
 TEMPLATE_FAMILIES = ("auto", "chatml", "llama3", "mistral", "gemma", "phi3")
@@ -101,6 +102,13 @@ class DataSection(_Section):
     )
     eval_fraction: float = Field(0.0, ge=0.0, lt=0.5)
     system_prompt: str | None = None
+    shared_instruction: Literal["keep", "system"] = Field(
+        "keep",
+        description="An instruction at least 80% of the rows put before (or after) what they ask in the user turn "
+        "(data check names it): keep trains it there, so users must type it; system moves it into the system turn "
+        "(after data.system_prompt or the row's own), which the Modelfile's SYSTEM and chat send, so users type the "
+        "input alone. Rows without it are kept as they are.",
+    )
     train_on_responses_only: bool = True
     dedupe: Literal["none", "exact", "near", "semantic"] = "exact"
     semantic_threshold: float | None = Field(
@@ -114,6 +122,12 @@ class DataSection(_Section):
 
     _one_or_many = _one_or_many_validator("train", "eval")
 
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _hub_entries(cls, value: Any) -> Any:
+        """Hub datasets (``hf://OWNER/NAME`` or ``{hf: OWNER/NAME, split: ...}``) as the one string the recipe keeps."""
+        return [hub_entry(v) for v in value] if isinstance(value, list) else hub_entry(value)
+
     @field_validator("format", mode="before")
     @classmethod
     def _known_formats(cls, value: Any, info: ValidationInfo) -> Any:
@@ -126,6 +140,7 @@ class DataSection(_Section):
             raise ValueError(f"expected a format name ({names}) or a mapping of data file to format")
         files = [*info.data.get("train", []), *info.data.get("eval", [])]
         problems = []
+        value = {hub_entry(name) if is_hub_ref(name) else name: fmt for name, fmt in value.items()}
         for name, fmt in value.items():
             if fmt not in DATA_FORMATS:
                 problems.append(f"{name}: unknown format {fmt!r}; expected one of {names}")
@@ -159,6 +174,12 @@ class TrainingSection(_Section):
         "auto", description="auto: on with Unsloth on CUDA (padding-free), off elsewhere."
     )
     gradient_checkpointing: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="The trainer's mixed precision (autocast; weights and the adapter stay as model.dtype loads "
+        "them). auto: bf16 on a CUDA card that has it, else fp16; on the CPU bf16 where it has AMX (amx_bf16) and "
+        "the method is lora or full (measured faster, bench/README.md), else fp32. fp16 needs CUDA.",
+    )
     eval_every: int | None = Field(None, gt=0)
     save_every: int | None = Field(None, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0)
@@ -506,6 +527,8 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
 
 
 def _absolute(value: str, base_dir: Path) -> str:
+    if is_hub_ref(value):  # a Hub dataset, not a file
+        return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base_dir / path).resolve())
 
@@ -688,9 +711,12 @@ def with_added_train_files(ref: str, overrides: list[str], files: list[str]) -> 
     if not files:
         return list(overrides)
     recipe = load_recipe(ref, overrides)
-    added = [_absolute(name, Path.cwd()) for name in files]
+    try:  # a Hub dataset (hf://OWNER/NAME?...) as data.train keeps it
+        added = [hub_entry(name) if is_hub_ref(name) else _absolute(name, Path.cwd()) for name in files]
+    except ValueError as exc:
+        raise RecipeError(f"--add-data {exc}") from None
     for name, path in zip(files, added):
-        if not Path(path).is_file():
+        if not is_hub_ref(path) and not Path(path).is_file():
             raise RecipeError(f"--add-data {name}: no such file")
         if path in recipe.data.train or added.count(path) > 1:
             raise RecipeError(f"--add-data {name}: already in data.train ({recipe.where(('data', 'train'))})",
@@ -783,7 +809,7 @@ def check_data_files(recipe: Recipe) -> None:
         f"{recipe.where(('data', key))}: data.{key}: file not found: {path}"
         for key in ("train", "eval")
         for path in getattr(recipe.data, key)
-        if not Path(path).is_file()
+        if not is_hub_ref(path) and not Path(path).is_file()
     ]
     hint = "Data paths are relative to the recipe file that names them."
     if len(problems) == 1:

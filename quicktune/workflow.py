@@ -22,6 +22,7 @@ from quicktune.console import (
     stdout_to_stderr,
 )
 from quicktune.errors import QuicktuneError
+from quicktune.evaluate import answer_cache
 from quicktune.evaluate.compare import compare_runs
 from quicktune.evaluate.fewshot import parse_against
 from quicktune.evaluate.probes import evaluate_probes, write_probe_report
@@ -289,12 +290,13 @@ def _has_eval_data(run_dir: Path) -> bool:
 
 def eval_command(
     run_ref, against, data_files, limit, gguf, max_new_tokens, runs_dir, *, judge=None, probe=None, threshold=None,
-    as_json=False, endpoints=None, review=None, review_all=False, force=False,
+    as_json=False, endpoints=None, review=None, review_all=False, force=False, fresh=False,
 ):
     """The report (an EvalReport, or a ProbeReport with ``probe``); with ``as_json`` nothing is printed on stdout.
     ``endpoints``: the model servers' options as given (``EndpointOptions.read``'s keywords). ``review``: a
     file the rows the run got wrong (every row with ``review_all``) are written to (evaluate/review.py),
-    refused before anything loads when it exists (unless ``force``)."""
+    refused before anything loads when it exists (unless ``force``). ``fresh``: every model is asked again
+    (``--no-cache``), its new answers kept in place of the old."""
     served = EndpointOptions.read(**(endpoints or {}))
     review_path = _review_target(review, review_all, force, probe)
 
@@ -311,7 +313,8 @@ def eval_command(
             _refuse_with_probe(against, data_files, limit, gguf, max_new_tokens, judge, served)
             return _probe(run_dir, probe, against, Path(runs_dir), threshold, quiet=as_json)
         report = _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, Path(runs_dir), judge=judge,
-                           threshold=threshold, examples=0 if as_json else 3, quiet=as_json, endpoints=served)
+                           threshold=threshold, examples=0 if as_json else 3, quiet=as_json, endpoints=served,
+                           fresh=fresh)
         if review_path is not None:
             _write_review(report, review_path, review_all)
         return report
@@ -368,7 +371,7 @@ def _probe(run_dir, probe_set, against, runs_root, threshold, *, quiet=False):
 
 
 def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_root, examples: int = 3, *, judge=None,
-              threshold=None, quiet=False, endpoints=None):
+              threshold=None, quiet=False, endpoints=None, fresh=False):
     with console.status("evaluating") as status:
         report = evaluate_run(
             run_dir,
@@ -382,6 +385,7 @@ def _evaluate(run_dir, against, data_files, limit, gguf, max_new_tokens, runs_ro
             threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
             endpoints=endpoints,
             progress=lambda m: status.update(f"evaluating: {m} ({limit or 'all'} held-out prompts)"),
+            cache=answer_cache.REFRESH if fresh else answer_cache.USE,
         )
     if not quiet:
         print_report(report, console, examples=examples)

@@ -166,7 +166,8 @@ def test_import_lists_every_unmapped_key_with_its_line(tmp_path):
         "qlora", "NousResearch/Meta-Llama-3.1-8B", 4096)
     assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) == (32, 16, 0.05)
     assert recipe.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    assert recipe.data.train == [str(train)] and recipe.data.eval_fraction == 0.05 and recipe.data.format == "auto"
+    assert recipe.data.train == [str(train), "hf://tatsu-lab/alpaca"] and recipe.data.eval_fraction == 0.05
+    assert recipe.data.format == "auto"
     assert (recipe.training.batch_size, recipe.training.grad_accumulation, recipe.training.epochs) == (2, 4, 4.0)
     assert (recipe.training.lr_scheduler, recipe.training.packing, recipe.model.dtype) == ("cosine", True, "auto")
     assert recipe.name == "qlora"
@@ -180,7 +181,6 @@ def test_import_lists_every_unmapped_key_with_its_line(tmp_path):
     expected = {
         at("strict:"): "strict: no quicktune equivalent",
         at("shards:"): "datasets[0].shards: no quicktune equivalent",
-        at("- path: tatsu-lab/alpaca"): "datasets[1].path: tatsu-lab/alpaca is not a local file",
         at("dataset_prepared_path:"): "dataset_prepared_path: no quicktune equivalent",
         at("output_dir:"): "output_dir: quicktune writes each run",
         at("wandb_project:"): "wandb_project: no quicktune equivalent",

@@ -200,3 +200,74 @@ def test_grpo_plan_counts_the_group_and_its_generation_cache():
     # the recipe's eval_every (grpo does not evaluate while it trains) is left out, with a note
     assert any("training.eval_every" in note and "moot" in note
                for note in load_recipe("llama3.1-8b-qlora", sets).notes)
+
+
+# --- the run as configured (training.max_steps) and measured steps ----------------------------------
+
+
+@pytest.mark.parametrize("sets", [[], ["training.max_steps=null", "training.epochs=3"],
+                                  ["training.max_steps=null", "training.epochs=0.5", "training.grad_accumulation=3"],
+                                  ["training.max_steps=null", "data.eval=[]", "data.eval_fraction=0.1"]])
+def test_plan_counts_the_steps_training_takes(sets):
+    from quicktune.plan import run_steps, train_rows
+    from quicktune.train.config import planned_steps  # what training runs; no torch at import
+
+    recipe = load_recipe("smollm2-demo", sets)
+    plan = make_plan(recipe)
+    held = round(400 * recipe.data.eval_fraction) if recipe.data.eval_fraction else 0
+    assert plan.rows == train_rows(recipe) == 400 - held  # quicktune/demo/train.jsonl
+    assert plan.steps == run_steps(recipe, plan.rows) == planned_steps(recipe, plan.rows)
+
+
+def test_plan_times_the_recipes_own_max_steps():
+    demo = make_plan(load_recipe("smollm2-demo"))  # max_steps 120 of batch 4 over 400 rows
+    assert (demo.steps, demo.steps_per_epoch, demo.steps_from) == (120, 100, "training.max_steps")
+    assert demo.step_seconds == pytest.approx(demo.epoch_seconds / 100)
+    assert demo.run_seconds == pytest.approx(demo.epoch_seconds * 1.2)
+    longer = make_plan(load_recipe("smollm2-demo", ["training.max_steps=360"]))
+    assert longer.run_seconds == pytest.approx(3 * demo.run_seconds) and longer.epoch_seconds == demo.epoch_seconds
+    epochs = make_plan(load_recipe("smollm2-demo", ["training.max_steps=null", "training.epochs=2"]))
+    assert (epochs.steps, epochs.steps_from) == (200, "training.epochs 2")
+    assert epochs.run_seconds == pytest.approx(2 * epochs.epoch_seconds)
+    # a GPU plan of the same recipe times the same 120 steps, on the card
+    gpu = make_plan(load_recipe("smollm2-demo"), gpu="T4")
+    assert gpu.steps == 120 and gpu.run_seconds == pytest.approx(gpu.epoch_seconds * 1.2)
+    # DPO: 606 pairs at batch 4 -> 152 steps an epoch; the recipe's 80 steps
+    dpo = make_plan(load_recipe("smollm2-demo-dpo"))
+    assert (dpo.steps, dpo.steps_per_epoch) == (80, 152)
+    assert dpo.run_seconds == pytest.approx(dpo.epoch_seconds * 80 / 152)
+    # GRPO: a step of 2 prompts x 4 answers of <= 64 tokens is the reference's 8 answers: its 9 s a step
+    grpo = make_plan(load_recipe("smollm2-demo-grpo"))
+    assert grpo.steps == 40 and grpo.step_seconds == pytest.approx(9.0)
+    assert grpo.run_seconds == pytest.approx(40 * 9.0)
+    text = _plan_output("smollm2-demo")
+    configured = "the run as configured: 120 steps (training.max_steps; 1.2 epochs of 100 steps)"
+    assert f"{configured} → about {demo.run_seconds / 60:.0f} min" in text
+    assert "`quicktune plan smollm2-demo --measure` times a few steps" in text
+
+
+def test_a_measured_step_gives_the_time():
+    from quicktune.console import console, print_plan
+    from quicktune.plan import MeasuredSteps
+
+    measured = MeasuredSteps(3.6, 4, 1, "cpu", (3.5, 3.6, 3.6, 3.9))
+    plan = make_plan(load_recipe("smollm2-demo"), measured=measured)
+    assert plan.step_seconds == 3.6 and plan.run_seconds == pytest.approx(3.6 * 120)
+    assert plan.epoch_seconds == pytest.approx(3.6 * 100)
+    assert plan.time_note == "measured: 3.6 s/step over 4 steps on this machine (CPU, after 1 warm-up step)"
+    with console.capture() as out:
+        print_plan(plan, "smollm2-demo")
+    text = " ".join(out.get().split())
+    assert "time: measured: 3.6 s/step over 4 steps on this machine" in text
+    assert "120 steps (training.max_steps; 1.2 epochs of 100 steps) → about 7 min of training steps" in text
+    assert "one epoch (100 steps): about 6 min" in text and "--measure` times" not in text
+
+
+def test_measure_refuses_another_card_and_plain_plan_stays_light():
+    result = CliRunner().invoke(main, ["plan", "smollm2-demo", "--measure", "--gpu", "T4"])
+    assert result.exit_code == 2 and "--measure times this machine" in result.output
+    code = ("import sys\nfrom quicktune.cli import main\ntry:\n    main(['plan', 'smollm2-demo'])\n"
+            "except SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "the run as configured: 120 steps" in " ".join(done.stdout.split()) and "HEAVY []" in done.stdout

@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from quicktune.data.formats import format_for, normalise, strip_message_edges
+from quicktune.data.instruction import find_shared, move_to_system, moved_system
 from quicktune.data.load import read_records
 from quicktune.data.masking import IGNORE, Tokenized, tokenize_examples
 from quicktune.data.pipeline import (
     Chosen,
     DataSettings,
+    Loaded,
     RowKind,
     prepare_rows,
     recipe_tokenizer,
@@ -73,6 +75,15 @@ class Conversations(RowKind):
 
     def strip_edges(self, rows):
         return strip_message_edges(rows)
+
+    def share_instruction(self, loaded: Loaded, settings: DataSettings):
+        found = find_shared(loaded.train)
+        if found is None or settings.shared_instruction == "keep":
+            return loaded, found
+        train, moved_train = move_to_system(loaded.train, found)
+        evaluation, moved_eval = move_to_system(loaded.evaluation, found)  # eval files: asked as training asks
+        found.mode, found.moved, found.system = "system", moved_train + moved_eval, moved_system(train, found)
+        return Loaded(train, evaluation, loaded.files), found
 
     def check_settings(self, settings: DataSettings) -> None:
         if settings.dedupe == "semantic" and settings.semantic_threshold is None:

@@ -3,7 +3,9 @@
 JSONL, JSON and CSV are parsed here with the standard library rather than through
 ``datasets.load_dataset``: that loader stops at the first bad line and reports a
 pyarrow error without its line number, while a user needs every bad line, by number.
-Parquet has no lines; its rows are numbered from 1 and read with pyarrow.
+Parquet has no lines; its rows are numbered from 1 and read with pyarrow. A Hugging Face Hub dataset
+(``hf://OWNER/NAME``) is read from the Hub cache by ``quicktune.data.hub``, each row named by its index
+in the split (``hf://OWNER/NAME[train]:row 17``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from quicktune.errors import DataError
+from quicktune.hubref import is_hub_ref
+from quicktune.runs.files import sha256_file
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _JSON_COLUMNS = ("messages", "conversations")  # CSV cells that hold JSON lists
@@ -30,6 +34,9 @@ class RawRecord:
 
 
 def read_records(path: str | Path) -> Iterator[RawRecord]:
+    if is_hub_ref(path):
+        yield from _read_hub(str(path))
+        return
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -44,6 +51,49 @@ def read_records(path: str | Path) -> Iterator[RawRecord]:
         yield from _read_parquet(path)
     else:
         raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUFFIXES)}")
+
+
+def _read_hub(ref: str) -> Iterator[RawRecord]:
+    """A Hub dataset's rows (``quicktune.data.hub``): its split's files in the cache, read here one after the
+    other, each row named by its index in the split."""
+    from quicktune.data.hub import hub_rows, in_snapshot, open_split  # datasets, huggingface_hub: for the Hub only
+
+    split = open_split(ref)
+    unread = sorted({in_snapshot(f, split.folder) for f in split.files if f.suffix.lower() not in SUFFIXES})
+    if unread:
+        raise DataError(f"{split.dataset.label()}: quicktune reads {', '.join(SUFFIXES)} files, and this split is "
+                        f"{', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''}",
+                        hint="Convert the split to JSONL or Parquet (load_dataset(...).to_json(FILE)) and name the "
+                        "file in data.train.")
+    records = (record for file in split.files for record in read_records(file))
+    for origin, value, error in hub_rows(split, records):
+        yield RawRecord(origin, value, error)
+
+
+def source_identity(path: str) -> dict[str, Any]:
+    """What a run's manifest records of one data.train / data.eval entry, to tell later whether its rows changed:
+    a file's sha256; a Hub dataset's commit (revision) and a sha256 of the files its rows came from."""
+    if is_hub_ref(path):
+        from quicktune.data.hub import source_identity as hub_identity
+
+        return hub_identity(path)
+    return {"sha256": sha256_file(path)}
+
+
+def data_size(paths: list[str]) -> tuple[int, int]:
+    """(rows, tokens) in ``paths``, tokens at 4 characters each, as ``quicktune plan`` estimates a file's (its
+    bytes / 4): read from the Hub cache for a Hub dataset (its rows' JSON text), counted in the file otherwise."""
+    rows = characters = 0
+    for path in paths:
+        if is_hub_ref(path):
+            for record in read_records(path):
+                rows += 1
+                characters += len(json.dumps(record.value, ensure_ascii=False)) + 1
+        else:
+            characters += Path(path).stat().st_size
+            with Path(path).open("rb") as handle:
+                rows += sum(1 for line in handle if line.strip())
+    return rows, characters // 4
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRecord]:
@@ -144,9 +194,12 @@ def _read_csv(path: Path) -> Iterator[RawRecord]:
 def _read_parquet(path: Path) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(path)
+    number = 0
+    try:  # a batch at a time: a large file (a Hub dataset's) is never in memory whole, and a limit reads no further
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for value in batch.to_pylist():
+                number += 1
+                yield RawRecord(f"{path}:row {number}", value)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-        raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
-    for number, value in enumerate(table.to_pylist(), start=1):
-        yield RawRecord(f"{path}:row {number}", value)
+        after = f" after row {number}" if number else ""
+        raise DataError(f"{path}: not a readable Parquet file{after}: {exc}") from None

@@ -6,6 +6,8 @@
 
 1. ``read_splits``: every train and eval file read and checked, every broken line raised at once;
 2. ``strip_edges``: whitespace the chat template trims, stripped, so training sees what it renders;
+   ``share_instruction``: the instruction most rows share, found (and moved into the system turn
+   under data.shared_instruction: system, quicktune.data.instruction);
 3. ``choose_rows``: duplicates, the rows kept, the held-out split and leakage (``select_rows``),
    searched in a forked child on large data while this process tokenizes every row;
 4. ``report_rows``: the counts and pairs found, with the row kind's warnings;
@@ -27,11 +29,13 @@ from typing import Any
 import numpy as np
 
 from quicktune.data import quality
+from quicktune.data.instruction import SharedInstruction, describe
 from quicktune.data.records import Example, Problems
 from quicktune.data.report import DataReport, FileSummary, PreparedData, StopToken, pair_summaries
 from quicktune.data.semantic import PromptVectors, similar_pairs
 from quicktune.data.system_prompt import summarise, template_default
 from quicktune.data.tokenizer import ChatTokenizer, load_chat_tokenizer
+from quicktune.errors import DataError
 from quicktune.forked import Forked
 from quicktune.ollama_rules import describe_characters, dropped_characters
 from quicktune.recipe import Recipe
@@ -52,6 +56,7 @@ class DataSettings:
     seed: int = 3407  # picks the held-out rows
     max_seq_length: int = 2048
     responses_only: bool = True  # SFT: train on the assistant's turns only
+    shared_instruction: str = "keep"  # keep, or system: move the instruction most rows share there
 
     @classmethod
     def from_recipe(
@@ -72,6 +77,7 @@ class DataSettings:
             seed=recipe.training.seed,
             max_seq_length=recipe.model.max_seq_length,
             responses_only=section.train_on_responses_only,
+            shared_instruction=section.shared_instruction,
         )
 
     @property
@@ -179,6 +185,16 @@ class RowKind(ABC):
     @abstractmethod
     def select(self, loaded: list, evaluation: list, settings: DataSettings) -> Chosen:
         """``select_rows`` for these rows: which stay, which are held out, which leak."""
+
+    def share_instruction(self, loaded: Loaded, settings: DataSettings) -> tuple[Loaded, SharedInstruction | None]:
+        """The instruction most train rows share, moved into the system turn under data.shared_instruction:
+        system (``check.Conversations``); other rows find none and refuse to move one."""
+        if settings.shared_instruction != "keep":
+            raise DataError(f"data.shared_instruction: {settings.shared_instruction} moves an instruction out of "
+                            "conversation rows (sft, grpo); these rows are preference pairs",
+                            hint="Set data.shared_instruction: keep, or write the instruction into the pairs' "
+                            "system turn yourself.")
+        return loaded, None
 
     def searches_in_child(self, rows: int) -> bool:
         """Whether the search of ``rows`` rows is worth a forked child (it runs while tokenizing)."""
@@ -316,6 +332,7 @@ def report_system_prompt(
         recipe_prompt=settings.system_prompt,
         export_prompt=settings.export_system,
         template_default=template_default(tokenizer) if tokenizer is not None and tokenizer.chat_template else None,
+        shared=report.shared_instruction,
     )
     if system is not None and system.warning:
         report.warnings.append(system.warning)
@@ -369,9 +386,16 @@ def prepare_rows(kind: RowKind, settings: DataSettings, tokenizer: ChatTokenizer
     loaded = read_splits(kind, settings)
     loaded, edged = strip_edges(kind, loaded, tokenizer)
     kind.check_settings(settings)
+    loaded, shared = kind.share_instruction(loaded, settings)
     chosen, tokens = choose_rows(kind, loaded, settings, tokenizer)
     split = split_rows(loaded, chosen)
     report = report_rows(kind, settings, loaded.files, split, chosen, edged)
+    report.shared_instruction = shared
+    if shared is not None and shared.mode == "keep":
+        report.warnings.append(describe(shared))
+    elif shared is None and settings.shared_instruction != "keep":
+        report.warnings.append(f"data.shared_instruction: {settings.shared_instruction}: no instruction is shared "
+                               "by most train rows (quicktune.data.instruction), so none was moved")
     train_examples = kind.examples(split.train)
     report_system_prompt(kind, report, train_examples, settings, tokenizer)
     train_tokens, eval_tokens = tokens_of(kind, tokenizer, split, chosen, tokens, settings)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from quicktune.data.instruction import SharedInstruction
 from quicktune.data.masking import IGNORE, Tokenized
 from quicktune.data.records import Example
 from quicktune.data.system_prompt import SystemPrompts
@@ -90,6 +91,7 @@ class DataReport:
     train_tokens: TokenStats | None = None
     eval_tokens: TokenStats | None = None
     system_prompt: SystemPrompts | None = None
+    shared_instruction: SharedInstruction | None = None  # the instruction most rows share (data.shared_instruction)
     stop: StopToken | None = None
     example: RenderedExample | None = None
     example_rejected: RenderedExample | None = None  # preference pairs: the rejected side of the example

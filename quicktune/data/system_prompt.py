@@ -6,6 +6,9 @@ The rule (README, "System prompt"):
 - without it, when every training row carries the same system prompt, that one is sent;
 - otherwise nothing is sent, so serving renders the chat template's default (if it has
   one), as training did for the rows without a system turn.
+``data.shared_instruction: system`` moves the instruction most rows share (quicktune.data.instruction)
+into their system turn, after ``data.system_prompt`` or the row's own: the system turn those rows then
+have is what is sent, so the user types the input alone.
 ``export.system`` replaces what is sent. That is a deliberate choice (a prompt shared by
 only some rows, a wording tried after training), so a prompt no row was trained with is a
 warning at ``data check``, ``train --dry-run`` and ``export``, not an error.
@@ -17,6 +20,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from quicktune.data.instruction import SharedInstruction
 from quicktune.data.records import Example
 
 KEPT = 10  # most common system prompts kept in the report and the manifest
@@ -30,7 +34,8 @@ class SystemPrompts:
     """The system prompts the training rows carry, and the one serving sends."""
 
     trained: str | None  # what serving must send to match training; None: no system message
-    trained_from: str  # "data.system_prompt", "every training row" or "the chat template's default"
+    trained_from: str  # "data.shared_instruction", "data.system_prompt", "every training row" or
+    # "the chat template's default"
     served: str | None  # the Modelfile's SYSTEM and chat's system message
     served_from: str  # "export.system" or trained_from
     rows: int  # chat rows in the training set
@@ -38,6 +43,7 @@ class SystemPrompts:
     distinct: int = 0
     template_default: str | None = None  # the template's own text for rows without a system turn, if any
     warning: str | None = None
+    shared_instruction: SharedInstruction | None = None  # the instruction most rows share, kept or moved
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,13 +60,17 @@ def summarise(
     recipe_prompt: str | None,
     export_prompt: str | None,
     template_default: str | None = None,
+    shared: SharedInstruction | None = None,
 ) -> SystemPrompts | None:
-    """What training renders and what serving will send (None when there is no chat row)."""
+    """What training renders and what serving will send (None when there is no chat row); ``shared``: the
+    instruction most rows share, whose system turn is the one sent when it was moved there."""
     chat = [e for e in train if e.is_chat]
     if not chat:
         return None
     counts = Counter(system_of(e) for e in chat)
-    if recipe_prompt:
+    if shared is not None and shared.mode == "system" and shared.system:
+        trained, trained_from = shared.system, "data.shared_instruction"
+    elif recipe_prompt:
         trained, trained_from = recipe_prompt, "data.system_prompt"
     elif len(counts) == 1 and None not in counts:
         (trained,) = counts
@@ -78,6 +88,7 @@ def summarise(
         distinct=len(counts),
         template_default=template_default,
         warning=_warning(served, served_from, counts, len(chat), len(counts)),
+        shared_instruction=shared,
     )
 
 
@@ -90,6 +101,7 @@ def _warning(served: str | None, served_from: str, counts: Counter, rows: int, d
     more = f" ({distinct} different)" if distinct > SHOWN else ""
     fix = {
         "export.system": "remove export.system to send what training used, or keep it if the difference is deliberate",
+        "data.shared_instruction": "no row kept the moved instruction; set data.shared_instruction: keep",
         "data.system_prompt": "every row has its own system turn, so data.system_prompt was inserted into none; "
         "remove it, or drop the rows' own system turns",
         "the chat template's default": "set data.system_prompt to the one to send (rows without one get it too), "

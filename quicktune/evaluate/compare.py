@@ -16,6 +16,7 @@ import yaml
 
 from quicktune.evaluate.preference import PREFERENCE_METRICS, shown
 from quicktune.evaluate.regression import DEFAULT_THRESHOLD, LOSS, find_regressions
+from quicktune.hubref import is_hub_ref
 from quicktune.runs import EVAL_DIR, eval_reports, own_scores, read_manifest, run_label
 from quicktune.train.lineage import compare_data
 from quicktune.train.preference import LOGGED
@@ -89,10 +90,8 @@ def compare_runs(a: Path, b: Path, threshold: float = DEFAULT_THRESHOLD) -> Comp
         result.notes.append("the resolved recipes are identical")
 
     manifests = [read_manifest(d) for d in (a, b)]
-    data = [
-        {Path(f["path"]).name: f"{f['sha256'][:12]} ({f['rows']} rows)" for f in (m.get("data") or {}).get("files", [])}
-        for m in manifests
-    ]
+    data = [{_data_name(f["path"]): _data_version(f) for f in (m.get("data") or {}).get("files", [])}
+            for m in manifests]
     for name in sorted(set(data[0]) | set(data[1])):
         result.rows.append(("data", name, data[0].get(name, "-"), data[1].get(name, "-")))
     result.notes.append(data_added_note(compare_data(a, b)))
@@ -128,6 +127,17 @@ def compare_runs(a: Path, b: Path, threshold: float = DEFAULT_THRESHOLD) -> Comp
         )
         result.notes.append(f"eval scores from {source}")
     return result
+
+
+def _data_name(path: str) -> str:
+    """A data file by its name; a Hub dataset by its whole entry (hf://OWNER/NAME?options)."""
+    return path if is_hub_ref(path) else Path(path).name
+
+
+def _data_version(item: dict) -> str:
+    """A data file's sha256 and rows; a Hub dataset's with the commit its rows came from."""
+    commit = f" @ {item['revision'][:12]}" if item.get("revision") else ""
+    return f"{item['sha256'][:12]}{commit} ({item['rows']} rows)"
 
 
 def data_added_note(added: dict) -> str:

@@ -122,8 +122,10 @@ def print_report(report: EvalReport, console, *, examples: int = 3) -> None:
     console.print(table)
     for subject in subjects:
         if subject.reused:
-            console.print(f"[dim]{escape(subject.label)}: its answers were computed on {subject.reused} and kept in "
-                          "the cache (same weights, rows, tokens, budget and library versions)[/]")
+            rows = len(subject.answers)
+            console.print(f"[dim]{escape(subject.label)}: {rows} of {rows} answers from "
+                          f"the cache (computed {subject.reused} by the same model files, prompts, generation settings "
+                          "and library versions; --no-cache asks again)[/]")
     fell = {label: names for label, names in regressions.items() if names}
     if fell:
         console.print(
@@ -131,6 +133,8 @@ def print_report(report: EvalReport, console, *, examples: int = 3) -> None:
             f"{report.threshold:g}%): "
             + "; ".join(f"{escape(run.label)} vs {escape(label)}: {', '.join(names)}" for label, names in fell.items())
         )
+    if report.typed:
+        print_typed(report, console)
     if report.fewshot:
         _print_fewshot(report, console)
     if report.served:
@@ -139,6 +143,36 @@ def print_report(report: EvalReport, console, *, examples: int = 3) -> None:
         print_judge(report.judge, console)
     if comparators and examples:
         _print_differences(report, console, examples)
+
+
+def print_typed(report: EvalReport, console) -> None:
+    """The run asked as a user of the served model asks it, beside the training form: which rows differ,
+    why, and the headline metric both ways."""
+    typed = report.typed
+    run = report.run_subject()
+    asked = next((s for s in report.subjects if s.label == typed["label"]), None)
+    kept = typed["mode"] == "keep"
+    system = typed["system_prompt"]
+    sent = f"{system[:77] + '…' if len(system) > 80 else system!r}" if system else "none (the chat template's default)"
+    console.print(
+        f"[bold]{escape(typed['label'])}[/]: the held-out rows as a user of the served model sends them, "
+        f"{typed['rows']} of {len(report.eval_set.examples)} differing from how they were trained: without the "
+        f"instruction most training rows shared ({escape(repr(typed['instruction']))}, trained "
+        f"{'in the user turn' if kept else 'as the system prompt'}), with the system prompt the Modelfile and chat "
+        f"send: {escape(sent)}"
+    )
+    if asked is None:
+        return
+    name = report.metric
+    before, after = run.metrics.get(name), asked.metrics.get(name)
+    fell = before is not None and after is not None and (before - after) * 100 > report.threshold
+    line = f"  {name}: {_value(before)} as trained, {_value(after)} as a user sends it ({_change(before, after)})"
+    if run.loss is not None and asked.loss is not None:
+        line += f"; loss on the answers {run.loss:.3f} → {asked.loss:.3f}"
+    console.print(f"[yellow]{line}[/]" if fell else line)
+    if fell and kept:
+        console.print("  [yellow]users of the served model (chat, Ollama) must type the instruction before every "
+                      "input[/], or set data.shared_instruction: system and train again")
 
 
 def _print_fewshot(report: EvalReport, console) -> None:

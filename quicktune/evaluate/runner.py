@@ -11,8 +11,6 @@ evaluate/served.py: scored the same, no loss, and compared answer by answer with
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -26,14 +24,14 @@ from quicktune import llamacpp
 from quicktune.adapters import check_adapter_base
 from quicktune.backend import load_backend, package_versions
 from quicktune.base_model import TrainedRun, open_run
-from quicktune.data import tokenizer as data_tokenizer  # cache_dir looked up when called: tests move the cache
 from quicktune.data.check import prepare_for_recipe
 from quicktune.data.heldout import EvalSet, load_eval_set
+from quicktune.data.instruction import SharedInstruction, typed_form, without_instruction
 from quicktune.data.masking import IGNORE, tokenize_examples
 from quicktune.data.system_prompt import served_prompt
 from quicktune.data.tokenizer import ChatTokenizer, stop_token_ids
 from quicktune.errors import QuicktuneError
-from quicktune.evaluate import fewshot
+from quicktune.evaluate import answer_cache, fewshot
 from quicktune.evaluate.judge import judge_pair, judge_pair_endpoint
 from quicktune.evaluate.preference import pair_metrics
 from quicktune.evaluate.regression import DEFAULT_THRESHOLD, find_regressions
@@ -51,9 +49,10 @@ from quicktune.inference import LOSS_BATCH_TOKENS, cut_at_stop, generate_batch_s
 from quicktune.metrics import METRICS, Answer, score_all
 from quicktune.models import PACKAGE_SCHEME, resolve_model
 from quicktune.rewards import means, resolve
-from quicktune.runs import exported_gguf, now, pick_quantization, resolve_run, run_label, write_atomic
+from quicktune.runs import exported_gguf, now, pick_quantization, resolve_run, run_label
 
 MAX_NEW_TOKENS_CAP = 512
+TYPED = "(input alone)"  # the run's second subject: the held-out rows as a user of the served model sends them
 
 
 @dataclass
@@ -65,7 +64,7 @@ class SubjectResult:
     answers: list[Answer] = field(default_factory=list)
     seconds: float = 0.0
     prompt_tokens: float | None = None  # mean prompt length in tokens: what each question costs
-    reused: str | None = None  # when these answers were computed, if they came from the cache (the base's)
+    reused: str | None = None  # when these answers were computed, if they came from the cache (answer_cache)
 
     @property
     def perplexity(self) -> float | None:
@@ -117,10 +116,17 @@ class View:
 
 def evaluate_hf_views(
     model_dir: str, adapter_dir: str | None, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int,
-    views: list[View],
+    views: list[View], cache: answer_cache.AnswerCache = answer_cache.NOT_KEPT,
 ) -> list[SubjectResult]:
-    """Load one model (base, or base + adapter) once and answer every view's prompts with it."""
+    """Load one model (base, or base + adapter) once and answer every view's prompts with it; a view whose
+    answers ``cache`` kept is not asked again, and the model is not loaded when no view needs it."""
     backend = load_backend()
+    stops = stop_token_ids(tokenizer)
+    keys = [cache.key(_answer_key(view, recipe, tokenizer, eval_set, max_new_tokens, stops)) if cache.active else None
+            for view in views]
+    kept = [cache.read(key, len(view.prompts)) for key, view in zip(keys, views)]
+    if all(kept):
+        return [_kept_subject(view, entry, eval_set) for view, entry in zip(views, kept)]
     start = time.perf_counter()
     model, _ = backend.load_model(
         model_dir,
@@ -130,10 +136,12 @@ def evaluate_hf_views(
         full=False,
     )
     model = backend.for_inference(model, adapter_dir)
-    stops = stop_token_ids(tokenizer)
     results = []
     pair_scores = pair_metrics(model, tokenizer, eval_set)  # held-out preference pairs, when there are any
-    for view in views:
+    for view, key, entry in zip(views, keys, kept):
+        if entry is not None:
+            results.append(_kept_subject(view, entry, eval_set))
+            continue
         generated = greedy_answers(model, view.prompts, stops, tokenizer.pad_id, max_new_tokens)
         answers = []
         for tokens in generated:
@@ -146,9 +154,31 @@ def evaluate_hf_views(
                 round(time.perf_counter() - start, 1), _mean_length(view.prompts),
             )
         )
+        cache.write(key, answers, loss, results[-1].seconds, results[-1].prompt_tokens, pair_scores)
         start = time.perf_counter()
     del model
     return results
+
+
+def _answer_key(view: View, recipe, tokenizer, eval_set: EvalSet, budget: int, stops: set[int]) -> dict[str, Any]:
+    """What ``view``'s answers, loss and pair scores depend on besides the model (answer_cache.hf_parts)."""
+    backend = load_backend()
+    pairs = [[p.conversation(p.chosen), p.rejected] for p in getattr(eval_set, "pairs", None) or []]
+    return answer_cache.hf_parts(
+        view.prompts, view.tokenized, pairs, budget, batch=generate_batch_size(view.prompts, budget),
+        loss_batch_tokens=LOSS_BATCH_TOKENS, stops=stops, pad_id=tokenizer.pad_id,
+        loading=[recipe.model.dtype, recipe.model.load_in_4bit, recipe.model.max_seq_length, recipe.model.revision],
+        backend=[backend.name, backend.device], packages=package_versions(),
+    )
+
+
+def _kept_subject(view: View, entry: dict[str, Any], eval_set: EvalSet) -> SubjectResult:
+    """A subject from the answers an earlier eval kept (scored again: the metrics may have changed since)."""
+    answers = entry["answers"]
+    return SubjectResult(
+        view.label, "hf", {**score_all(answers, eval_set.references), **entry.get("pair_metrics", {})}, entry["loss"],
+        answers, entry.get("seconds") or 0.0, entry["prompt_tokens"], reused=entry["computed"],
+    )
 
 
 def _mean_length(prompts: list[list[int]]) -> float | None:
@@ -165,90 +195,101 @@ def _tokenized(tokenizer, eval_set: EvalSet, recipe):
 def run_subject(run: TrainedRun, eval_set: EvalSet, tokenizer, budget: int) -> SubjectResult:
     """A run's answers (``run`` as ``open_run`` read it): its trained model (a full fine-tune), or its
     base with its adapter on top."""
+    return run_subjects(run, eval_set, tokenizer, budget)[0]
+
+
+def run_subjects(
+    run: TrainedRun, eval_set: EvalSet, tokenizer, budget: int, typed: EvalSet | None = None,
+    cache: str = answer_cache.OFF,
+) -> list[SubjectResult]:
+    """``run_subject``, and with ``typed`` (the same rows as a user sends them, ``typed_set``) a second
+    subject answered by the same loaded model; ``cache`` (answer_cache.USE, REFRESH, OFF): the answers kept
+    in the run's folder."""
+    kept = answer_cache.for_run(run.run_dir, run.manifest, run.trained, run.full, cache)
     label = run_label(run.run_dir)
+    views = [View.plain(label, tokenizer, eval_set, run.recipe)]
+    if typed is not None:
+        views.append(View.plain(f"{label} {TYPED}", tokenizer, typed, run.recipe))
     if run.full:
-        return evaluate_hf(label, str(run.trained), None, run.recipe, tokenizer, eval_set, budget)
+        return evaluate_hf_views(str(run.trained), None, run.recipe, tokenizer, eval_set, budget, views, kept)
     adapter = str(run.trained)
     base = run.base_folder()
     check_adapter_base(Path(adapter), Path(base))  # an adapter of another model: an error, not a traceback
-    return evaluate_hf(label, base, adapter, run.recipe, tokenizer, eval_set, budget)
+    return evaluate_hf_views(base, adapter, run.recipe, tokenizer, eval_set, budget, views, kept)
+
+
+def shared_instruction(run: TrainedRun) -> SharedInstruction | None:
+    """The instruction most of the run's training rows shared, as training recorded it (None: none, or a run
+    trained before quicktune looked)."""
+    recorded = (run.manifest.get("data") or {}).get("system_prompt") or {}
+    return SharedInstruction.from_dict(recorded.get("shared_instruction"))
+
+
+def moved_as_trained(run: TrainedRun, eval_set: EvalSet) -> EvalSet:
+    """``--data`` rows of a run trained with data.shared_instruction: system: the instruction left out of the
+    user turn, since the served system prompt they are asked with (``_served_recipe``) carries it."""
+    found = shared_instruction(run)
+    if found is None or found.mode != "system" or eval_set.pairs:
+        return eval_set
+    return EvalSet([without_instruction(e, found) for e in eval_set.examples], eval_set.source)
+
+
+def typed_set(run: TrainedRun, eval_set: EvalSet) -> tuple[EvalSet, dict[str, Any]] | None:
+    """The held-out rows as a user of the served model sends them (the instruction most training rows shared
+    left out of the user turn, the served system prompt in place of the row's own), and what the report says
+    of them; None when the run recorded no shared instruction or every row is sent as it was trained."""
+    found = shared_instruction(run)
+    if found is None or eval_set.pairs:
+        return None
+    served = served_prompt(run.recipe, run.manifest)
+    typed = [typed_form(example, found, served) for example in eval_set.examples]
+    differ = sum(a.messages != b.messages for a, b in zip(typed, eval_set.examples))
+    if not differ:
+        return None
+    about = {"label": f"{run_label(run.run_dir)} {TYPED}", "instruction": found.text, "mode": found.mode,
+             "system_prompt": served, "rows": differ}
+    return EvalSet(typed, eval_set.source), about
 
 
 # --- the base model's answers, computed once ----------------------------------------------------
 #
 # Every run of a recipe is compared with the same base model on the same held-out rows, so the base's
-# answers are kept in the cache (QUICKTUNE_CACHE/eval/) under a key of everything they depend on: the
-# base weights' fingerprint, how they are loaded, the exact prompt and answer tokens, the pairs, the
-# answer budget and batching, and the versions of the libraries that compute them. Anything else: computed again.
+# answers (alone and few-shot) are kept in the user cache under a key of everything they depend on
+# (evaluate/answer_cache.py); a run's own answers are kept in its folder the same way.
 
 
-def base_cache_key(manifest: dict, recipe, view: View, eval_set: EvalSet, budget: int) -> str | None:
-    """The key of the base's answers to ``view``; the pairs are keyed by their text (the tokenizer that
-    turns them into tokens is the one ``view``'s prompt tokens already pin down)."""
-    fingerprint = (manifest.get("base_model") or {}).get("fingerprint")
-    if not fingerprint:
-        return None
-    pairs = getattr(eval_set, "pairs", None) or []
-    backend = load_backend()
-    parts = {
-        "fingerprint": fingerprint,
-        "revision": recipe.model.revision,
-        "loading": [recipe.model.dtype, recipe.model.load_in_4bit, recipe.model.max_seq_length],
-        "backend": [backend.name, backend.device],
-        "prompts": view.prompts,
-        "answers": [[t.input_ids, t.labels] for t in view.tokenized],
-        "references": eval_set.references,
-        "pairs": [[p.conversation(p.chosen), p.rejected] for p in pairs],
-        "budget": budget,
-        "batch": generate_batch_size(view.prompts, budget),  # which rows share a padded batch
-        "loss_batch_tokens": LOSS_BATCH_TOKENS,  # and which share one for the loss
-        "packages": package_versions(),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def base_subject(run: TrainedRun, tokenizer, eval_set: EvalSet, budget: int, progress=lambda m: None) -> SubjectResult:
-    """The base model's subject: from the cache when the same answers were computed before."""
+def base_subject(run: TrainedRun, tokenizer, eval_set: EvalSet, budget: int, progress=lambda m: None,
+                 cache: str = answer_cache.USE) -> SubjectResult:
+    """The base model's subject: from the cache when the same answers were computed before (``cache``:
+    answer_cache.USE, REFRESH or OFF)."""
     recipe = run.recipe
-    view = View.plain("base", tokenizer, eval_set, recipe)  # the prompts and answer tokens: keyed, then asked
-    key = base_cache_key(run.manifest, recipe, view, eval_set, budget)
-    path = data_tokenizer.cache_dir() / "eval" / f"base-{key}.json" if key else None
-    kept = _cached_base(path, progress) if path is not None and path.is_file() else None
-    if kept is not None:
-        return kept
-    [result] = evaluate_hf_views(run.base_folder(), None, recipe, tokenizer, eval_set, budget, [view])
-    if path is not None:
-        entry = {**result.to_json(), "computed": now()}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(entry, ensure_ascii=False))
-        except OSError:
-            pass  # a cache that cannot be written costs time next run, nothing else
+    view = View.plain("base", tokenizer, eval_set, recipe)
+    [result] = evaluate_hf_views(run.base_folder(), None, recipe, tokenizer, eval_set, budget, [view],
+                                 answer_cache.for_base(run.manifest, cache))
+    if result.reused:
+        progress(f"the base model: {len(result.answers)} of {len(result.answers)} answers from the cache")
     return result
-
-
-def _cached_base(path: Path, progress) -> SubjectResult | None:
-    """The base's answers kept at ``path`` by an earlier eval; None when the entry cannot be read."""
-    try:
-        kept = json.loads(path.read_text(encoding="utf-8"))
-        answers = [Answer(a["text"], a["stopped"]) for a in kept["answers"]]
-        progress(f"the base model (its answers from {kept['computed']}, kept in {path.parent})")
-        return SubjectResult("base", "hf", kept["metrics"], kept["loss"], answers, kept["seconds"],
-                             kept["prompt_tokens"], reused=kept["computed"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # an unreadable entry is computed again and replaced
 
 
 # --- GGUF subjects -------------------------------------------------------------------------------
 
 
-def evaluate_gguf(label: str, gguf: Path, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int) -> SubjectResult:
-    """An exported GGUF's answers through llama.cpp, greedy, and its loss on the reference answers."""
+def evaluate_gguf(label: str, gguf: Path, recipe, tokenizer, eval_set: EvalSet, max_new_tokens: int,
+                  cache: answer_cache.AnswerCache = answer_cache.NOT_KEPT) -> SubjectResult:
+    """An exported GGUF's answers through llama.cpp, greedy, and its loss on the reference answers (those
+    ``cache`` kept, when it did)."""
     start = time.perf_counter()
     stops = stop_token_ids(tokenizer)
     prompts = [tokenizer.encode_prompt(p) for p in eval_set.prompts]
     tokenized = _tokenized(tokenizer, eval_set, recipe)
     context = max(max(len(p) for p in prompts) + max_new_tokens, max(len(t.input_ids) for t in tokenized)) + 8
+    key = cache.key(answer_cache.gguf_parts(prompts, tokenized, max_new_tokens, stops, context)) if cache.active \
+        else None
+    kept = cache.read(key, len(prompts))
+    if kept is not None:
+        answers = kept["answers"]
+        return SubjectResult(label, "gguf", score_all(answers, eval_set.references), kept["loss"], answers,
+                             kept.get("seconds") or 0.0, kept["prompt_tokens"], reused=kept["computed"])
     llm = llamacpp.load(gguf, n_ctx=context, logits_all=True)
     answers = []
     for prompt in prompts:
@@ -256,9 +297,10 @@ def evaluate_gguf(label: str, gguf: Path, recipe, tokenizer, eval_set: EvalSet, 
         answers.append(Answer(llm.detokenize(ids).decode("utf-8", errors="replace"), stopped))
     loss = _gguf_loss(llm, tokenized)
     del llm
+    seconds = round(time.perf_counter() - start, 1)
+    cache.write(key, answers, loss, seconds, _mean_length(prompts))
     return SubjectResult(
-        label, "gguf", score_all(answers, eval_set.references), loss, answers, round(time.perf_counter() - start, 1),
-        _mean_length(prompts),
+        label, "gguf", score_all(answers, eval_set.references), loss, answers, seconds, _mean_length(prompts),
     )
 
 
@@ -295,6 +337,7 @@ class EvalReport:
     fewshot: dict[str, Any] | None = None  # K, the examples' origins, the system prompt (evaluate/fewshot.py)
     judge: dict[str, Any] | None = None  # the judged comparison (evaluate/judge.py)
     served: dict[str, Any] | None = None  # the served model and its agreement with the GGUF (evaluate/served.py)
+    typed: dict[str, Any] | None = None  # the run asked as a user sends the rows (``typed_set``), when that differs
     threshold: float = DEFAULT_THRESHOLD  # a metric that fell by more than this (points) is a regression
 
     @property
@@ -332,6 +375,7 @@ class EvalReport:
             "fewshot": self.fewshot,
             "judge": self.judge,
             "served": self.served,
+            "typed": self.typed,
             "regressions": {"threshold_points": self.threshold, "run": self.run_label, "fell": self.regressions()},
         }
 
@@ -350,6 +394,7 @@ class _Evaluation:
     against: str | None = None  # the comparator's label in the report
     fewshot: dict[str, Any] | None = None  # the few-shot comparison's details, for the report
     served: tuple[SubjectResult, list, int] | None = None  # the served subject, what was sent, rows left without system
+    cache: str = answer_cache.USE  # answers kept by an earlier eval: reused (USE), or computed again (REFRESH)
 
 
 def evaluate_run(
@@ -365,13 +410,15 @@ def evaluate_run(
     threshold: float = DEFAULT_THRESHOLD,
     endpoints: EndpointOptions | None = None,
     progress=lambda message: None,
+    cache: str = answer_cache.USE,
 ) -> EvalReport:
     """A finished run against ``against`` (``base``, ``fewshot[:K]``, another run, or None: the run alone)
     on its held-out set (or ``data_files``), with its exported GGUF (``gguf``) and a judge (``judge``).
 
     ``endpoints`` adds the model as a server serves it (its GGUF comes too, to compare answers with)
     and a judge behind a server; the servers are asked for their models before anything loads, and the
-    served model answers first, so a server that fails does so before the models load."""
+    served model answers first, so a server that fails does so before the models load. ``cache``: answers
+    kept by an earlier eval are reused (answer_cache.USE) or computed again (REFRESH, ``--no-cache``)."""
     endpoints = endpoints or EndpointOptions()
     shots_k, judge_path = _check_options(against, judge, endpoints)
     run = open_run(run_dir)
@@ -380,6 +427,7 @@ def evaluate_run(
         gguf = _served_quantization(run, gguf)
     endpoints.check()
     ev = _ask_questions(run, data_files, limit, max_new_tokens, progress)
+    ev.cache = cache
     if endpoints.endpoint is not None:
         _ask_server(ev, endpoints)
     if against == "base":
@@ -388,15 +436,16 @@ def evaluate_run(
         _against_fewshot(ev, shots_k)
     elif against:
         _against_run(ev, against, runs_root)
-    progress(run_label(run_dir))
-    ev.subjects.append(run_subject(run, ev.eval_set, ev.tokenizer, ev.budget))
+    typed = typed_set(run, ev.eval_set)
+    progress(run_label(run_dir) + (f", and as a user sends the rows {TYPED}" if typed else ""))
+    ev.subjects += run_subjects(run, ev.eval_set, ev.tokenizer, ev.budget, typed[0] if typed else None, ev.cache)
     quant = _gguf_subject(ev, gguf or None) if gguf is not None else None
     served = _add_served(ev, endpoints) if endpoints.endpoint is not None else None
     if run.recipe.method == "grpo":
         _score_rewards(ev, run.recipe)
     report = EvalReport(
         run_dir, ev.eval_set, run.recipe.eval.metric, ev.subjects, created=now(), against=ev.against, gguf=quant,
-        fewshot=ev.fewshot, threshold=threshold, served=served,
+        fewshot=ev.fewshot, threshold=threshold, served=served, typed=typed[1] if typed else None,
     )
     _judge(report, judge_path, endpoints, progress)
     return report
@@ -472,6 +521,8 @@ def _ask_questions(run: TrainedRun, data_files, limit: int | None, max_new_token
     """Reads the run's recipe, its held-out set (or ``data_files``, ``limit`` rows) and its trained chat
     tokenizer; the answer budget is ``max_new_tokens``, else the longest reference + 32 tokens."""
     eval_set = load_eval_set(_served_recipe(run) if data_files else run.recipe, list(data_files), limit)
+    if data_files:
+        eval_set = moved_as_trained(run, eval_set)
     tokenizer = run.chat_tokenizer()
     budget = max_new_tokens or answer_budget(tokenizer, eval_set.references)
     return _Evaluation(run, eval_set, tokenizer, budget, progress)
@@ -490,7 +541,7 @@ def _against_base(ev: _Evaluation) -> None:
     """Adds the base model's subject (from the cache when its answers were computed before)."""
     ev.against = "base"
     ev.progress("the base model")
-    ev.subjects.append(base_subject(ev.run, ev.tokenizer, ev.eval_set, ev.budget, ev.progress))
+    ev.subjects.append(base_subject(ev.run, ev.tokenizer, ev.eval_set, ev.budget, ev.progress, ev.cache))
 
 
 def _against_fewshot(ev: _Evaluation, shots_k: int) -> None:
@@ -512,7 +563,7 @@ def _against_fewshot(ev: _Evaluation, shots_k: int) -> None:
     ]
     ev.progress(f"the base model, alone and with {shots_k} examples in the prompt")
     alone, with_shots = evaluate_hf_views(ev.run.base_folder(), None, recipe, ev.tokenizer, ev.eval_set, ev.budget,
-                                          views)
+                                          views, answer_cache.for_base(ev.run.manifest, ev.cache))
     ev.subjects += [alone, with_shots]
     ev.fewshot = {
         "k": shots_k,
@@ -528,7 +579,7 @@ def _against_run(ev: _Evaluation, against: str, runs_root: Path) -> None:
     other = resolve_run(against, runs_root, ev.run.run_dir.parent.name)
     ev.against = run_label(other)
     ev.progress(ev.against)
-    ev.subjects.append(run_subject(open_run(other), ev.eval_set, ev.tokenizer, ev.budget))
+    ev.subjects += run_subjects(open_run(other), ev.eval_set, ev.tokenizer, ev.budget, cache=ev.cache)
 
 
 def _gguf_subject(ev: _Evaluation, quant: str | None) -> str:
@@ -539,7 +590,8 @@ def _gguf_subject(ev: _Evaluation, quant: str | None) -> str:
     label = f"{run_label(run.run_dir)} {quant}"
     ev.progress(f"{label} (GGUF)")
     gguf_file = exported_gguf(run.run_dir, run.manifest, quant)
-    ev.subjects.append(evaluate_gguf(label, gguf_file, run.recipe, ev.tokenizer, ev.eval_set, ev.budget))
+    kept = answer_cache.for_file(run.run_dir, gguf_file, ev.cache)
+    ev.subjects.append(evaluate_gguf(label, gguf_file, run.recipe, ev.tokenizer, ev.eval_set, ev.budget, kept))
     return quant
 
 

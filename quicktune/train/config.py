@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from quicktune.backend import Backend
+from quicktune.backend import Backend, mixed_precision
 from quicktune.plan import optimizer_for
 from quicktune.recipe import Recipe
 from quicktune.train.ranks import process_args
@@ -51,9 +51,7 @@ def sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool, 
     save_every = eval_every if has_eval else (t.save_every or max(1, total_steps // 5))
     optimizer = optimizer_for(t.optimizer, backend.device)  # what `quicktune plan` assumes, too
     on_cuda = backend.device == "cuda"
-    import torch
-
-    bf16 = on_cuda and torch.cuda.is_bf16_supported()
+    precision = mixed_precision(t.precision, recipe.method, recipe.model.load_in_4bit, backend)
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=batch,
@@ -82,8 +80,8 @@ def sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool, 
         report_to=list(t.report_to),  # TrainingArguments' own integrations; logs also go to metrics.jsonl
         disable_tqdm=True,
         use_cpu=not on_cuda,
-        bf16=bf16,
-        fp16=on_cuda and not bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         gradient_checkpointing=False,  # handled by Unsloth / backend.add_lora
         dataloader_num_workers=0,
         save_only_model=False,

@@ -25,11 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from quicktune import runs
 from quicktune.adapters import check_mergeable, read_plan
-from quicktune.backend import Backend, four_bit_summary, load_backend, package_versions, require_device_for
+from quicktune.backend import (
+    Backend,
+    four_bit_summary,
+    load_backend,
+    mixed_precision,
+    package_versions,
+    require_device_for,
+)
 from quicktune.base_model import BaseModel, prepare_base
 from quicktune.data.check import prepare_for_recipe
+from quicktune.data.instruction import describe as describe_instruction
+from quicktune.data.load import source_identity
 from quicktune.data.report import PreparedData
 from quicktune.errors import QuicktuneError, RecipeError
 from quicktune.recipe import PREFERENCE_METHODS, Recipe, too_many_layers
@@ -149,6 +160,9 @@ def _setup_run(recipe: Recipe, runs_root: Path, parent_ref: str | None, console,
     with main_first(ranks):  # converted tokenizers and GGUF bases land in the cache once
         prepared = prepare_data(recipe)
         base = prepare_base(recipe.model.base, recipe.model.revision)
+    shared = prepared.report.shared_instruction
+    if shared is not None and shared.mode == "keep":  # what the user must type when serving: said at every run
+        say(f"[yellow]warning:[/] {escape(describe_instruction(shared))}")
     parent_dir = load_parent(parent_ref, runs_root, recipe)
     parent_is_full = _parent_is_full(parent_dir)
     load_from = str(runs.trained_dir(parent_dir, {"method": "full"})) if parent_is_full else base.load_from
@@ -203,7 +217,7 @@ def recipe_sha256(recipe: Recipe) -> str:
 def data_manifest(prepared: PreparedData) -> dict[str, Any]:
     return {
         "files": [
-            {"path": item.path, "format": item.format, "rows": item.rows, "sha256": runs.sha256_file(item.path),
+            {"path": item.path, "format": item.format, "rows": item.rows, **source_identity(item.path),
              "split": item.split}
             for item in prepared.report.files
         ],
@@ -360,7 +374,9 @@ def _start_run(run: TrainingRun, run_dir: Path) -> None:
             "data": run.data,
             # lineage: the files and rows this run trains on that its parent did not (train/lineage.py)
             "data_since_parent": data_added(run.parent_dir, run.data, hashes) if run.parent_dir else None,
-            "backend": {"name": backend.name, "device": backend.device},
+            "backend": {"name": backend.name, "device": backend.device,
+                        "precision": mixed_precision(recipe.training.precision, recipe.method,
+                                                     recipe.model.load_in_4bit, backend)},
             "packages": package_versions(),
             "resumes": [],
             "metrics": None,

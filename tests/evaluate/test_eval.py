@@ -132,26 +132,33 @@ def test_runs_compare_marks_the_metrics_that_got_worse(trained_run, second_run, 
 
 def test_the_base_models_answers_are_computed_once_per_rows_budget_and_versions(trained_run, tmp_path, monkeypatch):
     """The base's answers come from the cache when nothing they depend on changed, and are computed again
-    when something did (here the answer budget)."""
+    when something did (here the answer budget). tests/evaluate/test_answer_cache.py: the run's, and more."""
     from quicktune.data import tokenizer as tokenizer_module
-    from quicktune.evaluate import runner
+    from quicktune.evaluate import answer_cache, runner
 
     monkeypatch.setattr(tokenizer_module, "cache_dir", lambda: tmp_path / "cache")
-    computed = []  # the labels of the subjects a model was loaded and asked for
+    computed = []  # the labels of the subjects a model was asked
     ask = runner.evaluate_hf_views
-    monkeypatch.setattr(runner, "evaluate_hf_views", lambda *a: computed.extend(v.label for v in a[-1]) or ask(*a))
+
+    def counted(*args):
+        results = ask(*args)
+        computed.extend(r.label for r in results if r.reused is None)
+        return results
+
+    monkeypatch.setattr(runner, "evaluate_hf_views", counted)
     runs_root = trained_run.run_dir.parent.parent
 
     def base(budget):
         report = runner.evaluate_run(trained_run.run_dir, against="base", limit=2, max_new_tokens=budget,
-                                     runs_root=runs_root)
+                                     runs_root=runs_root, cache=answer_cache.USE)
         return report.subjects[0]
 
     first = base(8)
-    assert computed == ["base", "tiny-export/v1"] and first.reused is None
-    [entry] = (tmp_path / "cache" / "eval").glob("base-*.json")
+    assert "base" in computed and first.reused is None
+    [entry] = (tmp_path / "cache" / answer_cache.USER_FOLDER).glob("*.json")
+    computed.clear()
     again = base(8)
-    assert computed[2:] == ["tiny-export/v1"] and again.reused == json.loads(entry.read_text())["computed"]
+    assert "base" not in computed and again.reused == json.loads(entry.read_text())["computed"]
     assert (again.metrics, again.loss, again.answers) == (first.metrics, first.loss, first.answers)
-    assert base(9).reused is None and computed[3:] == ["base", "tiny-export/v1"]
-    assert len(list((tmp_path / "cache" / "eval").glob("base-*.json"))) == 2
+    assert base(9).reused is None and "base" in computed
+    assert len(list((tmp_path / "cache" / answer_cache.USER_FOLDER).glob("*.json"))) == 2
