@@ -14,7 +14,6 @@ import platform
 import sys
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from quicktune.errors import QuicktuneError
@@ -225,23 +224,12 @@ def require_device_for(method: str, load_in_4bit: bool, backend: Backend) -> Non
         ) from None
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none, e.g. macOS)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
-def mixed_precision(setting: str, method: str, load_in_4bit: bool, backend: Backend) -> str:
+def mixed_precision(setting: str, backend: Backend) -> str:
     """What ``training.precision`` means on this backend: "bf16", "fp16" or "fp32" (no autocast).
 
-    On the CPU, auto picks bf16 only where it was measured to win: AMX (amx_bf16), a 16-bit base (lora, full).
-    bench/README.md, "Training speed": 2.71 s against 3.90 s a step of the demo's LoRA there."""
+    On the CPU auto is fp32: bf16 autocast did not win there. Measured on a 2-core Xeon with AMX (bench/README.md,
+    "Training speed", 7 December 2026): the demo's 120 steps took 237.5 s in bf16 against 230.4 s in fp32 (batch 4,
+    eval passes included); `plan --measure` gave 1.7 against 1.8 s a step at batch 4, 3.1 against 3.6 at batch 8."""
     if backend.device == "cuda":
         import torch
 
@@ -254,10 +242,8 @@ def mixed_precision(setting: str, method: str, load_in_4bit: bool, backend: Back
         return setting
     if setting == "fp16":
         raise QuicktuneError("training.precision: fp16 needs a CUDA GPU; the CPU trains in bf16 or fp32",
-                             hint="Set training.precision: bf16 (AMX or AVX512-BF16 CPUs) or fp32, or auto.")
-    if setting == "auto":
-        return "bf16" if "amx_bf16" in cpu_flags() and method in ("lora", "full") and not load_in_4bit else "fp32"
-    return setting
+                             hint="Set training.precision: bf16 (CPUs with AVX512-BF16 or AMX) or fp32, or auto.")
+    return "fp32" if setting == "auto" else setting
 
 
 PACKAGES = ("quicktune", "torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "datasets", "accelerate")

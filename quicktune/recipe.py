@@ -177,8 +177,8 @@ class TrainingSection(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="The trainer's mixed precision (autocast; weights and the adapter stay as model.dtype loads "
-        "them). auto: bf16 on a CUDA card that has it, else fp16; on the CPU bf16 where it has AMX (amx_bf16) and "
-        "the method is lora or full (measured faster, bench/README.md), else fp32. fp16 needs CUDA.",
+        "them). auto: bf16 on a CUDA card that has it, else fp16; fp32 on the CPU, where bf16 autocast did not win "
+        "on the demo even with AMX (bench/README.md, 'Training speed'). fp16 needs CUDA.",
     )
     eval_every: int | None = Field(None, gt=0)
     save_every: int | None = Field(None, gt=0)

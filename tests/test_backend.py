@@ -71,25 +71,12 @@ def test_lora_on_the_last_layers_only_backpropagates_through_them(name):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
-@pytest.mark.parametrize(
-    ("setting", "method", "four_bit", "flags", "expected"),
-    [
-        ("auto", "lora", False, {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "bf16"),  # measured faster there
-        ("auto", "full", False, {"amx_bf16"}, "bf16"),
-        ("auto", "lora", False, {"avx2", "avx512f", "avx512_bf16"}, "fp32"),  # no AMX: not measured, stays exact
-        ("auto", "lora", False, {"avx2"}, "fp32"),
-        ("auto", "qlora", True, {"amx_bf16"}, "fp32"),  # a 4-bit base: not measured
-        ("auto", "dpo", False, {"amx_bf16"}, "fp32"),
-        ("bf16", "dpo", False, {"avx2"}, "bf16"),  # asked for: done
-        ("fp32", "lora", False, {"amx_bf16"}, "fp32"),
-    ],
-)
-def test_training_precision_on_the_cpu(monkeypatch, setting, method, four_bit, flags, expected):
-    from quicktune import backend as backend_module
+@pytest.mark.parametrize(("setting", "expected"), [("auto", "fp32"), ("fp32", "fp32"), ("bf16", "bf16")])
+def test_training_precision_on_the_cpu(setting, expected):
+    """auto is fp32 on the CPU (bf16 autocast did not win on the demo, even with AMX); bf16 asked for is done."""
+    from quicktune.backend import Backend, mixed_precision
 
-    monkeypatch.setattr(backend_module, "cpu_flags", lambda: flags)
-    cpu = backend_module.Backend("unsloth", "cpu")
-    assert backend_module.mixed_precision(setting, method, four_bit, cpu) == expected
+    assert mixed_precision(setting, Backend("unsloth", "cpu")) == expected
 
 
 def test_fp16_on_the_cpu_is_refused():
@@ -97,11 +84,4 @@ def test_fp16_on_the_cpu_is_refused():
     from quicktune.errors import QuicktuneError
 
     with pytest.raises(QuicktuneError, match="fp16 needs a CUDA GPU"):
-        mixed_precision("fp16", "lora", False, Backend("unsloth", "cpu"))
-
-
-def test_cpu_flags_reads_this_machine():
-    from quicktune.backend import cpu_flags
-
-    flags = cpu_flags()
-    assert not flags or "fpu" in flags  # every x86 CPU lists fpu; elsewhere the set may be empty
+        mixed_precision("fp16", Backend("unsloth", "cpu"))

@@ -51,7 +51,7 @@ def sft_config(recipe: Recipe, run_dir: Path, backend: Backend, has_eval: bool, 
     save_every = eval_every if has_eval else (t.save_every or max(1, total_steps // 5))
     optimizer = optimizer_for(t.optimizer, backend.device)  # what `quicktune plan` assumes, too
     on_cuda = backend.device == "cuda"
-    precision = mixed_precision(t.precision, recipe.method, recipe.model.load_in_4bit, backend)
+    precision = mixed_precision(t.precision, backend)
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=batch,

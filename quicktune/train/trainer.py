@@ -157,6 +157,7 @@ def _setup_run(recipe: Recipe, runs_root: Path, parent_ref: str | None, console,
     a device, a parent, a lora.last_layers count) before any folder is made."""
     say = console.print if console is not None else _say_nothing
     backend = _setup_backend(recipe, say)
+    mixed_precision(recipe.training.precision, backend)  # one it cannot do fails before a run folder exists
     with main_first(ranks):  # converted tokenizers and GGUF bases land in the cache once
         prepared = prepare_data(recipe)
         base = prepare_base(recipe.model.base, recipe.model.revision)
@@ -375,8 +376,7 @@ def _start_run(run: TrainingRun, run_dir: Path) -> None:
             # lineage: the files and rows this run trains on that its parent did not (train/lineage.py)
             "data_since_parent": data_added(run.parent_dir, run.data, hashes) if run.parent_dir else None,
             "backend": {"name": backend.name, "device": backend.device,
-                        "precision": mixed_precision(recipe.training.precision, recipe.method,
-                                                     recipe.model.load_in_4bit, backend)},
+                        "precision": mixed_precision(recipe.training.precision, backend)},
             "packages": package_versions(),
             "resumes": [],
             "metrics": None,

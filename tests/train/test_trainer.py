@@ -183,3 +183,21 @@ def test_last_layers_puts_the_adapter_on_the_last_layers_and_refuses_more_than_t
         train(load_recipe(source, ["lora.last_layers=3"]), runs_root=tmp_path / "runs", parent_ref="v1")
     assert "continues an adapter on the last 2 layers" in str(continued.value)
     assert sorted(p.name for p in (result.run_dir.parent).iterdir()) == ["v1"]
+
+
+def test_training_precision_bf16_trains_on_the_cpu_and_fp16_is_refused_before_a_run_folder(make_recipe, tmp_path):
+    """training.precision does what it says on the CPU: bf16 autocast trains (and the manifest says so); fp16,
+    which needs CUDA, is refused before anything is written."""
+    from quicktune.errors import QuicktuneError
+    from quicktune.recipe import load_recipe
+
+    make_recipe("precision", steps=2)
+    source = str(tmp_path / "precision.yaml")
+    with pytest.raises(QuicktuneError, match="fp16 needs a CUDA GPU"):
+        train(load_recipe(source, ["training.precision=fp16"]), runs_root=tmp_path / "refused")
+    assert not list((tmp_path / "refused").rglob("manifest.json"))
+
+    result = train(load_recipe(source, ["training.precision=bf16"]), runs_root=tmp_path / "runs")
+    manifest = runs.read_manifest(result.run_dir)
+    assert manifest["status"] == "finished" and manifest["backend"]["precision"] == "bf16"
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
