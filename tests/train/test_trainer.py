@@ -197,6 +197,14 @@ def test_training_precision_bf16_trains_on_the_cpu_and_fp16_is_refused_before_a_
         train(load_recipe(source, ["training.precision=fp16"]), runs_root=tmp_path / "refused")
     assert not list((tmp_path / "refused").rglob("manifest.json"))
 
+    from quicktune.backend import Backend
+    from quicktune.train.config import sft_config
+
+    for setting, bf16 in (("bf16", True), ("fp32", False), ("auto", False)):  # the trainer's argument, not only a label
+        arguments = sft_config(load_recipe(source, [f"training.precision={setting}"]), tmp_path / "args",
+                               Backend("unsloth", "cpu"), has_eval=False, total_steps=2)
+        assert (arguments.bf16, arguments.fp16) == (bf16, False)
+
     result = train(load_recipe(source, ["training.precision=bf16"]), runs_root=tmp_path / "runs")
     manifest = runs.read_manifest(result.run_dir)
     assert manifest["status"] == "finished" and manifest["backend"]["precision"] == "bf16"
