@@ -650,15 +650,9 @@ def run_steps(recipe, rows: int | None) -> int:
 
 
 def grpo_prompts(recipe) -> int:
-    """Prompts in one epoch: the training rows (one a line of the data files; 0 when one is missing)."""
-    rows = 0
-    for path in recipe.data.train:
-        file = Path(path)
-        if not file.is_file():
-            return 0
-        with file.open("rb") as handle:
-            rows += sum(1 for line in handle if line.strip())
-    return rows
+    """Prompts in one epoch: the training files' rows (``count_rows``; 0 when one is missing or uncounted)."""
+    counts = [count_rows(Path(path)) if Path(path).is_file() else None for path in recipe.data.train]
+    return 0 if None in counts else sum(counts)
 
 
 def grpo_cpu_seconds_per_epoch(arch: Arch, s: Settings, recipe, prompts: int | None = None) -> float:
