@@ -13,6 +13,7 @@ importing transformers.
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -21,6 +22,8 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from quicktune import template_flow
 
 # Each family's turn format, for base models whose tokenizer has no chat template.
 # Written for quicktune; a system message is folded into the first user turn where
@@ -123,21 +126,105 @@ def render(
     *,
     add_generation_prompt: bool = False,
     special_tokens: dict[str, str | None] | None = None,
+    by_shape: bool = True,
 ) -> str:
     """Render ``messages`` with the Jinja chat template ``source``.
 
     ``tools`` is None, as in transformers without tools. A template that needs a tool list
     to render at all (the tool-use templates of Hermes 2 Pro or Command R+ loop over it) is
     rendered with an empty one instead, which is also what llama.cpp's engine sees.
+
+    Where the template provably only copies message texts into its output
+    (``template_flow``), a conversation's shape is rendered once with placeholders and each
+    conversation of that shape is the placeholders filled in: the same text, without a Jinja
+    render per conversation (``by_shape=False`` renders it in full regardless).
     """
-    values = {"messages": messages, "add_generation_prompt": add_generation_prompt, "documents": None,
-              **server_context(), **(special_tokens or {})}
+    values = _values(messages, add_generation_prompt, special_tokens)
+    filled = _fill_shape(source, messages, values) if by_shape else None
+    return filled if filled is not None else _render_messages(source, values)
+
+
+def fill_shape(
+    source: str,
+    messages: list[dict[str, str]],
+    *,
+    add_generation_prompt: bool = False,
+    special_tokens: dict[str, str | None] | None = None,
+) -> str | None:
+    """``render``'s text when it comes from the conversation's shape, else None (rendered in full)."""
+    return _fill_shape(source, messages, _values(messages, add_generation_prompt, special_tokens))
+
+
+def _values(messages, add_generation_prompt: bool, special_tokens: dict[str, str | None] | None) -> dict[str, Any]:
+    return {"messages": messages, "add_generation_prompt": add_generation_prompt, "documents": None,
+            **server_context(), **(special_tokens or {})}
+
+
+def _render_messages(source: str, values: dict[str, Any]) -> str:
     try:
         return _render(source, tools=None, **values)
     except TemplateError:
         if "tools" not in template_variables(source):
             raise
         return _render(source, tools=[], **values)
+
+
+_PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: in no template's own text (checked)
+_PLACEHOLDERS = re.compile("\ue000(\\d+)\ue001")
+_SHAPES: dict[tuple, tuple[str | int, ...] | None] = {}  # a shape's render, split at the placeholders
+
+
+@lru_cache(maxsize=16)
+def content_flow(source: str) -> template_flow.Verdict:
+    """Whether ``source`` only copies message texts into its output (see ``template_flow``)."""
+    if "\ue000" in source or "\ue001" in source:
+        return template_flow.Verdict(False, reason="the template's text holds the placeholder characters")
+    return template_flow.passes_content_through(compile_template(source).environment.parse(source))
+
+
+def _fill_shape(source: str, messages: list[dict[str, str]], values: dict[str, Any]) -> str | None:
+    """The render of ``messages`` from its shape's render, or None where that is not proven equal."""
+    flow = content_flow(source)
+    if not flow.passes:
+        return None
+    shape = []
+    for message in messages:
+        content = message.get("content")
+        if type(content) is not str or (flow.trims and content != content.strip()):
+            return None  # trimming a text with whitespace at its edges would change it
+        shape.append((tuple(item for item in message.items() if item[0] != "content"), not content))
+    key = (source, tuple(shape), tuple(sorted((k, v) for k, v in values.items() if k != "messages")))
+    try:
+        parts = _SHAPES[key]
+    except TypeError:  # a message value that cannot be a key (a list of tool calls): render it in full
+        return None
+    except KeyError:
+        parts = _SHAPES[key] = _shape_parts(source, messages, values)
+        if len(_SHAPES) > 4096:
+            _SHAPES.clear()
+    if parts is None:
+        return None
+    pieces = list(parts)
+    for at in range(1, len(pieces), 2):
+        pieces[at] = messages[parts[at]]["content"]
+    return "".join(pieces)
+
+
+def _shape_parts(source: str, messages: list[dict[str, str]], values: dict[str, Any]) -> tuple[str | int, ...] | None:
+    if any("\ue000" in value for value in values.values() if isinstance(value, str)):
+        return None  # a special token holding the placeholder characters
+    stand_ins = [{**message, "content": _PLACEHOLDER.format(at) if message["content"] else ""}
+                 for at, message in enumerate(messages)]
+    try:
+        text = _render_messages(source, {**values, "messages": stand_ins})
+    except TemplateError:
+        return None  # the conversation is rendered in full, and fails there with its own message
+    parts: list[str | int] = _PLACEHOLDERS.split(text)
+    if text.count("\ue000") != len(parts) // 2:
+        return None
+    for at in range(1, len(parts), 2):
+        parts[at] = int(parts[at])
+    return tuple(parts)
 
 
 def server_context() -> dict[str, str]:

@@ -45,7 +45,7 @@ from quicktune.data.report import PreparedData
 from quicktune.errors import QuicktuneError, RecipeError
 from quicktune.recipe import PREFERENCE_METHODS, Recipe, too_many_layers
 from quicktune.templates import FAMILY_TEMPLATES
-from quicktune.train import grpo, preference  # the modules: tests wrap preference.preference_trainer
+from quicktune.train import grpo, preference, shared_prefix  # the modules: tests wrap preference.preference_trainer
 from quicktune.train.config import planned_steps, sft_config
 from quicktune.train.lineage import data_added, write_row_hashes
 from quicktune.train.plot import plot_losses
@@ -457,9 +457,27 @@ def _raise_friendly(exc: Exception, recipe: Recipe, run_dir: Path | None = None)
 def _fit(run: TrainingRun, console, extra_callbacks: tuple) -> TrainResult:
     """Train in the claimed run folder: the model, its trainer, the steps, the saved result."""
     model, tokenizer = _setup_model(run)
+    prefix = _share_prefixes(run, model)
     session = _setup_trainer(run, model, tokenizer, console, extra_callbacks)
     _run_trainer(run, session)
+    if prefix is not None and prefix.batches:
+        run.say(
+            f"[dim]shared prefix: {prefix.batches} batches computed the tokens all their rows begin with once "
+            f"({prefix.tokens_saved:,} token positions not computed again; first batch checked against the plain "
+            f"forward: largest difference {prefix.max_difference:.1e} of the largest hidden value)[/]"
+        )
     return _save(run, session)
+
+
+def _share_prefixes(run: TrainingRun, model) -> shared_prefix.SharedPrefix | None:
+    """SFT on the CPU without gradient checkpointing: a batch's common first tokens computed once
+    (``train/shared_prefix.py``: exact, checked on the first batch); elsewhere None."""
+    recipe = run.recipe
+    if recipe.method in PREFERENCE_METHODS or recipe.method == "grpo" or run.backend.device != "cpu":
+        return None
+    if recipe.training.gradient_checkpointing:
+        return None
+    return shared_prefix.install(model, say=run.say)
 
 
 def _setup_model(run: TrainingRun) -> tuple[Any, Any]:
