@@ -11,17 +11,20 @@ that ``passes_content_through`` says yes to.
 The proof is a flow check over the template's syntax tree. Values are sorted into kinds: the
 ``messages`` list, one message, a message's ``content``, and plain values (everything else).
 A content may be joined to strings (``+``, ``~``), kept in a variable or namespace attribute,
-passed through ``string`` or ``trim``, tested for its type (``is string``, ``is defined``), and
-written out. Anything else that touches it (a condition, a comparison, ``in``, a method such as
-``split`` or ``strip``, a filter, a length, an index, printing a whole message, iterating a
-message) makes the answer no, and so does any construct not followed here (macros, includes,
+passed through ``string``, ``trim`` or ``tojson``, tested for its type (``is string``, ``is defined``)
+or for being empty (``if``, ``and``/``or``/``not``: the shape records which texts are empty), and
+written out. Anything else that touches it (a comparison, ``in``, a method such as ``split`` or
+``strip``, another filter, a length, an index, printing a whole message, iterating a message) makes
+the answer no, and so does any construct not followed here (macros, includes,
 filter blocks, ``loop.previtem``/``nextitem``, a time-of-day ``strftime_now``). Then the control
 flow and every plain value are the same for the real texts and the placeholders, and the output
 differs only where a content was written.
 
-``trim`` is the one change a content may go through; ``Verdict.trims`` says it is used, and
-``templates`` fills in only conversations whose texts are non-empty and have no whitespace at
-their edges (for those, trimming changes nothing). Other conversations are rendered in full.
+``trim`` and ``tojson`` are the changes a content may go through. ``tojson`` escapes a string
+character by character, so ``templates`` fills in the text escaped the same way where the placeholder
+came out escaped. ``trim`` is different: ``Verdict.trims`` says it is used, and ``templates`` fills in
+only conversations whose texts have no whitespace at their edges (for those, trimming changes nothing).
+Other conversations are rendered in full.
 """
 
 from __future__ import annotations
@@ -270,6 +273,8 @@ class _Flow:
             if node.name == "trim" and not node.args and not node.kwargs:
                 self.trims = True
                 return CONTENT
+            if node.name == "tojson" and not node.args and not node.kwargs:
+                return CONTENT  # JSON escapes a string character by character: templates.py fills in the escaped text
             raise Refused(f"line {node.lineno}: filters a message's text with {node.name}")
         if base == MESSAGES:
             if node.name in ("length", "count"):

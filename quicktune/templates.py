@@ -169,9 +169,12 @@ def _render_messages(source: str, values: dict[str, Any]) -> str:
         return _render(source, tools=[], **values)
 
 
-_PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: in no template's own text (checked)
-_PLACEHOLDERS = re.compile("\ue000(\\d+)\ue001")
-_SHAPES: dict[tuple, tuple[str | int, ...] | None] = {}  # a shape's render, split at the placeholders
+# Private-use characters, in no template's own text (checked), around the message's index and a quote:
+# ``tojson`` escapes the quote (and only that), so a placeholder written through it reads \ue000N\"\ue001,
+# and the text filled in there is the message's text JSON-escaped the same way.
+_PLACEHOLDER = '\ue000{}"\ue001'
+_PLACEHOLDERS = re.compile('\ue000(\\d+)(\\\\?)"\ue001')
+_SHAPES: dict[tuple, tuple[str | tuple[int, bool], ...] | None] = {}  # a shape's render, split at the placeholders
 
 
 @lru_cache(maxsize=16)
@@ -206,11 +209,15 @@ def _fill_shape(source: str, messages: list[dict[str, str]], values: dict[str, A
         return None
     pieces = list(parts)
     for at in range(1, len(pieces), 2):
-        pieces[at] = messages[parts[at]]["content"]
+        index, escaped = parts[at]
+        text = messages[index]["content"]
+        pieces[at] = _tojson(text)[1:-1] if escaped else text
     return "".join(pieces)
 
 
-def _shape_parts(source: str, messages: list[dict[str, str]], values: dict[str, Any]) -> tuple[str | int, ...] | None:
+def _shape_parts(
+    source: str, messages: list[dict[str, str]], values: dict[str, Any]
+) -> tuple[str | tuple[int, bool], ...] | None:
     if any("\ue000" in value for value in values.values() if isinstance(value, str)):
         return None  # a special token holding the placeholder characters
     stand_ins = [{**message, "content": _PLACEHOLDER.format(at) if message["content"] else ""}
@@ -219,11 +226,12 @@ def _shape_parts(source: str, messages: list[dict[str, str]], values: dict[str, 
         text = _render_messages(source, {**values, "messages": stand_ins})
     except TemplateError:
         return None  # the conversation is rendered in full, and fails there with its own message
-    parts: list[str | int] = _PLACEHOLDERS.split(text)
+    split = _PLACEHOLDERS.split(text)  # text, index, escape, text, index, escape, ..., text
+    parts: list[str | tuple[int, bool]] = [split[0]]
+    for at in range(1, len(split), 3):
+        parts += [(int(split[at]), bool(split[at + 1])), split[at + 2]]
     if text.count("\ue000") != len(parts) // 2:
-        return None
-    for at in range(1, len(parts), 2):
-        parts[at] = int(parts[at])
+        return None  # a placeholder changed some other way (escaped twice, cut): render in full
     return tuple(parts)
 
 

@@ -70,6 +70,9 @@ def test_every_template_renders_the_same_from_its_shape(official_templates):
         ("microsoft-Phi-3.5-mini-instruct.jinja", False),
         ("google-gemma-2-2b-it.jinja", True),
         ("ibm-granite-granite-3.3-2B-Instruct.jinja", False),
+        ("meta-llama-Llama-3.1-8B-Instruct.jinja", True),  # tojson on a tool message's text, trim on the rest
+        ("meta-llama-Llama-3.2-3B-Instruct.jinja", True),
+        ("meta-llama-Llama-3.3-70B-Instruct.jinja", True),
     ],
 )
 def test_common_templates_are_proven_to_pass_texts_through(official_templates, name, trims):
@@ -125,6 +128,7 @@ def test_smollm2_template_the_demo_trains_with_is_filled():
         ("{% filter upper %}{{ messages[0]['content'] }}{% endfilter %}", "FilterBlock"),
         ("{{ messages[0]['content'] * 2 }}", "Mul"),
         ("{{ messages[0]['content'] | default('none') }}", "default"),
+        ("{{ messages[0]['content'] | tojson(indent=2) }}", "tojson"),
         ("{% set a, b = messages %}{% if a['content'] == 'x' %}A{% endif %}", "unpacks"),
         ("{% for role, text in messages %}{{ text }}{% endfor %}", "unpacks"),
         (
@@ -156,11 +160,13 @@ def test_a_template_that_looks_at_a_text_is_rendered_in_full(source, reason):
         ),
         "{% set system %}S: {{ messages[0].content }}{% endset %}{{ system }}{% if system is defined %}!{% endif %}",
         "{{ messages[0]['content'] | trim }}{{ messages | length }}{{ messages[-1]['role'] }}",
+        "{{ messages[0]['content'] | tojson }}|{{ messages[1]['content'] }}|{{ ('\"' + messages[1].content)|tojson }}",
     ],
 )
 def test_allowed_uses_render_the_same(source):
     assert templates.content_flow(source).passes, templates.content_flow(source).reason
-    for texts in (["", "x"], ["a b", "c"], ["", ""], ["\ue0000\ue001", "{{ y }}"]):
+    for texts in (["", "x"], ["a b", "c"], ["", ""], ["\ue0000\ue001", "{{ y }}"], ['say "hi"\\n', 'ü\t\\ "q"'],
+                  ['\ue0000"\ue001', '\ue0001\\"\ue001']):
         conversation = [{"role": "system", "content": texts[0]}, {"role": "user", "content": texts[1]}]
         assert templates.render(source, conversation) == templates.render(source, conversation, by_shape=False)
 
@@ -192,3 +198,11 @@ def test_placeholder_characters_in_the_template_or_a_special_token_are_never_fil
     odd = {"bos_token": "\ue0000\ue001"}
     assert templates.fill_shape(source, conversation, special_tokens=odd) is None
     assert templates.render(source, conversation, special_tokens=odd) == "\ue0000\ue001hi"
+
+
+def test_a_text_escaped_twice_is_rendered_in_full():
+    source = "{{ messages[0]['content'] | tojson | tojson }}"
+    conversation = [{"role": "user", "content": 'a "b"'}]
+    assert templates.content_flow(source).passes  # the flow is fine; the placeholder comes out escaped twice
+    assert templates.fill_shape(source, conversation) is None
+    assert templates.render(source, conversation) == '"\\"a \\\\\\"b\\\\\\"\\""'
