@@ -86,7 +86,6 @@ def _join(a: str, b: str) -> str:
 
 class _Flow:
     def __init__(self, tree: nodes.Template):
-        self.tree = tree
         self.kinds: dict[str, str] = {}  # assigned variables ("name" or "ns.attr") and their kinds
         self.trims = False
         self.assignments = list(_assignments(tree))
